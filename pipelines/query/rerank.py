@@ -1,0 +1,92 @@
+"""Rerank stage: reorder retrieval candidates for the query.
+
+``hybrid`` (default, no download): min-max normalized BM25 over the candidate set blended
+with the dense cosine similarity from retrieval. ``cross-encoder``: a sentence-transformers
+CrossEncoder from a local path or Hugging Face id.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from pipelines.config import RerankConfig
+from pipelines.errors import ConfigError
+from pipelines.records import ScoredChunk
+from pipelines.text import tokenize
+
+
+class Reranker(Protocol):
+    name: str
+
+    def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
+
+
+def bm25_scores(query: str, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """Okapi BM25 of ``query`` against each document, IDF taken over ``documents``."""
+    docs = [tokenize(d) for d in documents]
+    q_terms = set(tokenize(query))
+    if not docs or not q_terms:
+        return [0.0] * len(docs)
+    n = len(docs)
+    avg_len = sum(len(d) for d in docs) / n or 1.0
+    df = Counter(t for d in docs for t in set(d) if t in q_terms)
+    idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in q_terms}
+    scores = []
+    for d in docs:
+        tf = Counter(d)
+        norm = k1 * (1 - b + b * len(d) / avg_len)
+        scores.append(sum(idf[t] * tf[t] * (k1 + 1) / (tf[t] + norm) for t in q_terms if tf[t]))
+    return scores
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    return [0.0] * len(values) if hi - lo < 1e-12 else [(v - lo) / (hi - lo) for v in values]
+
+
+def _ranked(candidates: Sequence[ScoredChunk], scores: Sequence[float], top_k: int) -> list[ScoredChunk]:
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))[:top_k]
+    return [candidates[i].model_copy(update={"score": float(scores[i])}) for i in order]
+
+
+class HybridReranker:
+    name = "hybrid"
+
+    def __init__(self, dense_weight: float = 0.5) -> None:
+        self.dense_weight = dense_weight
+
+    def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+        if not candidates:
+            return []
+        lexical = _minmax(bm25_scores(query, [f"{c.chunk.title} {c.chunk.text}" for c in candidates]))
+        dense = _minmax([c.dense_score for c in candidates])
+        w = self.dense_weight
+        return _ranked(candidates, [w * d + (1 - w) * lx for d, lx in zip(dense, lexical, strict=True)], top_k)
+
+
+class CrossEncoderReranker:
+    name = "cross-encoder"
+
+    def __init__(self, model: str, device: str = "auto") -> None:
+        from sentence_transformers import CrossEncoder
+
+        from pipelines.query.embed import pick_device
+
+        self._model = CrossEncoder(model, device=pick_device(device))
+
+    def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+        if not candidates:
+            return []
+        scores = self._model.predict([(query, c.chunk.text) for c in candidates], convert_to_numpy=True)
+        return _ranked(candidates, [float(s) for s in scores], top_k)
+
+
+def make_reranker(cfg: RerankConfig) -> Reranker:
+    if cfg.scorer == "hybrid":
+        return HybridReranker(cfg.dense_weight)
+    if cfg.scorer == "cross-encoder":
+        return CrossEncoderReranker(cfg.cross_encoder)
+    raise ConfigError(f"RAGROUTE_RERANKER={cfg.scorer!r} is not one of hybrid, cross-encoder")

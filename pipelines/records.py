@@ -1,0 +1,54 @@
+"""Typed, immutable records passed between stages and services.
+
+They are pydantic models (frozen) because they also cross process boundaries between
+BentoML services; inside one process they behave like frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Tier = Literal["small", "large"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Chunk(_Record):
+    """A piece of a document, as stored in the index's chunk store."""
+
+    id: str = Field(description="content hash of (doc_id, text)")
+    doc_id: str
+    title: str
+    text: str
+    metadata: dict[str, str | int | float] = Field(default_factory=dict)
+
+
+class ScoredChunk(_Record):
+    """A chunk with the score of the stage that produced it (retrieval or rerank)."""
+
+    chunk: Chunk
+    score: float
+    dense_score: float = Field(description="cosine similarity of query and chunk (from retrieval)")
+
+
+class RouteDecision(_Record):
+    tier: Tier
+    score: float = Field(description="estimated probability that the small tier is not good enough")
+    threshold: float
+    router: str
+    reason: str
+
+
+class Generation(_Record):
+    text: str
+    tier: Tier
+    model: str
+    engine: str
+    finish_reason: str
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float

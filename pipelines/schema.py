@@ -1,0 +1,67 @@
+"""Wire types of the public ``rag_query`` API (the HTTP boundary).
+
+Strict: unknown fields are rejected (``extra="forbid"``), every field is bounded, and
+validation errors name the field (BentoML turns them into HTTP 400).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+MAX_QUERY_CHARS = 2000
+
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)]
+
+
+class RagRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: Query = Field(description=f"the question; 1..{MAX_QUERY_CHARS} characters after trimming")
+    top_k: Annotated[StrictInt, Field(ge=1, le=20)] = Field(4, description="number of sources to answer from")
+    tier: Literal["auto", "small", "large"] = Field("auto", description="auto = let the router choose")
+    cache: Literal["use", "bypass"] = Field("use", description="bypass = neither read nor write the cache")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(_Out):
+    id: str = Field(description="chunk id (content hash)")
+    doc_id: str
+    title: str
+    snippet: str
+    score: float = Field(description="reranker score (higher is better)")
+
+
+class RouteInfo(_Out):
+    tier: Literal["small", "large"]
+    model: str
+    score: float | None = Field(description="router score; null when the tier was requested explicitly")
+    reason: str
+
+
+class CacheInfo(_Out):
+    hit: bool
+    kind: Literal["exact", "semantic"] | None = None
+    similarity: float | None = None
+
+
+class Usage(_Out):
+    tokens_in: int
+    tokens_out: int
+
+
+class RagResponse(_Out):
+    request_id: str = Field(description="also in the service logs, to follow one request")
+    answer: str
+    sources: list[Source]
+    route: RouteInfo
+    cache: CacheInfo
+    usage: Usage
+    timings_ms: dict[str, float] = Field(description="wall time per stage, and total")
+    index_version: str
+    degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
+    warnings: list[str] = Field(default_factory=list, description="what degraded, and why")

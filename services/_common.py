@@ -1,0 +1,51 @@
+"""What every ragroute service shares: connection settings, logging, error mapping."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipelines.errors import RagrouteError
+
+# bentoml 1.4.30+ recycles a caller's connection to a dependency every 100 calls / 300 s and
+# fails the in-flight requests with HTTP 500 (upstream #5540/#5544). Every *called* service
+# sets this; tests/e2e/test_load.py keeps a burst test that would catch a regression.
+RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
+
+# Callee timeouts (seconds). A dependency call's client timeout is the callee's
+# traffic.timeout x 1.01, so these bound how long the RAG service can wait on a stage.
+TIMEOUT_S = {"embedding": 30, "retrieval": 30, "reranking": 30, "routing": 30, "generation": 180, "rag": 300}
+
+
+def setup_logging() -> None:
+    """Our loggers at RAGROUTE_LOG_LEVEL (default INFO) with a request-friendly format."""
+    level = os.environ.get("RAGROUTE_LOG_LEVEL", "INFO").upper()
+    for name in ("pipelines", "services", "index"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+
+
+def error_response(exc: RagrouteError):
+    """The one place where ragroute errors become HTTP responses."""
+    from starlette.responses import JSONResponse
+
+    body = {"error": str(exc)}
+    if field := getattr(exc, "field", None):
+        body["field"] = field
+    return JSONResponse(body, status_code=exc.status)
+
+
+def to_bentoml(exc: RagrouteError) -> Exception:
+    """For inner services: a BentoML exception carrying our status (4xx text is passed through)."""
+    from http import HTTPStatus
+
+    from bentoml.exceptions import BentoMLException
+
+    err = BentoMLException(str(exc))
+    err.error_code = HTTPStatus(exc.status)
+    return err

@@ -1,0 +1,40 @@
+"""Retrieval service: FAISS search over a verified index directory."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from annotated_types import Ge, Le, MaxLen
+
+from pipelines.config import RetrievalConfig
+from pipelines.errors import RagrouteError
+from pipelines.records import ScoredChunk
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+
+
+@bentoml.service(name="ragroute-retrieval", traffic={"timeout": TIMEOUT_S["retrieval"]},
+                 runner_connection=RUNNER_CONNECTION)
+class Retrieval:
+    def __init__(self) -> None:
+        from pipelines.query.retrieve import open_index
+
+        setup_logging()
+        # Refuses to start (ArtifactError) on a manifest/model mismatch or a corrupt index.
+        self.store = open_index(RetrievalConfig.from_env())
+
+    @bentoml.api
+    def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20) -> dict:
+        """{"index_version": str, "hits": [ScoredChunk, ...]} best first."""
+        try:
+            hits = self.store.search(vector, n)
+        except RagrouteError as exc:
+            raise to_bentoml(exc) from None
+        return {"index_version": self.store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
+
+    @bentoml.api
+    def info(self) -> dict:
+        return self.store.manifest.model_dump()
+
+
+__all__ = ["Retrieval", "ScoredChunk"]
