@@ -53,6 +53,8 @@ class LlamaCppEngine:
         self._llm = Llama(model_path=str(path), n_ctx=tier.context_tokens, n_threads=threads,
                           n_gpu_layers=-1, verbose=False)
         self._lock = threading.Lock()  # a Llama context serves one request at a time
+        # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
+        self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
         log.info("llama.cpp loaded %s for tier %s (n_ctx %d)", path.name, tier.name, tier.context_tokens)
 
     def count_tokens(self, text: str) -> int:

@@ -178,8 +178,8 @@ class QueryPipeline:
         if use_cache and not degraded and retrieved_version == index_version:
             with timings.stage("cache"):
                 self._cache_call(warnings, "store", self.cache.put, partition, key, vector, payload)
-        response = RagResponse(**payload, request_id=request_id, cache=CacheInfo(hit=False),
-                               timings_ms=timings.done(), warnings=warnings)
+        response = RagResponse(**{**payload, "degraded": bool(warnings)}, request_id=request_id,
+                               cache=CacheInfo(hit=False), timings_ms=timings.done(), warnings=warnings)
         log.info("request %s: answered by %s in %.0f ms%s", request_id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if degraded else "")
         return response

@@ -1,0 +1,48 @@
+"""Shared fixtures. Tiers are chosen by folder: tests/unit (fast, doubles allowed),
+tests/integration (real models, real FAISS), tests/e2e (real `bentoml serve`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_CORPUS = ROOT / "tests" / "fixtures" / "corpus"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from pipelines.config import EmbeddingConfig
+    from pipelines.query.embed import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    """The real model cache (`make models` fills it); fetched here if a run skipped that step."""
+    from pipelines import config, models
+
+    cache = config.model_cache()
+    for name in models.GGUF_MODELS:
+        models.fetch(name, cache)
+    return cache
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("RAGROUTE_"):
+            monkeypatch.delenv(key)
+    return monkeypatch

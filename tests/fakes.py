@@ -1,0 +1,64 @@
+"""Test doubles that satisfy the stage protocols (for fast unit tests of pipeline logic)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.errors import StageError
+from pipelines.records import Chunk, Generation, RouteDecision, ScoredChunk
+
+
+def chunk(i: int, text: str = "", title: str = "") -> ScoredChunk:
+    c = Chunk(id=f"c{i}", doc_id=f"d{i}", title=title or f"doc {i}", text=text or f"text of chunk {i}.")
+    return ScoredChunk(chunk=c, score=1.0 - i / 10, dense_score=1.0 - i / 10)
+
+
+def unit(v: list[float]) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+class FakeStages:
+    """Records every call; ``fail`` names stages that raise StageError; vectors by query text."""
+
+    def __init__(self, vectors: dict[str, np.ndarray] | None = None, fail: set[str] = frozenset(),
+                 version: str = "v1", answer: str = "an answer [1]") -> None:
+        self.vectors = vectors or {}
+        self.fail = set(fail)
+        self.version = version
+        self.retrieved_version = version
+        self.answer = answer
+        self.calls: list[str] = []
+        self.embedded: list[str] = []
+        self.route_features = None
+
+    def _maybe_fail(self, stage: str) -> None:
+        self.calls.append(stage)
+        if stage in self.fail:
+            raise StageError(stage, "injected failure")
+
+    async def index_version(self) -> str:
+        return self.version
+
+    async def embed(self, text: str) -> np.ndarray:
+        self._maybe_fail("embed")
+        self.embedded.append(text)
+        return self.vectors.get(text, unit([1, 0, 0]))
+
+    async def retrieve(self, vector, n):
+        self._maybe_fail("retrieve")
+        return [chunk(i) for i in range(n)], self.retrieved_version
+
+    async def rerank(self, query, candidates, top_k):
+        self._maybe_fail("rerank")
+        return list(reversed(candidates))[:top_k]
+
+    async def route(self, query, features):
+        self._maybe_fail("route")
+        self.route_features = features
+        return RouteDecision(tier="large", score=0.9, threshold=0.5, router="fake", reason="fake says large")
+
+    async def generate(self, tier, query, sources):
+        self._maybe_fail(f"generate[{tier}]")
+        return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
+                          tokens_in=10, tokens_out=3, latency_ms=1.0)

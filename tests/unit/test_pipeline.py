@@ -1,0 +1,160 @@
+"""Pipeline logic with fake stages: order, cache short-circuits, one embedding, fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pipelines.config import CacheConfig, RagConfig
+from pipelines.query.cache import InMemoryCache
+from pipelines.query.pipeline import QueryPipeline
+from pipelines.schema import RagRequest
+from tests.fakes import FakeStages, unit
+
+CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
+
+
+def run(pipeline: QueryPipeline, **req) -> object:
+    return asyncio.run(pipeline.run(RagRequest(**req)))
+
+
+@pytest.fixture
+def stages() -> FakeStages:
+    return FakeStages(vectors={
+        "what does with do": unit([1, 0, 0]),
+        "what does with do exactly": unit([1, 0.1, 0]),  # cosine 0.995
+        "how do I raise": unit([0, 1, 0]),
+    })
+
+
+@pytest.fixture
+def pipeline(stages) -> QueryPipeline:
+    return QueryPipeline(stages, InMemoryCache(CFG.cache), CFG)
+
+
+def test_stages_run_in_order_and_every_stage_is_timed(pipeline, stages):
+    resp = run(pipeline, query="what does with do")
+    assert stages.calls == ["embed", "retrieve", "rerank", "route", "generate[large]"]
+    assert set(resp.timings_ms) == {"cache", "embed", "retrieve", "rerank", "route", "generate", "total"}
+    assert resp.answer == "an answer [1]" and not resp.cache.hit and not resp.degraded
+    # The reranker's order (reversed candidates) is what the response reports.
+    assert [s.id for s in resp.sources] == ["c5", "c4", "c3", "c2"]
+    assert resp.route.tier == "large" and resp.route.model == "large-model"
+
+
+def test_query_is_embedded_once_and_the_vector_reaches_the_router(pipeline, stages):
+    run(pipeline, query="what does with do")
+    assert stages.embedded == ["what does with do"]
+    np.testing.assert_allclose(stages.route_features.query_vector, unit([1, 0, 0]))
+    assert stages.route_features.retrieval_scores  # reranked sources' dense scores
+
+
+def test_exact_hit_short_circuits_before_embedding(pipeline, stages):
+    first = run(pipeline, query="what does with do")
+    stages.calls.clear()
+    again = run(pipeline, query="  What does WITH do?  ")  # same after normalization
+    assert stages.calls == []
+    assert again.cache.hit and again.cache.kind == "exact" and again.answer == first.answer
+    assert set(again.timings_ms) == {"cache", "total"}
+
+
+def test_semantic_hit_skips_retrieval_and_generation(pipeline, stages):
+    run(pipeline, query="what does with do")
+    stages.calls.clear()
+    resp = run(pipeline, query="what does with do exactly")
+    assert stages.calls == ["embed"]
+    assert resp.cache.hit and resp.cache.kind == "semantic" and resp.cache.similarity >= 0.95
+
+
+def test_dissimilar_question_misses(pipeline, stages):
+    run(pipeline, query="what does with do")
+    resp = run(pipeline, query="how do I raise")
+    assert not resp.cache.hit and "generate[large]" in stages.calls[-1]
+
+
+def test_bypass_neither_reads_nor_writes(pipeline, stages):
+    run(pipeline, query="what does with do", cache="bypass")
+    resp = run(pipeline, query="what does with do")
+    assert not resp.cache.hit
+    stages.calls.clear()
+    resp = run(pipeline, query="what does with do", cache="bypass")
+    assert not resp.cache.hit and stages.calls[0] == "embed"
+
+
+def test_request_settings_partition_the_cache(pipeline):
+    run(pipeline, query="what does with do", top_k=4)
+    assert not run(pipeline, query="what does with do", top_k=2).cache.hit
+    assert not run(pipeline, query="what does with do", tier="small").cache.hit
+
+
+def test_explicit_tier_skips_the_router(pipeline, stages):
+    resp = run(pipeline, query="what does with do", tier="small")
+    assert "route" not in stages.calls and resp.route.tier == "small" and resp.route.score is None
+    assert "requested by the client" in resp.route.reason
+
+
+def test_rerank_failure_falls_back_to_retrieval_order_and_is_not_cached(stages):
+    stages.fail = {"rerank"}
+    pipeline = QueryPipeline(stages, InMemoryCache(CFG.cache), CFG)
+    resp = run(pipeline, query="what does with do")
+    assert resp.degraded and any("rerank" in w for w in resp.warnings)
+    assert [s.id for s in resp.sources] == ["c0", "c1", "c2", "c3"]
+    assert not run(pipeline, query="what does with do").cache.hit
+
+
+def test_router_failure_uses_default_tier(stages):
+    stages.fail = {"route"}
+    resp = run(QueryPipeline(stages, None, CFG), query="what does with do")
+    assert resp.degraded and resp.route.tier == "small"
+
+
+def test_large_tier_failure_falls_back_to_small(stages):
+    stages.fail = {"generate[large]"}
+    resp = run(QueryPipeline(stages, None, CFG), query="what does with do")
+    assert resp.degraded and resp.route.tier == "small" and resp.answer == "an answer [1]"
+
+
+def test_generation_failure_gives_a_flagged_extractive_answer_that_is_not_cached(stages):
+    stages.fail = {"generate[large]", "generate[small]"}
+    cache = InMemoryCache(CFG.cache)
+    resp = run(QueryPipeline(stages, cache, CFG), query="what does with do")
+    assert resp.degraded and resp.route.model == "extractive"
+    assert resp.answer.startswith("text of chunk 5") and resp.answer.endswith("[1]")
+    assert len(cache) == 0
+
+
+def test_empty_model_answer_is_replaced_and_not_cached():
+    stages = FakeStages(answer="")
+    cache = InMemoryCache(CFG.cache)
+    resp = run(QueryPipeline(stages, cache, CFG), query="q")
+    assert resp.degraded and resp.answer and len(cache) == 0
+
+
+def test_embedding_failure_fails_the_request_with_a_stage_error(stages):
+    from pipelines.errors import StageError
+
+    stages.fail = {"embed"}
+    with pytest.raises(StageError) as info:
+        run(QueryPipeline(stages, None, CFG), query="what does with do")
+    assert info.value.status == 503 and info.value.stage == "embed"
+
+
+def test_answer_from_another_index_version_is_not_cached(stages):
+    stages.retrieved_version = "v2"  # the index changed between lookup and retrieval
+    cache = InMemoryCache(CFG.cache)
+    resp = run(QueryPipeline(stages, cache, CFG), query="what does with do")
+    assert resp.index_version == "v2" and len(cache) == 0
+
+
+def test_broken_cache_backend_is_bypassed(stages):
+    class Broken:
+        def get_exact(self, *a):
+            raise ConnectionError("down")
+
+        get_semantic = put = get_exact
+
+    resp = run(QueryPipeline(stages, Broken(), CFG), query="what does with do")
+    assert resp.answer == "an answer [1]" and not resp.cache.hit
+    assert any("cache" in w for w in resp.warnings)
