@@ -1,0 +1,131 @@
+"""rag_query latency through `bentoml serve`: cache miss vs exact hit vs semantic hit.
+
+    python -m evals.latency                 # start a server on the embedded defaults, 3 runs
+    python -m evals.latency --url http://127.0.0.1:3000 --runs 5
+
+For every question and run: a miss (``cache: bypass`` = the full pipeline), an exact hit
+(the same question again, after one normal ask stored it) and a semantic hit (a
+paraphrase). Reports client-side and server-side (timings_ms.total) p50/p95 per kind, the
+median of the per-run p50s, and per-stage medians for misses. Writes evals/out/latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+from evals.serving import ROOT, serving
+from pipelines import config
+
+log = logging.getLogger("evals.latency")
+
+# (question, paraphrase) over the demo corpus (Python help topics).
+QUESTIONS = [
+    ("What does the with statement do?", "What does the with statement do exactly?"),
+    ("How do I catch an exception?", "How can I catch an exception?"),
+    ("What does the yield statement do?", "What exactly does the yield statement do?"),
+    ("What is a lambda expression?", "What is a lambda expression exactly?"),
+    ("What does the nonlocal statement do?", "What does the nonlocal statement actually do?"),
+    ("How does the for loop work?", "How does the for loop work exactly?"),
+    ("What does the assert statement do?", "What does the assert statement do exactly?"),
+    ("What are f-strings?", "What are f-strings exactly?"),
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def ask(client: httpx.Client, url: str, body: dict) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    r = client.post(f"{url}/rag_query", json=body, timeout=300)
+    elapsed = (time.perf_counter() - t0) * 1000
+    r.raise_for_status()
+    return elapsed, r.json()
+
+
+def measure(url: str, runs: int) -> dict:
+    samples: dict[str, list[dict]] = defaultdict(list)
+    with httpx.Client() as client:
+        for run in range(runs):
+            for q, para in QUESTIONS:
+                ms, out = ask(client, url, {"query": q, "cache": "bypass"})
+                samples["miss"].append({"run": run, "client_ms": ms, "server": out["timings_ms"],
+                                        "tier": out["route"]["tier"], "degraded": out["degraded"]})
+                ask(client, url, {"query": q})  # stores (or already stored) the answer
+                for kind, text in (("exact", q), ("semantic", para)):
+                    ms, out = ask(client, url, {"query": text})
+                    got = out["cache"]["kind"]
+                    samples[kind if got == kind else f"{kind}_expected_but_{got}"].append(
+                        {"run": run, "client_ms": ms, "server": out["timings_ms"]})
+            log.info("run %d/%d done", run + 1, runs)
+    summary = {}
+    for kind, rows in samples.items():
+        client_ms = [r["client_ms"] for r in rows]
+        server_ms = [r["server"]["total"] for r in rows]
+        per_run_p50 = [statistics.median([r["client_ms"] for r in rows if r["run"] == i])
+                       for i in range(runs) if any(r["run"] == i for r in rows)]
+        summary[kind] = {
+            "n": len(rows),
+            "client_p50_ms": round(pct(client_ms, 0.5), 2),
+            "client_p95_ms": round(pct(client_ms, 0.95), 2),
+            "server_p50_ms": round(pct(server_ms, 0.5), 2),
+            "median_of_run_p50s_ms": round(statistics.median(per_run_p50), 2),
+            "run_p50s_ms": [round(x, 2) for x in per_run_p50],
+        }
+    misses = samples["miss"]
+    summary["miss"]["stage_p50_ms"] = {
+        stage: round(statistics.median(r["server"][stage] for r in misses if stage in r["server"]), 2)
+        for stage in ("embed", "retrieve", "rerank", "route", "generate")
+    }
+    summary["miss"]["tiers"] = {t: sum(r["tier"] == t for r in misses) for t in ("small", "large")}
+    summary["miss"]["degraded"] = sum(r["degraded"] for r in misses)
+    return {"summary": summary, "samples": samples}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evals.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="an already running ragroute (default: start one on the embedded defaults)")
+    p.add_argument("--runs", type=int, default=3, help="repetitions over the question set")
+    p.add_argument("--out", type=Path, default=ROOT / "evals" / "out" / "latency.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    meta = {"runs": args.runs, "questions": len(QUESTIONS), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.url:
+        result = measure(args.url, args.runs)
+    else:
+        # A fresh home (demo index built on start); the model cache is the real one.
+        env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
+        with tempfile.TemporaryDirectory(prefix="ragroute-bench-") as tmp, serving(Path(tmp), env) as server:
+            meta["ready_s"] = round(server.ready_s, 1)
+            result = measure(server.url, args.runs)
+    result["meta"] = meta
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for kind, s in result["summary"].items():
+        log.info("%-9s n=%-3d client p50 %8.1f ms  p95 %8.1f ms  (median of run p50s %8.1f; server p50 %8.1f)",
+                 kind, s["n"], s["client_p50_ms"], s["client_p95_ms"], s["median_of_run_p50s_ms"], s["server_p50_ms"])
+    log.info("miss stage p50s: %s; tiers %s", result["summary"]["miss"]["stage_p50_ms"], result["summary"]["miss"]["tiers"])
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
