@@ -9,7 +9,6 @@ from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import RetrievalConfig
 from pipelines.errors import RagrouteError
-from pipelines.records import ScoredChunk
 from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
 
 
@@ -36,5 +35,3 @@ class Retrieval:
     def info(self) -> dict:
         return self.store.manifest.model_dump()
 
-
-__all__ = ["Retrieval", "ScoredChunk"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -11,8 +10,6 @@ import numpy as np
 from index.store import IndexStore
 from pipelines.config import EmbeddingConfig, RetrievalConfig
 from pipelines.records import ScoredChunk
-
-log = logging.getLogger(__name__)
 
 
 class Retriever(Protocol):

@@ -114,3 +114,15 @@ def test_demo_index_is_built_once_and_reused(tmp_path, embedder):
     assert store.manifest.document_count == 79  # pydoc_data.topics
     hits = store.search(embedder.encode(["What does the with statement do?"])[0], 3)
     assert hits[0].chunk.doc_id == "pydoc:with"
+
+
+def test_retrieval_service_refuses_a_mismatched_index_at_start_up(fixture_index, clean_env):
+    from services.retrieval import Retrieval
+
+    clean_env.setenv("RAGROUTE_INDEX_DIR", str(fixture_index))
+    clean_env.setenv("RAGROUTE_EMBED_MODEL", "BAAI/bge-small-en-v1.5")
+    with pytest.raises(ArtifactError, match="built with embedding model 'all-MiniLM-L6-v2'"):
+        Retrieval()
+    clean_env.setenv("RAGROUTE_EMBED_MODEL", "all-MiniLM-L6-v2")
+    svc = Retrieval()
+    assert svc.info()["index_version"] == json.loads((fixture_index / "manifest.json").read_text())["index_version"]
