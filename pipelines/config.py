@@ -158,17 +158,29 @@ class GenerationConfig:
 @dataclass(frozen=True)
 class CacheConfig:
     backend: str = "memory"
+    redis_url: str = ""
     threshold: float = 0.95
+    verifier: bool = True
     ttl_s: float = 3600.0
+    sliding_ttl: bool = False
     max_entries: int = 10_000
+    timeout_ms: float = 200.0
+    retry_s: float = 2.0
+    namespace: str = "ragroute"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CacheConfig:
         return cls(
             backend=_choice(env, "RAGROUTE_CACHE", "memory", ("memory", "off")),
+            redis_url=_get(env, "REDIS_URL", ""),
             threshold=_num(env, "RAGROUTE_CACHE_THRESHOLD", 0.95, float, 0.0, 1.0),
+            verifier=_choice(env, "RAGROUTE_CACHE_VERIFIER", "on", ("on", "off")) == "on",
             ttl_s=_num(env, "RAGROUTE_CACHE_TTL_S", 3600.0, float, 1.0, 30 * 86400.0),
+            sliding_ttl=_choice(env, "RAGROUTE_CACHE_SLIDING_TTL", "off", ("on", "off")) == "on",
             max_entries=_num(env, "RAGROUTE_CACHE_MAX_ENTRIES", 10_000, int, 1, 10_000_000),
+            timeout_ms=_num(env, "RAGROUTE_CACHE_TIMEOUT_MS", 200.0, float, 1.0, 10_000.0),
+            retry_s=_num(env, "RAGROUTE_CACHE_RETRY_S", 2.0, float, 0.1, 3600.0),
+            namespace=_get(env, "RAGROUTE_CACHE_NAMESPACE", "ragroute"),
         )
 
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 MAX_QUERY_CHARS = 2000
 
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)]
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 
 
 class RagRequest(BaseModel):
@@ -21,7 +23,9 @@ class RagRequest(BaseModel):
     query: Query = Field(description=f"the question; 1..{MAX_QUERY_CHARS} characters after trimming")
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = Field(4, description="number of sources to answer from")
     tier: Literal["auto", "small", "large"] = Field("auto", description="auto = let the router choose")
-    cache: Literal["use", "bypass"] = Field("use", description="bypass = neither read nor write the cache")
+    cache: Literal["use", "bypass", "refresh"] = Field(
+        "use", description="bypass = neither read nor write the cache; refresh = skip the lookup, store the new answer")
+    tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants")
 
 
 class _Out(BaseModel):
@@ -47,6 +51,10 @@ class CacheInfo(_Out):
     hit: bool
     kind: Literal["exact", "semantic"] | None = None
     similarity: float | None = None
+    status: Literal["hit", "miss", "bypass", "refresh", "off", "unavailable"] = Field(
+        "miss", description="unavailable = the cache backend failed and was bypassed")
+    verifier: list[str] = Field(default_factory=list,
+                                description="why each semantic candidate was accepted or rejected")
 
 
 class Usage(_Out):
@@ -64,4 +72,13 @@ class RagResponse(_Out):
     timings_ms: dict[str, float] = Field(description="wall time per stage, and total")
     index_version: str
     degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
-    warnings: list[str] = Field(default_factory=list, description="what degraded, and why")
+    warnings: list[str] = Field(default_factory=list, description="what failed or degraded, and why")
+
+
+class PurgeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Tenant | None = Field(None, description="delete this tenant's entries")
+    doc_ids: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=512)]],
+                       Field(max_length=10_000)] = Field(default_factory=list,
+                                                         description="delete entries citing any of these documents")

@@ -5,20 +5,24 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
 import uuid
 
 import bentoml
 import numpy as np
 
-from pipelines.config import RagConfig
-from pipelines.errors import RagrouteError, StageError
+from pipelines.config import GenerationConfig, RagConfig
+from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.pipeline import QueryPipeline
+from pipelines.query.prompt import PROMPT_VERSION
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
-from pipelines.schema import RagRequest, RagResponse
+from pipelines.schema import PurgeRequest, RagRequest, RagResponse
+from pipelines.text import content_id
 from services._common import TIMEOUT_S, error_response, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
@@ -88,7 +92,12 @@ class RAG:
     def __init__(self) -> None:
         setup_logging()
         self.cfg = RagConfig.from_env()
-        self.pipeline = QueryPipeline(_RemoteStages(self), make_cache(self.cfg.cache), self.cfg)
+        self.cache_errors = bentoml.metrics.Counter(
+            name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
+            labelnames=["op"])
+        self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.cache_errors.labels(op=op).inc())
+        self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint())
+        self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:
         # bentoml 1.4.39: while a dependency is still starting, the caller's /readyz hangs until
@@ -102,12 +111,60 @@ class RAG:
         return True
 
     @bentoml.api(input_spec=RagRequest)
-    async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use") -> RagResponse:
+    async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",
+                        tenant: str = "default") -> RagResponse:
         """Answer a question from the index with the cheapest adequate model."""
         request_id = uuid.uuid4().hex[:12]
-        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache)  # type: ignore[arg-type]
+        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant)  # type: ignore[arg-type]
         try:
             return await self.pipeline.run(req, request_id)
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             return error_response(exc)  # type: ignore[return-value]
+
+    # -- admin ---------------------------------------------------------------------------------------
+    def _admin_error(self, ctx: bentoml.Context):
+        """None when the caller may use the admin API, else the error response."""
+        from starlette.responses import JSONResponse
+
+        if not self.admin_token:
+            return JSONResponse({"error": "the admin API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it"}, 403)
+        given = ctx.request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            return JSONResponse({"error": "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'"}, 401)
+        return None
+
+    @bentoml.api(input_spec=PurgeRequest)
+    def cache_purge(self, ctx: bentoml.Context, tenant: str | None = None, doc_ids: list[str] | None = None) -> dict:
+        """Delete cached answers of a tenant and/or those citing the given documents."""
+        if (denied := self._admin_error(ctx)) is not None:
+            return denied  # type: ignore[return-value]
+        if tenant is None and not doc_ids:
+            return error_response(BadRequest("tenant", "give a tenant, doc_ids, or both"))  # type: ignore[return-value]
+        if self.cache is None:
+            return {"deleted": 0, "cache": "off"}
+        try:
+            deleted = self.cache.purge(tenant=tenant, doc_ids=doc_ids or [])
+        except Exception as exc:  # noqa: BLE001 - the backend is down: say so, never a 500
+            log.warning("cache purge failed: %s", exc)
+            return error_response(StageError("cache", f"purge failed: {exc}"))  # type: ignore[return-value]
+        log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
+        return {"deleted": deleted}
+
+    @bentoml.api
+    def cache_stats(self, ctx: bentoml.Context) -> dict:
+        if (denied := self._admin_error(ctx)) is not None:
+            return denied  # type: ignore[return-value]
+        if self.cache is None:
+            return {"backend": "off"}
+        try:
+            return self.cache.stats()
+        except Exception as exc:  # noqa: BLE001
+            return error_response(StageError("cache", f"stats failed: {exc}"))  # type: ignore[return-value]
+
+
+def generation_fingerprint() -> str:
+    """Identifies everything that shapes an answer besides the question and the sources."""
+    cfg = GenerationConfig.from_env()
+    tiers = sorted((t.name, t.engine, t.model, t.max_tokens, t.context_tokens) for t in cfg.tiers.values())
+    return content_id(repr(tiers), str(cfg.temperature), PROMPT_VERSION)

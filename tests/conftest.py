@@ -46,3 +46,13 @@ def clean_env(monkeypatch):
         if key.startswith("RAGROUTE_"):
             monkeypatch.delenv(key)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Redis 8 + RediSearch (from PyPI packages), started for this test session."""
+    from evals.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -1,24 +1,53 @@
-"""Cache stage: exact-match lookup (before any embedding) and semantic lookup (cosine).
+"""Cache stage: exact-match lookup (before any embedding) and semantic lookup (cosine +
+hit verifier).
 
-Entries live in partitions (a key derived from the index version and the request's
-generation settings), so an answer is only ever served for the same index and settings.
-``CacheBackend`` is the interface; ``InMemoryCache`` is the embedded default and the
-Redis backend of a later issue implements the same protocol.
+Every entry lives in a :class:`Partition` (tenant, index version, generation fingerprint):
+lookups only ever see entries of the same partition, so tenants never share answers, a
+rebuilt index never serves answers built from the old one, and a change of model, prompt
+or sampling settings starts afresh. Entries record the (hashed) ids of the documents their
+answer cites, so they can be purged when those documents change.
+
+Backends (``InMemoryCache`` here, ``RedisCache`` in cache_redis.py) store and return
+candidates; :class:`SemanticCache` applies the threshold and the verifier, the same for all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from pipelines.config import CacheConfig
+from pipelines.query.verify import HitVerifier
 from pipelines.text import content_id
+
+
+class CacheUnavailable(Exception):
+    """The cache backend could not be reached in time; callers bypass the cache."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    tenant: str
+    index_version: str
+    fingerprint: str  # generation settings: tier models, prompt version, sampling, top_k
+
+    @property
+    def key(self) -> str:
+        return content_id(self.tenant, self.index_version, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    query: str
+    similarity: float
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -26,39 +55,93 @@ class CacheHit:
     payload: dict[str, Any]
     kind: Literal["exact", "semantic"]
     similarity: float
+    verdict: str | None = None
+
+
+def doc_tag(doc_id: str) -> str:
+    """Document ids are stored hashed: safe in any tag syntax, whatever the id contains."""
+    return hashlib.sha256(doc_id.encode()).hexdigest()[:16]
 
 
 class CacheBackend(Protocol):
-    def get_exact(self, partition: str, key: str) -> CacheHit | None: ...
+    def get_exact(self, part: Partition, qhash: str) -> dict[str, Any] | None: ...
 
-    def get_semantic(self, partition: str, vector: np.ndarray) -> CacheHit | None: ...
+    def candidates(self, part: Partition, vector: np.ndarray, k: int, min_similarity: float) -> list[Candidate]:
+        """Up to k entries of ``part`` with cosine >= min_similarity, most similar first."""
+        ...
 
-    def put(self, partition: str, key: str, vector: np.ndarray, payload: dict[str, Any]) -> None: ...
+    def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
+            doc_ids: Sequence[str]) -> None: ...
+
+    def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
+        """Delete the entries of a tenant and/or those citing any of ``doc_ids``; returns how many."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
-def partition_key(*parts: str | int) -> str:
-    return content_id(*(str(p) for p in parts))
+@dataclass(frozen=True)
+class SemanticLookup:
+    hit: CacheHit | None
+    verdicts: tuple[str, ...]  # one line per candidate the verifier looked at
+
+
+class SemanticCache:
+    """The cache as the pipeline sees it: a backend plus the threshold and the verifier."""
+
+    CANDIDATES = 3
+
+    def __init__(self, backend: CacheBackend, threshold: float, verifier: HitVerifier | None) -> None:
+        self.backend = backend
+        self.threshold = threshold
+        self.verifier = verifier
+
+    def get_exact(self, part: Partition, qhash: str) -> CacheHit | None:
+        payload = self.backend.get_exact(part, qhash)
+        return CacheHit(payload, "exact", 1.0) if payload is not None else None
+
+    def get_semantic(self, part: Partition, query: str, vector: np.ndarray) -> SemanticLookup:
+        verdicts = []
+        for cand in self.backend.candidates(part, vector, self.CANDIDATES, self.threshold):
+            if self.verifier is None:
+                return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity), ())
+            verdict = self.verifier.check(cand.query, query, cand.similarity)
+            line = f"{cand.query!r} (cosine {cand.similarity:.3f}) {verdict.reason}"
+            verdicts.append(line)
+            if verdict.accept:
+                return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts))
+        return SemanticLookup(None, tuple(verdicts))
+
+    def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
+            doc_ids: Iterable[str]) -> None:
+        self.backend.put(part, qhash, query, vector, payload, sorted(set(doc_ids)))
+
+    def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
+        return self.backend.purge(tenant=tenant, doc_ids=doc_ids)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.backend.stats(), "threshold": self.threshold,
+                "verifier_rules": sorted(self.verifier.rules) if self.verifier else []}
 
 
 @dataclass
 class _Entry:
-    partition: str
-    key: str
+    part: Partition
+    qhash: str
+    query: str
     vector: np.ndarray
     payload: dict[str, Any]
+    doc_tags: frozenset[str]
     expires_at: float
 
 
 class InMemoryCache:
-    """Process-local cache: fixed TTL, FIFO eviction beyond ``max_entries``.
-
-    Semantic lookup is a brute-force dot product over the partition's live entries
-    (vectors are L2-normalized, so that is the cosine similarity).
-    """
+    """Process-local backend: fixed TTL (sliding if configured), FIFO eviction beyond
+    ``max_entries``. Semantic lookup is a dot product over the partition's live entries."""
 
     def __init__(self, cfg: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = cfg.threshold
         self.ttl_s = cfg.ttl_s
+        self.sliding = cfg.sliding_ttl
         self.max_entries = cfg.max_entries
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
@@ -71,43 +154,74 @@ class InMemoryCache:
     def _live(self, entry: _Entry | None) -> bool:
         return entry is not None and entry.expires_at > self._clock()
 
-    def get_exact(self, partition: str, key: str) -> CacheHit | None:
+    def _touch(self, entry: _Entry) -> None:
+        if self.sliding:
+            entry.expires_at = self._clock() + self.ttl_s
+
+    def get_exact(self, part: Partition, qhash: str) -> dict[str, Any] | None:
         with self._lock:
-            entry = self._entries.get((partition, key))
+            entry = self._entries.get((part.key, qhash))
             if not self._live(entry):
                 return None
-            return CacheHit(payload=entry.payload, kind="exact", similarity=1.0)  # type: ignore[union-attr]
+            self._touch(entry)  # type: ignore[arg-type]
+            return entry.payload  # type: ignore[union-attr]
 
-    def get_semantic(self, partition: str, vector: np.ndarray) -> CacheHit | None:
+    def candidates(self, part: Partition, vector: np.ndarray, k: int, min_similarity: float) -> list[Candidate]:
         with self._lock:
-            if partition not in self._matrices:
-                live = [e for e in self._entries.values() if e.partition == partition and self._live(e)]
+            if part.key not in self._matrices:
+                live = [e for e in self._entries.values() if e.part == part and self._live(e)]
                 if not live:
-                    return None
-                self._matrices[partition] = (np.stack([e.vector for e in live]), live)
-            matrix, entries = self._matrices[partition]
+                    return []
+                self._matrices[part.key] = (np.stack([e.vector for e in live]), live)
+            matrix, entries = self._matrices[part.key]
             sims = matrix @ np.asarray(vector, dtype=np.float32)
+            out = []
             for i in np.argsort(-sims):
-                if sims[i] < self.threshold:
-                    return None
+                if sims[i] < min_similarity or len(out) == k:
+                    break
                 if self._live(entries[i]):
-                    return CacheHit(payload=entries[i].payload, kind="semantic", similarity=float(sims[i]))
-            return None
+                    self._touch(entries[i])
+                    out.append(Candidate(entries[i].query, float(sims[i]), entries[i].payload))
+            return out
 
-    def put(self, partition: str, key: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
+    def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
+            doc_ids: Sequence[str]) -> None:
         with self._lock:
-            self._entries.pop((partition, key), None)
-            self._entries[(partition, key)] = _Entry(
-                partition, key, np.asarray(vector, dtype=np.float32), payload, self._clock() + self.ttl_s
-            )
-            self._matrices.pop(partition, None)
+            self._entries.pop((part.key, qhash), None)
+            self._entries[(part.key, qhash)] = _Entry(part, qhash, query, np.asarray(vector, dtype=np.float32),
+                                                      payload, frozenset(map(doc_tag, doc_ids)),
+                                                      self._clock() + self.ttl_s)
+            self._matrices.pop(part.key, None)
             now = self._clock()
             while len(self._entries) > self.max_entries or (
-                self._entries and next(iter(self._entries.values())).expires_at <= now
+                not self.sliding and self._entries and next(iter(self._entries.values())).expires_at <= now
             ):
                 _, old = self._entries.popitem(last=False)
-                self._matrices.pop(old.partition, None)
+                self._matrices.pop(old.part.key, None)
+
+    def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
+        tags = {doc_tag(d) for d in doc_ids}
+        with self._lock:
+            doomed = [k for k, e in self._entries.items()
+                      if (tenant is None or e.part.tenant == tenant) and (not tags or e.doc_tags & tags)]
+            for k in doomed:
+                self._matrices.pop(self._entries.pop(k).part.key, None)
+            return len(doomed)
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": "memory", "entries": len(self._entries)}
 
 
-def make_cache(cfg: CacheConfig) -> CacheBackend | None:
-    return InMemoryCache(cfg) if cfg.backend == "memory" else None
+def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str], None] | None = None
+               ) -> SemanticCache | None:
+    """The configured cache: Redis when ``REDIS_URL`` is set, else in-process; None if off."""
+    if cfg.backend == "off":
+        return None
+    verifier = HitVerifier.load() if cfg.verifier else None
+    if cfg.redis_url:
+        from pipelines.query.cache_redis import RedisCache
+
+        backend: CacheBackend = RedisCache(cfg, on_error=on_error)
+    else:
+        backend = InMemoryCache(cfg)
+    return SemanticCache(backend, cfg.threshold, verifier)

@@ -27,7 +27,7 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
     assert len(first["sources"]) == 4
     assert first["route"]["tier"] in ("small", "large") and first["route"]["model"]
     assert first["route"]["reason"].startswith("heuristic score")
-    assert first["cache"] == {"hit": False, "kind": None, "similarity": None}
+    assert first["cache"] == {"hit": False, "kind": None, "similarity": None, "status": "miss", "verifier": []}
     assert set(first["timings_ms"]) == STAGES and first["timings_ms"]["total"] >= first["timings_ms"]["generate"]
     assert not first["degraded"] and first["usage"]["tokens_out"] > 0
     # The demo index was built on first start under RAGROUTE_HOME, and the answer says which.
@@ -37,7 +37,7 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
 
 def test_asking_again_is_an_exact_cache_hit(server, first):
     again = server.post({"query": "  what does the WITH statement do  "}).json()
-    assert again["cache"] == {"hit": True, "kind": "exact", "similarity": 1.0}
+    assert again["cache"] == {"hit": True, "kind": "exact", "similarity": 1.0, "status": "hit", "verifier": []}
     assert again["answer"] == first["answer"] and again["sources"] == first["sources"]
     assert set(again["timings_ms"]) == {"cache", "total"}
 
@@ -45,6 +45,7 @@ def test_asking_again_is_an_exact_cache_hit(server, first):
 def test_a_paraphrase_is_a_semantic_cache_hit(server, first):
     para = server.post({"query": PARAPHRASE}).json()
     assert para["cache"]["hit"] and para["cache"]["kind"] == "semantic" and para["cache"]["similarity"] >= 0.95
+    assert para["cache"]["verifier"][0].startswith(f"{QUESTION!r}") and "accepted" in para["cache"]["verifier"][0]
     assert para["answer"] == first["answer"]
     assert set(para["timings_ms"]) == {"cache", "embed", "total"}
 
@@ -64,6 +65,7 @@ def test_bypass_and_explicit_tier_generate_afresh(server, first):
     ({"query": "q", "top_k": "four"}, "top_k"),
     ({"query": "q", "tier": "xl"}, "tier"),
     ({"query": "q", "cache": "maybe"}, "cache"),
+    ({"query": "q", "tenant": "acme corp"}, "tenant"),
     ({"query": "q", "unknown": 1}, "unknown"),
     ({"query": ["a list"]}, "query"),
     ({"top_k": 3}, "query"),
@@ -79,6 +81,13 @@ def test_malformed_json_is_a_400(server):
 
     resp = httpx.post(f"{server.url}/rag_query", content=b"{not json", headers={"content-type": "application/json"})
     assert resp.status_code == 400
+
+
+def test_admin_api_is_disabled_without_a_token(server):
+    import httpx
+
+    resp = httpx.post(f"{server.url}/cache_purge", json={"tenant": "default"})
+    assert resp.status_code == 403 and "RAGROUTE_ADMIN_TOKEN" in resp.json()["error"]
 
 
 def test_python_client(server, first):

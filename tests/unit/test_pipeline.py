@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import CacheConfig, RagConfig
-from pipelines.query.cache import InMemoryCache
+from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
@@ -29,9 +29,13 @@ def stages() -> FakeStages:
     })
 
 
+def memory_cache() -> SemanticCache:
+    return SemanticCache(InMemoryCache(CFG.cache), CFG.cache.threshold, None)
+
+
 @pytest.fixture
 def pipeline(stages) -> QueryPipeline:
-    return QueryPipeline(stages, InMemoryCache(CFG.cache), CFG)
+    return QueryPipeline(stages, memory_cache(), CFG)
 
 
 def test_stages_run_in_order_and_every_stage_is_timed(pipeline, stages):
@@ -97,7 +101,7 @@ def test_explicit_tier_skips_the_router(pipeline, stages):
 
 def test_rerank_failure_falls_back_to_retrieval_order_and_is_not_cached(stages):
     stages.fail = {"rerank"}
-    pipeline = QueryPipeline(stages, InMemoryCache(CFG.cache), CFG)
+    pipeline = QueryPipeline(stages, memory_cache(), CFG)
     resp = run(pipeline, query="what does with do")
     assert resp.degraded and any("rerank" in w for w in resp.warnings)
     assert [s.id for s in resp.sources] == ["c0", "c1", "c2", "c3"]
@@ -118,18 +122,18 @@ def test_large_tier_failure_falls_back_to_small(stages):
 
 def test_generation_failure_gives_a_flagged_extractive_answer_that_is_not_cached(stages):
     stages.fail = {"generate[large]", "generate[small]"}
-    cache = InMemoryCache(CFG.cache)
+    cache = memory_cache()
     resp = run(QueryPipeline(stages, cache, CFG), query="what does with do")
     assert resp.degraded and resp.route.model == "extractive"
     assert resp.answer.startswith("text of chunk 5") and resp.answer.endswith("[1]")
-    assert len(cache) == 0
+    assert len(cache.backend) == 0
 
 
 def test_empty_model_answer_is_replaced_and_not_cached():
     stages = FakeStages(answer="")
-    cache = InMemoryCache(CFG.cache)
+    cache = memory_cache()
     resp = run(QueryPipeline(stages, cache, CFG), query="q")
-    assert resp.degraded and resp.answer and len(cache) == 0
+    assert resp.degraded and resp.answer and len(cache.backend) == 0
 
 
 def test_embedding_failure_fails_the_request_with_a_stage_error(stages):
@@ -143,9 +147,9 @@ def test_embedding_failure_fails_the_request_with_a_stage_error(stages):
 
 def test_answer_from_another_index_version_is_not_cached(stages):
     stages.retrieved_version = "v2"  # the index changed between lookup and retrieval
-    cache = InMemoryCache(CFG.cache)
+    cache = memory_cache()
     resp = run(QueryPipeline(stages, cache, CFG), query="what does with do")
-    assert resp.index_version == "v2" and len(cache) == 0
+    assert resp.index_version == "v2" and len(cache.backend) == 0
 
 
 def test_broken_cache_backend_is_bypassed(stages):
@@ -153,8 +157,60 @@ def test_broken_cache_backend_is_bypassed(stages):
         def get_exact(self, *a):
             raise ConnectionError("down")
 
-        get_semantic = put = get_exact
+        candidates = put = purge = get_exact
 
-    resp = run(QueryPipeline(stages, Broken(), CFG), query="what does with do")
-    assert resp.answer == "an answer [1]" and not resp.cache.hit
-    assert any("cache" in w for w in resp.warnings)
+    resp = run(QueryPipeline(stages, SemanticCache(Broken(), 0.95, None), CFG), query="what does with do")
+    assert resp.answer == "an answer [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
+    assert any("cache" in w for w in resp.warnings) and not resp.degraded
+
+
+def test_tenants_never_share_answers_even_for_identical_questions(stages):
+    pipeline = QueryPipeline(stages, memory_cache(), CFG)
+    a = run(pipeline, query="what does with do", tenant="acme")
+    stages.answer = "globex's answer"
+    b = run(pipeline, query="what does with do", tenant="globex")
+    assert not b.cache.hit and b.answer == "globex's answer" != a.answer
+    assert run(pipeline, query="what does with do", tenant="acme").answer == a.answer
+    assert run(pipeline, query="what does with do exactly", tenant="globex").answer == "globex's answer"
+
+
+def test_refresh_skips_the_lookup_and_replaces_the_entry(stages):
+    pipeline = QueryPipeline(stages, memory_cache(), CFG)
+    run(pipeline, query="what does with do")
+    stages.answer = "a newer answer"
+    fresh = run(pipeline, query="what does with do", cache="refresh")
+    assert not fresh.cache.hit and fresh.cache.status == "refresh" and fresh.answer == "a newer answer"
+    assert run(pipeline, query="what does with do").answer == "a newer answer"
+
+
+def test_cache_status_says_what_happened(pipeline):
+    assert run(pipeline, query="what does with do").cache.status == "miss"
+    assert run(pipeline, query="what does with do").cache.status == "hit"
+    assert run(pipeline, query="what does with do", cache="bypass").cache.status == "bypass"
+    assert run(QueryPipeline(FakeStages(), None, CFG), query="q").cache.status == "off"
+
+
+def test_generation_settings_partition_the_cache(stages):
+    cache = memory_cache()
+    run(QueryPipeline(stages, cache, CFG, fingerprint="qwen-0.5b|prompt-v1"), query="what does with do")
+    other = run(QueryPipeline(stages, cache, CFG, fingerprint="qwen-1.5b|prompt-v1"), query="what does with do")
+    assert not other.cache.hit
+
+
+def test_verifier_rejection_is_reported_and_the_request_is_answered_afresh():
+    from pipelines.query.verify import HitVerifier
+
+    stages = FakeStages(vectors={"How do I enable 2FA?": unit([1, 0, 0]), "How do I disable 2FA?": unit([1, 0.05, 0])})
+    cache = SemanticCache(InMemoryCache(CFG.cache), 0.95, HitVerifier({"antonyms": 0.0}, 0.9))
+    pipeline = QueryPipeline(stages, cache, CFG)
+    run(pipeline, query="How do I enable 2FA?")
+    resp = run(pipeline, query="How do I disable 2FA?")
+    assert not resp.cache.hit and resp.cache.status == "miss"
+    assert len(resp.cache.verifier) == 1 and "antonyms differ ('enable' vs 'disable')" in resp.cache.verifier[0]
+
+
+def test_stored_entries_record_the_cited_documents(stages):
+    cache = memory_cache()
+    run(QueryPipeline(stages, cache, CFG), query="what does with do")
+    assert cache.purge(doc_ids=["d3"]) == 1  # d3 was among the cited sources
+    assert cache.purge(doc_ids=["d0"]) == 0

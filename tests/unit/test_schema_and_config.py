@@ -11,7 +11,8 @@ from pipelines.schema import RagRequest
 
 def test_defaults_and_trimming():
     req = RagRequest(query="  What is X?  ")
-    assert (req.query, req.top_k, req.tier, req.cache) == ("What is X?", 4, "auto", "use")
+    assert (req.query, req.top_k, req.tier, req.cache, req.tenant) == ("What is X?", 4, "auto", "use", "default")
+    assert RagRequest(query="q", tenant="acme-corp.eu_1", cache="refresh").tenant == "acme-corp.eu_1"
 
 
 @pytest.mark.parametrize("body,field", [
@@ -25,8 +26,13 @@ def test_defaults_and_trimming():
     ({"query": "q", "top_k": "4"}, "top_k"),
     ({"query": "q", "top_k": 2.5}, "top_k"),
     ({"query": "q", "tier": "xl"}, "tier"),
-    ({"query": "q", "cache": "refresh"}, "cache"),
-    ({"query": "q", "tenant": "a"}, "tenant"),
+    ({"query": "q", "cache": "maybe"}, "cache"),
+    ({"query": "q", "tenant": ""}, "tenant"),
+    ({"query": "q", "tenant": "a b"}, "tenant"),
+    ({"query": "q", "tenant": "x" * 65}, "tenant"),
+    ({"query": "q", "tenant": "-leading-dash"}, "tenant"),
+    ({"query": "q", "tenant": "a|b"}, "tenant"),
+    ({"query": "q", "user": "a"}, "user"),
 ])
 def test_bad_requests_name_the_field(body, field):
     with pytest.raises(ValidationError) as info:

@@ -1,0 +1,242 @@
+"""Redis backend of the semantic cache (Redis 8 / Redis Stack query engine, via redisvl).
+
+One hash per entry under ``<namespace>:cache:`` with tag fields tenant, index_version,
+fingerprint and doc_tags, the question, its JSON payload and its embedding; an HNSW cosine
+index over them (created on first use, re-created if Redis lost it). Every lookup filters
+on tenant, index version and fingerprint. Entries expire after a fixed TTL (Redis EXPIRE,
+refreshed on hits only when sliding TTL is configured); a sorted set of keys by insertion
+time bounds the size, evicting the oldest first.
+
+Failure isolation: every command has a short socket timeout; a failure marks Redis down
+for ``retry_s`` (commands fail fast with CacheUnavailable meanwhile, so requests bypass the
+cache without waiting), is logged once per outage and counted through ``on_error``. The
+first command after ``retry_s`` probes again; success logs the recovery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import CacheConfig
+from pipelines.query.cache import Candidate, CacheUnavailable, Partition, doc_tag
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+class RedisCache:
+    def __init__(self, cfg: CacheConfig, on_error: Callable[[str], None] | None = None) -> None:
+        import redis
+
+        self.cfg = cfg
+        timeout = cfg.timeout_ms / 1000
+        self._redis = redis
+        self.client = redis.Redis.from_url(cfg.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                           retry_on_timeout=False)
+        self.prefix = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}:"
+        self.order_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-order"
+        self.meta_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-meta"  # the vector dimension
+        self._index = None  # redisvl SearchIndex, built for the first vector's dimension
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down = False
+        self.errors = 0
+
+    # -- failure isolation ---------------------------------------------------------------------
+    def _unreachable(self, exc: BaseException) -> bool:
+        """A connection or timeout error, possibly wrapped (redisvl wraps what it raises)."""
+        while exc is not None:
+            if isinstance(exc, (self._redis.ConnectionError, self._redis.TimeoutError, OSError)):
+                return True
+            exc = exc.__cause__ or exc.__context__
+        return False
+
+    def _call(self, op: str, fn: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise CacheUnavailable(f"Redis unreachable; next retry in {self._down_until - time.monotonic():.1f} s")
+        try:
+            result = fn()
+        except Exception as exc:
+            if not self._unreachable(exc):
+                raise
+            with self._lock:
+                self.errors += 1
+                self._down_until = time.monotonic() + self.cfg.retry_s
+                if not self._down:
+                    self._down = True
+                    log.warning("Redis cache unreachable (%s: %s); bypassing the cache, retrying every %.1f s",
+                                op, exc, self.cfg.retry_s)
+            if self._on_error:
+                self._on_error(op)
+            raise CacheUnavailable(f"Redis {op} failed: {type(exc).__name__}") from exc
+        if self._down:
+            with self._lock:
+                self._down = False
+                self._index = None  # a restarted Redis may have lost the index
+            log.info("Redis cache reachable again")
+        return result
+
+    # -- index ---------------------------------------------------------------------------------
+    def _search_index(self, dim: int | None = None):
+        """The search index; ``dim`` is needed only to create it (else read from the meta key)."""
+        if self._index is not None:
+            return self._index
+        if dim is None:
+            stored = self.client.hget(self.meta_key, "dim")
+            if stored is None:
+                return None  # nothing was ever stored
+            dim = int(stored)
+        from redisvl.index import SearchIndex
+        from redisvl.schema import IndexSchema
+
+        schema = IndexSchema.from_dict({
+            "index": {"name": f"{self.cfg.namespace}-cache-v{SCHEMA_VERSION}-d{dim}", "prefix": self.prefix,
+                      "storage_type": "hash"},
+            "fields": [
+                {"name": "tenant", "type": "tag"},
+                {"name": "index_version", "type": "tag"},
+                {"name": "fingerprint", "type": "tag"},
+                {"name": "doc_tags", "type": "tag", "attrs": {"separator": ","}},
+                {"name": "created_at", "type": "numeric"},
+                {"name": "embedding", "type": "vector",
+                 "attrs": {"dims": dim, "distance_metric": "cosine", "algorithm": "hnsw", "datatype": "float32"}},
+            ],
+        })
+        index = SearchIndex(schema, redis_client=self.client)
+        with self._lock:  # one creator per process; other processes (replicas) may race us
+            if self._index is None and not index.exists():
+                try:
+                    index.create(overwrite=False)
+                    log.info("created Redis search index %s", schema.index.name)
+                except Exception as exc:  # noqa: BLE001 - a replica created it first: fine
+                    if "already exists" not in str(exc).lower():
+                        raise
+                self.client.hset(self.meta_key, "dim", dim)
+            self._index = index
+        return index
+
+    def _with_index(self, dim: int | None, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        index = self._search_index(dim)
+        if index is None:
+            return default
+        try:
+            return fn(index)
+        except Exception as exc:  # redis ResponseError, or redisvl's RedisSearchError wrapping it
+            if "no such index" not in str(exc).lower():
+                raise
+            self._index = None  # dropped or lost in a restart: create it again, once
+            index = self._search_index(dim)
+            return default if index is None else fn(index)
+
+    @staticmethod
+    def _partition_filter(part: Partition):
+        from redisvl.query.filter import Tag
+
+        return (Tag("tenant") == part.tenant) & (Tag("index_version") == part.index_version) & \
+            (Tag("fingerprint") == part.fingerprint)
+
+    def _key(self, part: Partition, qhash: str) -> str:
+        return f"{self.prefix}{part.key}:{qhash[:32]}"
+
+    # -- CacheBackend ------------------------------------------------------------------------------
+    def get_exact(self, part: Partition, qhash: str) -> dict[str, Any] | None:
+        key = self._key(part, qhash)
+
+        def run():
+            payload, tenant = self.client.hmget(key, ["answer_json", "tenant"])
+            if payload is None or tenant.decode() != part.tenant:
+                return None
+            if self.cfg.sliding_ttl:
+                self.client.expire(key, int(self.cfg.ttl_s))
+            return json.loads(payload)
+
+        return self._call("get_exact", run)
+
+    def candidates(self, part: Partition, vector: np.ndarray, k: int, min_similarity: float) -> list[Candidate]:
+        from redisvl.query import VectorQuery
+
+        vec = np.asarray(vector, dtype=np.float32)
+        query = VectorQuery(vector=vec.tobytes(), vector_field_name="embedding", return_fields=["query", "answer_json"],
+                            filter_expression=self._partition_filter(part), num_results=k)
+
+        def run():
+            rows = self._with_index(len(vec), lambda index: index.query(query), [])
+            out = []
+            for row in rows:
+                similarity = 1.0 - float(row["vector_distance"])
+                if similarity >= min_similarity:
+                    out.append(Candidate(row["query"], similarity, json.loads(row["answer_json"])))
+                    if self.cfg.sliding_ttl:
+                        self.client.expire(row["id"], int(self.cfg.ttl_s))
+            return out
+
+        return self._call("lookup", run)
+
+    def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
+            doc_ids: Sequence[str]) -> None:
+        vec = np.asarray(vector, dtype=np.float32)
+        key = self._key(part, qhash)
+        now = time.time()
+        mapping = {
+            "tenant": part.tenant, "index_version": part.index_version, "fingerprint": part.fingerprint,
+            "doc_tags": ",".join(sorted({doc_tag(d) for d in doc_ids})), "query": query, "qhash": qhash,
+            "answer_json": json.dumps(payload), "created_at": now, "embedding": vec.tobytes(),
+        }
+
+        def run():
+            self._search_index(len(vec))
+            # One MULTI/EXEC: a reader sees the whole entry with its TTL, or nothing; concurrent
+            # writers of the same question each write a complete entry and the last one wins.
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, int(self.cfg.ttl_s))
+            pipe.zadd(self.order_key, {key: now})
+            if not self.cfg.sliding_ttl:
+                pipe.zremrangebyscore(self.order_key, "-inf", now - self.cfg.ttl_s)  # expired already
+            pipe.zcard(self.order_key)
+            size = pipe.execute()[-1]
+            if size > self.cfg.max_entries:
+                evicted = [k for k, _ in self.client.zpopmin(self.order_key, size - self.cfg.max_entries)]
+                if evicted:
+                    self.client.delete(*evicted)
+
+        self._call("store", run)
+
+    def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
+        from redisvl.query import FilterQuery
+        from redisvl.query.filter import Tag
+
+        if tenant is None and not doc_ids:
+            raise ValueError("purge needs a tenant or document ids")
+        conditions = []
+        if tenant is not None:
+            conditions.append(Tag("tenant") == tenant)
+        if doc_ids:
+            conditions.append(Tag("doc_tags") == sorted({doc_tag(d) for d in doc_ids}))
+        expr = conditions[0] if len(conditions) == 1 else conditions[0] & conditions[1]
+
+        def run():
+            deleted = 0
+            while True:
+                rows = self._with_index(None, lambda index: index.query(
+                    FilterQuery(filter_expression=expr, return_fields=["tenant"], num_results=500)), [])
+                keys = [row["id"] for row in rows]
+                if not keys:
+                    return deleted
+                deleted += self.client.delete(*keys)
+                self.client.zrem(self.order_key, *keys)
+
+        return self._call("purge", run)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("stats", lambda: {"backend": "redis", "entries": int(self.client.zcard(self.order_key)),
+                                            "errors": self.errors, "down": self._down})

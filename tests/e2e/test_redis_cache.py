@@ -1,0 +1,85 @@
+"""rag_query through `bentoml serve` with the Redis cache (REDIS_URL) and the admin API."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from evals.redis_server import RedisServer
+from evals.serving import serving
+
+TOKEN = "e2e-admin-token"
+Q = "What does the with statement do?"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, model_cache):
+    home = tmp_path_factory.mktemp("ragroute-redis-home")
+    redis = RedisServer(home / "redis").start()
+    env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "REDIS_URL": redis.url, "RAGROUTE_ADMIN_TOKEN": TOKEN,
+           "RAGROUTE_CACHE_RETRY_S": "0.5"}
+    try:
+        with serving(home, env) as server:
+            yield server, redis
+    finally:
+        redis.stop()
+
+
+def ask(server, **body) -> dict:
+    resp = server.post({"top_k": 1, **body})  # one source: a short prompt keeps generation quick
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def admin(server, path: str, body=None, token: str | None = TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{server.url}/{path}", json=body or {}, headers=headers, timeout=30)
+
+
+def test_tenants_never_share_answers(stack):
+    server, _ = stack
+    a = ask(server, query=Q, tenant="acme")
+    assert not a["cache"]["hit"]
+    assert ask(server, query=Q, tenant="acme")["cache"]["kind"] == "exact"
+    b = ask(server, query=Q, tenant="globex")  # the identical question, another tenant
+    assert not b["cache"]["hit"] and b["request_id"] != a["request_id"]
+    assert ask(server, query=Q + " exactly", tenant="globex")["cache"]["kind"] == "semantic"
+    stats = admin(server, "cache_stats").json()
+    assert stats["backend"] == "redis" and stats["entries"] == 2
+
+
+def test_admin_purge_by_document_and_tenant(stack):
+    server, _ = stack
+    ask(server, query=Q, tenant="purge-me")
+    assert admin(server, "cache_purge", {"doc_ids": ["pydoc:nothing-cites-this"]}).json() == {"deleted": 0}
+    deleted = admin(server, "cache_purge", {"doc_ids": ["pydoc:with"], "tenant": "purge-me"}).json()["deleted"]
+    assert deleted == 1
+    assert not ask(server, query=Q, tenant="purge-me")["cache"]["hit"]
+    assert admin(server, "cache_purge", {"tenant": "purge-me"}).json() == {"deleted": 1}
+
+
+def test_admin_api_needs_the_token_and_valid_input(stack):
+    server, _ = stack
+    assert admin(server, "cache_purge", {"tenant": "acme"}, token=None).status_code == 401
+    assert admin(server, "cache_purge", {"tenant": "acme"}, token="wrong").status_code == 401
+    assert admin(server, "cache_purge", {}).status_code == 400
+    bad = admin(server, "cache_purge", {"tenant": "a b"})
+    assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["tenant"]
+
+
+def test_redis_killed_mid_run_then_used_again(stack):
+    server, redis = stack
+    ask(server, query="How do I catch an exception?", tenant="ops")
+    redis.stop()
+    down = [ask(server, query="How do I catch an exception?", tenant="ops") for _ in range(2)]
+    for resp in down:
+        assert resp["answer"] and resp["cache"]["status"] == "unavailable" and not resp["degraded"]
+    RedisServer(redis.workdir, port=redis.port).start()
+    time.sleep(1.0)
+    first = ask(server, query="How do I catch an exception?", tenant="ops")
+    assert first["cache"]["status"] == "miss"  # reachable again (and empty: no persistence)
+    assert ask(server, query="How do I catch an exception?", tenant="ops")["cache"]["kind"] == "exact"
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "ragroute_cache_errors_total" in metrics

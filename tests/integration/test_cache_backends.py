@@ -1,0 +1,160 @@
+"""Cache backends against the same contract: in-process, and Redis (a real server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from pipelines.config import CacheConfig
+from pipelines.query.cache import CacheUnavailable, InMemoryCache, Partition
+from tests.fakes import unit
+
+P = Partition("acme", "idx-v1", "fp1")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_backend(request):
+    def make(**kw):
+        if request.param == "memory":
+            return InMemoryCache(CacheConfig(**kw))
+        from pipelines.query.cache_redis import RedisCache
+
+        server = request.getfixturevalue("redis_server")
+        return RedisCache(CacheConfig(redis_url=server.url, namespace=f"t{uuid.uuid4().hex[:8]}", **kw))
+
+    return make
+
+
+def vec(*xs: float) -> np.ndarray:
+    v = np.zeros(384, dtype=np.float32)
+    v[: len(xs)] = xs
+    return unit(v)
+
+
+def put(b, part, qhash, v, answer, docs=("doc-1",), query=None):
+    b.put(part, qhash, query or f"question {qhash}", v, {"answer": answer}, list(docs))
+
+
+def test_exact_and_semantic_lookups(make_backend):
+    b = make_backend()
+    put(b, P, "h1", vec(1, 0), "A", query="What does the with statement do?")
+    assert b.get_exact(P, "h1") == {"answer": "A"} and b.get_exact(P, "h2") is None
+    (cand,) = b.candidates(P, vec(1, 0.1), 3, 0.95)
+    assert cand.query == "What does the with statement do?" and cand.payload == {"answer": "A"}
+    assert abs(cand.similarity - 0.995) < 1e-3
+    assert b.candidates(P, vec(1, 1), 3, 0.95) == []  # cosine 0.71
+
+
+def test_partitions_are_hard(make_backend):
+    b = make_backend()
+    put(b, P, "h1", vec(1, 0), "acme's answer")
+    for other in (Partition("globex", "idx-v1", "fp1"), Partition("acme", "idx-v2", "fp1"),
+                  Partition("acme", "idx-v1", "fp2")):
+        assert b.get_exact(other, "h1") is None  # identical question, other tenant/index/settings
+        assert b.candidates(other, vec(1, 0), 3, 0.5) == []
+    put(b, Partition("globex", "idx-v1", "fp1"), "h1", vec(1, 0), "globex's answer")
+    assert b.get_exact(P, "h1") == {"answer": "acme's answer"}
+    assert [c.payload["answer"] for c in b.candidates(P, vec(1, 0), 3, 0.5)] == ["acme's answer"]
+
+
+def test_tenant_names_with_tag_syntax_cannot_reach_other_tenants(make_backend):
+    b = make_backend()
+    put(b, Partition("a.b-c", "v", "f"), "h", vec(1, 0), "secret")
+    for probe in ("a", "a.b", "b-c", "a.b-c*"):
+        assert b.candidates(Partition(probe, "v", "f"), vec(1, 0), 3, 0.5) == []
+
+
+def test_ttl_expiry(make_backend):
+    b = make_backend(ttl_s=1)
+    put(b, P, "h1", vec(1, 0), "A")
+    assert b.get_exact(P, "h1") is not None
+    time.sleep(2.1)
+    assert b.get_exact(P, "h1") is None and b.candidates(P, vec(1, 0), 3, 0.5) == []
+
+
+def test_purge_by_document_and_by_tenant(make_backend):
+    b = make_backend()
+    globex = Partition("globex", "idx-v1", "fp1")
+    put(b, P, "h1", vec(1, 0), "A", docs=("pydoc:with", "pydoc:try"))
+    put(b, P, "h2", vec(0, 1), "B", docs=("pydoc:for",))
+    put(b, globex, "h1", vec(1, 0), "C", docs=("pydoc:with",))
+    assert b.purge(doc_ids=["pydoc:try"]) == 1
+    assert b.get_exact(P, "h1") is None and b.get_exact(globex, "h1") == {"answer": "C"}
+    assert b.purge(tenant="acme") == 1 and b.get_exact(P, "h2") is None
+    assert b.purge(tenant="globex", doc_ids=["pydoc:nothing"]) == 0
+    assert b.purge(doc_ids=["pydoc:with"]) == 1
+    assert b.stats()["entries"] == 0
+
+
+def test_size_is_bounded_oldest_first(make_backend):
+    b = make_backend(max_entries=3)
+    for i in range(5):
+        put(b, P, f"h{i}", vec(1, i), str(i))
+        time.sleep(0.01)
+    assert b.get_exact(P, "h0") is None and b.get_exact(P, "h1") is None
+    assert [b.get_exact(P, f"h{i}")["answer"] for i in (2, 3, 4)] == ["2", "3", "4"]
+    assert b.stats()["entries"] == 3
+
+
+def test_concurrent_writers_of_one_question_leave_a_whole_entry(make_backend):
+    b = make_backend()
+    answers = [f"answer from writer {i} " + "x" * 2000 for i in range(8)]
+    errors = []
+
+    def write(i: int) -> None:
+        try:
+            for _ in range(20):
+                b.put(P, "same", "same question", vec(1, 0), {"answer": answers[i], "writer": i}, [f"doc-{i}"])
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    entry = b.get_exact(P, "same")
+    assert entry["answer"] == answers[entry["writer"]]  # one writer's payload, whole
+    (cand,) = b.candidates(P, vec(1, 0), 3, 0.9)
+    assert cand.payload == entry
+    assert b.stats()["entries"] == 1
+
+
+# -- Redis only ------------------------------------------------------------------------------------
+
+def test_redis_down_fails_fast_then_recovers_after_restart(tmp_path):
+    from evals.redis_server import RedisServer
+    from pipelines.query.cache_redis import RedisCache
+
+    server = RedisServer(tmp_path / "r").start()
+    errors: list[str] = []
+    b = RedisCache(CacheConfig(redis_url=server.url, retry_s=0.5, timeout_ms=200), on_error=errors.append)
+    put(b, P, "h1", vec(1, 0), "before")
+    server.stop()
+    t0 = time.perf_counter()
+    with pytest.raises(CacheUnavailable):
+        b.get_exact(P, "h1")
+    with pytest.raises(CacheUnavailable):  # within retry_s: fails without touching the network
+        b.candidates(P, vec(1, 0), 3, 0.5)
+    assert time.perf_counter() - t0 < 1.0 and errors == ["get_exact"]
+    RedisServer(tmp_path / "r", port=server.port).start()  # same port, empty (no persistence)
+    time.sleep(0.6)
+    assert b.get_exact(P, "h1") is None  # the old data is gone with the old server
+    put(b, P, "h2", vec(1, 0), "after")  # the index is created again on the new server
+    assert [c.payload["answer"] for c in b.candidates(P, vec(1, 0), 3, 0.5)] == ["after"]
+
+
+def test_redis_unreachable_at_start_does_not_block():
+    from evals.serving import free_port
+    from pipelines.query.cache_redis import RedisCache
+
+    b = RedisCache(CacheConfig(redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_ms=100))
+    t0 = time.perf_counter()
+    with pytest.raises(CacheUnavailable):
+        b.put(P, "h", "q", vec(1, 0), {"answer": "A"}, [])
+    assert time.perf_counter() - t0 < 1.0

@@ -1,0 +1,74 @@
+"""The query pipeline with the Redis cache (a real server); stages are fakes because the
+behaviour under test is the cache's, not the models'."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from pipelines.config import CacheConfig, RagConfig
+from pipelines.query.cache import SemanticCache
+from pipelines.query.cache_redis import RedisCache
+from pipelines.query.pipeline import QueryPipeline
+from pipelines.query.verify import HitVerifier
+from pipelines.schema import RagRequest
+from tests.fakes import FakeStages, unit
+
+
+def pipeline_with(url: str, stages: FakeStages, **cfg) -> QueryPipeline:
+    cache_cfg = CacheConfig(redis_url=url, namespace=f"p{uuid.uuid4().hex[:8]}", retry_s=0.5, **cfg)
+    cache = SemanticCache(RedisCache(cache_cfg), cache_cfg.threshold, HitVerifier.load())
+    return QueryPipeline(stages, cache, RagConfig(candidates=6, cache=cache_cfg), fingerprint="fp")
+
+
+def ask(p: QueryPipeline, query: str, **kw):
+    return asyncio.run(p.run(RagRequest(query=query, **kw)))
+
+
+def stages() -> FakeStages:
+    return FakeStages(vectors={"What does with do?": unit([1, 0, 0]), "What does with do exactly?": unit([1, 0.05, 0])})
+
+
+def test_exact_and_semantic_hits_through_redis(redis_server):
+    p = pipeline_with(redis_server.url, stages())
+    first = ask(p, "What does with do?")
+    assert not first.cache.hit
+    exact = ask(p, "what does WITH do")
+    assert exact.cache.kind == "exact" and exact.answer == first.answer
+    sem = ask(p, "What does with do exactly?")
+    assert sem.cache.kind == "semantic" and sem.cache.similarity > 0.95 and "accepted" in sem.cache.verifier[0]
+
+
+def test_degraded_answers_are_not_stored(redis_server):
+    s = stages()
+    s.fail = {"rerank"}
+    p = pipeline_with(redis_server.url, s)
+    assert ask(p, "What does with do?").degraded
+    assert p.cache.stats()["entries"] == 0
+    s.fail = set()
+    assert not ask(p, "What does with do?").cache.hit  # nothing was cached from the degraded run
+    assert ask(p, "What does with do?").cache.hit
+
+
+def test_redis_killed_mid_run_then_back(tmp_path):
+    from evals.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "r").start()
+    s = stages()
+    p = pipeline_with(server.url, s)
+    ask(p, "What does with do?")
+    assert ask(p, "What does with do?").cache.hit
+
+    server.stop()  # kill -9
+    for _ in range(3):
+        resp = ask(p, "What does with do?")
+        assert resp.answer == "an answer [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
+        assert not resp.degraded and any("cache" in w for w in resp.warnings)
+    assert s.calls.count("generate[large]") == 4  # every request was answered by the pipeline
+
+    RedisServer(tmp_path / "r", port=server.port).start()
+    time.sleep(0.6)  # past retry_s
+    again = ask(p, "What does with do?")
+    assert again.cache.status == "miss" and not again.warnings  # Redis is used again (and was empty)
+    assert ask(p, "What does with do?").cache.kind == "exact"
