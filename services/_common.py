@@ -30,14 +30,18 @@ def setup_logging() -> None:
             logger.propagate = False
 
 
-def error_response(exc: RagrouteError):
-    """The one place where ragroute errors become HTTP responses."""
-    from starlette.responses import JSONResponse
-
+def error_body(exc: RagrouteError) -> dict:
+    """The one place where a ragroute error becomes a response body (its status is exc.status)."""
     body = {"error": str(exc)}
     if field := getattr(exc, "field", None):
         body["field"] = field
-    return JSONResponse(body, status_code=exc.status)
+    return body
+
+
+def error_response(exc: RagrouteError):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(exc), status_code=exc.status)
 
 
 def to_bentoml(exc: RagrouteError) -> Exception:

@@ -23,7 +23,7 @@ from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse
 from pipelines.text import content_id
-from services._common import TIMEOUT_S, error_response, setup_logging
+from services._common import TIMEOUT_S, error_body, error_response, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
 from services.reranking import Reranking
@@ -123,44 +123,52 @@ class RAG:
             return error_response(exc)  # type: ignore[return-value]
 
     # -- admin ---------------------------------------------------------------------------------------
-    def _admin_error(self, ctx: bentoml.Context):
-        """None when the caller may use the admin API, else the error response."""
-        from starlette.responses import JSONResponse
+    # With a ctx parameter, bentoml takes the status from ctx.response (even for a returned
+    # Response), so these endpoints set it there.
+    @staticmethod
+    def _fail(ctx: bentoml.Context, exc_or_status: RagrouteError | int, message: str = "") -> dict:
+        if isinstance(exc_or_status, RagrouteError):
+            ctx.response.status_code = exc_or_status.status
+            return error_body(exc_or_status)
+        ctx.response.status_code = exc_or_status
+        return {"error": message}
 
+    def _admin_denied(self, ctx: bentoml.Context) -> dict | None:
+        """None when the caller may use the admin API, else the error body (status set on ctx)."""
         if not self.admin_token:
-            return JSONResponse({"error": "the admin API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it"}, 403)
+            return self._fail(ctx, 403, "the admin API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it")
         given = ctx.request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
-            return JSONResponse({"error": "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'"}, 401)
+            return self._fail(ctx, 401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'")
         return None
 
     @bentoml.api(input_spec=PurgeRequest)
     def cache_purge(self, ctx: bentoml.Context, tenant: str | None = None, doc_ids: list[str] | None = None) -> dict:
         """Delete cached answers of a tenant and/or those citing the given documents."""
-        if (denied := self._admin_error(ctx)) is not None:
-            return denied  # type: ignore[return-value]
+        if (denied := self._admin_denied(ctx)) is not None:
+            return denied
         if tenant is None and not doc_ids:
-            return error_response(BadRequest("tenant", "give a tenant, doc_ids, or both"))  # type: ignore[return-value]
+            return self._fail(ctx, BadRequest("tenant", "give a tenant, doc_ids, or both"))
         if self.cache is None:
             return {"deleted": 0, "cache": "off"}
         try:
             deleted = self.cache.purge(tenant=tenant, doc_ids=doc_ids or [])
         except Exception as exc:  # noqa: BLE001 - the backend is down: say so, never a 500
             log.warning("cache purge failed: %s", exc)
-            return error_response(StageError("cache", f"purge failed: {exc}"))  # type: ignore[return-value]
+            return self._fail(ctx, StageError("cache", f"purge failed: {exc}"))
         log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
         return {"deleted": deleted}
 
     @bentoml.api
     def cache_stats(self, ctx: bentoml.Context) -> dict:
-        if (denied := self._admin_error(ctx)) is not None:
-            return denied  # type: ignore[return-value]
+        if (denied := self._admin_denied(ctx)) is not None:
+            return denied
         if self.cache is None:
             return {"backend": "off"}
         try:
             return self.cache.stats()
         except Exception as exc:  # noqa: BLE001
-            return error_response(StageError("cache", f"stats failed: {exc}"))  # type: ignore[return-value]
+            return self._fail(ctx, StageError("cache", f"stats failed: {exc}"))
 
 
 def generation_fingerprint() -> str:
