@@ -7,7 +7,7 @@ HOST   ?= 0.0.0.0
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models serve test test-unit bench bento clean
+.PHONY: install models serve test test-unit bench eval-cache bento clean
 
 $(STAMP): pyproject.toml scripts/bootstrap-system.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-system.sh
@@ -38,6 +38,10 @@ test-unit: install
 # p50 latency of rag_query through `bentoml serve` (cache miss / hit); JSON in evals/out/.
 bench: models
 	$(BIN)/python -m evals.latency
+
+# Semantic-cache precision with/without the hit verifier (QQP, GPTCache); needs ../shared/data.
+eval-cache: install
+	$(BIN)/python -m evals.cache_verifier
 
 bento: install
 	$(BIN)/bentoml build .

@@ -2,6 +2,7 @@
 
     python -m evals.latency                 # start a server on the embedded defaults, 3 runs
     python -m evals.latency --url http://127.0.0.1:3000 --runs 5
+    python -m evals.latency --redis         # the same with the Redis cache (a local Redis 8 is started)
 
 For every question and run: a miss (``cache: bypass`` = the full pipeline), an exact hit
 (the same question again, after one normal ask stored it) and a semantic hit (a
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from evals.redis_server import RedisServer
 from evals.serving import ROOT, serving
 from pipelines import config
 
@@ -101,21 +103,31 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an already running ragroute (default: start one on the embedded defaults)")
     p.add_argument("--runs", type=int, default=3, help="repetitions over the question set")
-    p.add_argument("--out", type=Path, default=ROOT / "evals" / "out" / "latency.json")
+    p.add_argument("--redis", action="store_true", help="serve with REDIS_URL set to a Redis started for the run")
+    p.add_argument("--out", type=Path, default=None, help="default: evals/out/latency[-redis].json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    meta = {"runs": args.runs, "questions": len(QUESTIONS), "machine": platform.machine(),
+    args.out = args.out or ROOT / "evals" / "out" / ("latency-redis.json" if args.redis else "latency.json")
+    meta = {"runs": args.runs, "cache_backend": "redis" if args.redis else "memory", "questions": len(QUESTIONS), "machine": platform.machine(),
             "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if args.url:
         result = measure(args.url, args.runs)
     else:
         # A fresh home (demo index built on start); the model cache is the real one.
         env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
-        with tempfile.TemporaryDirectory(prefix="ragroute-bench-") as tmp, serving(Path(tmp), env) as server:
-            meta["ready_s"] = round(server.ready_s, 1)
-            result = measure(server.url, args.runs)
+        with tempfile.TemporaryDirectory(prefix="ragroute-bench-") as tmp:
+            redis = RedisServer(Path(tmp) / "redis").start() if args.redis else None
+            if redis:
+                env["REDIS_URL"] = redis.url
+            try:
+                with serving(Path(tmp), env) as server:
+                    meta["ready_s"] = round(server.ready_s, 1)
+                    result = measure(server.url, args.runs)
+            finally:
+                if redis:
+                    redis.stop()
     result["meta"] = meta
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
