@@ -14,6 +14,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.lexical import Bm25Index
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
 from pipelines.errors import ArtifactError, BadRequest
 from pipelines.models import sha256_file
@@ -108,6 +109,8 @@ class IndexStore:
         self.manifest = manifest
         self._index = index
         self.chunks = chunks
+        # For lexical retrieval when no query embedding is available (embedding slow or down).
+        self.lexical = Bm25Index([f"{c.title} {c.text}" for c in chunks])
 
     @classmethod
     def load(cls, directory: Path, *, embedding_model: str, dimension: int | None = None) -> IndexStore:
@@ -150,3 +153,8 @@ class IndexStore:
             for s, r in zip(scores[0], rows[0], strict=True)
             if r >= 0
         ]
+
+    def search_text(self, query: str, n: int) -> list[ScoredChunk]:
+        """BM25 over the chunk store; ``dense_score`` is 0: there is no query vector to compare."""
+        return [ScoredChunk(chunk=self.chunks[row], score=score, dense_score=0.0)
+                for row, score in self.lexical.top(query, n)]

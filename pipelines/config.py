@@ -127,6 +127,8 @@ class TierConfig:
     model: str
     context_tokens: int
     max_tokens: int
+    prefill_tok_s: float = 200.0  # throughput estimates used to fit an answer into a time budget
+    decode_tok_s: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class GenerationConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> GenerationConfig:
         defaults = {"small": "smollm2-135m-instruct", "large": "qwen2.5-coder-0.5b-instruct"}
+        # Measured through the Generation service on 2 CPU cores (conservative; README).
+        rates = {"small": (250.0, 80.0), "large": (160.0, 40.0)}
         tiers = {}
         for tier in TIERS:
             key = f"RAGROUTE_{tier.upper()}"
@@ -147,6 +151,8 @@ class GenerationConfig:
                 model=_get(env, f"{key}_MODEL", defaults[tier]),
                 context_tokens=_num(env, f"{key}_CONTEXT_TOKENS", 2048, int, 256, 131072),
                 max_tokens=_num(env, f"{key}_MAX_TOKENS", 160, int, 1, 8192),
+                prefill_tok_s=_num(env, f"{key}_PREFILL_TOK_S", rates[tier][0], float, 1.0, 1e6),
+                decode_tok_s=_num(env, f"{key}_DECODE_TOK_S", rates[tier][1], float, 1.0, 1e6),
             )
         return cls(
             tiers=tiers,

@@ -62,6 +62,13 @@ class Usage(_Out):
     tokens_out: int
 
 
+class StageBudget(_Out):
+    budget_ms: float
+    used_ms: float
+    outcome: Literal["ok", "timeout", "error", "skipped"]
+    detail: str = ""
+
+
 class RagResponse(_Out):
     request_id: str = Field(description="also in the service logs, to follow one request")
     answer: str
@@ -70,6 +77,8 @@ class RagResponse(_Out):
     cache: CacheInfo
     usage: Usage
     timings_ms: dict[str, float] = Field(description="wall time per stage, and total")
+    budget: dict[str, StageBudget] = Field(description="per stage: budget, time used and outcome")
+    budget_profile: str = Field(description="the latency budget profile in force (cpu | gpu)")
     index_version: str
     degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
     warnings: list[str] = Field(default_factory=list, description="what failed or degraded, and why")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import bentoml
-from annotated_types import MaxLen
+from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import GenerationConfig
 from pipelines.errors import RagrouteError
@@ -29,9 +29,11 @@ class Generation:
 
     @bentoml.api
     def generate(self, tier: Literal["small", "large"], query: Annotated[str, MaxLen(20_000)],
-                 sources: Annotated[list[ScoredChunk], MaxLen(100)]) -> dict:
+                 sources: Annotated[list[ScoredChunk], MaxLen(100)],
+                 budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None) -> dict:
+        """``budget_ms``: the time the answer may take; it becomes a token limit."""
         try:
-            return self.generator.generate(tier, query, sources).model_dump()
+            return self.generator.generate(tier, query, sources, budget_ms).model_dump()
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
 

@@ -13,6 +13,7 @@ import uuid
 import bentoml
 import numpy as np
 
+from pipelines.budget import BudgetProfile
 from pipelines.config import GenerationConfig, RagConfig
 from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
@@ -26,6 +27,7 @@ from pipelines.text import content_id
 from services._common import TIMEOUT_S, error_body, error_response, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
+from services.metrics import RagMetrics
 from services.reranking import Reranking
 from services.retrieval import Retrieval
 from services.routing import Routing
@@ -60,7 +62,12 @@ class _RemoteStages:
         return np.asarray(vectors, dtype=np.float32)[0]
 
     async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
-        out = await self._call("retrieve", self.svc.retrieval.to_async.search, vector=vector.tolist(), n=n)
+        return self._hits(await self._call("retrieve", self.svc.retrieval.to_async.search, vector=vector.tolist(), n=n))
+
+    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
+        return self._hits(await self._call("retrieve", self.svc.retrieval.to_async.search_text, query=query, n=n))
+
+    def _hits(self, out: dict) -> tuple[list[ScoredChunk], str]:
         self._index_version = out["index_version"]
         return [ScoredChunk.model_validate(h) for h in out["hits"]], out["index_version"]
 
@@ -75,9 +82,9 @@ class _RemoteStages:
                                retrieval_scores=list(features.retrieval_scores))
         return RouteDecision.model_validate(out)
 
-    async def generate(self, tier: str, query: str, sources: list[ScoredChunk]) -> GenerationRecord:
+    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> GenerationRecord:
         out = await self._call(f"generate[{tier}]", self.svc.generation.to_async.generate,
-                               tier=tier, query=query, sources=sources)
+                               tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
         return GenerationRecord.model_validate(out)
 
 
@@ -92,11 +99,10 @@ class RAG:
     def __init__(self) -> None:
         setup_logging()
         self.cfg = RagConfig.from_env()
-        self.cache_errors = bentoml.metrics.Counter(
-            name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
-            labelnames=["op"])
-        self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.cache_errors.labels(op=op).inc())
-        self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint())
+        self.metrics = RagMetrics()
+        self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
+        self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
+                                      BudgetProfile.from_env())
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:
@@ -117,7 +123,9 @@ class RAG:
         request_id = uuid.uuid4().hex[:12]
         req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant)  # type: ignore[arg-type]
         try:
-            return await self.pipeline.run(req, request_id)
+            response = await self.pipeline.run(req, request_id)
+            self.metrics.observe(response)
+            return response
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             return error_response(exc)  # type: ignore[return-value]

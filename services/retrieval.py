@@ -32,6 +32,12 @@ class Retrieval:
         return {"index_version": self.store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
 
     @bentoml.api
+    def search_text(self, query: Annotated[str, MaxLen(20_000)], n: Annotated[int, Ge(1), Le(1000)] = 20) -> dict:
+        """Lexical (BM25) search over the chunk store: the fallback when embedding is unavailable."""
+        hits = self.store.search_text(query, n)
+        return {"index_version": self.store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
+
+    @bentoml.api
     def info(self) -> dict:
         return self.store.manifest.model_dump()
 

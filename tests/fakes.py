@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from pipelines.errors import StageError
@@ -29,11 +31,15 @@ class FakeStages:
         self.retrieved_version = version
         self.answer = answer
         self.calls: list[str] = []
+        self.delays: dict[str, float] = {}  # stage -> seconds to sleep (to exceed a budget)
+        self.budgets: list[float] = []
         self.embedded: list[str] = []
         self.route_features = None
 
-    def _maybe_fail(self, stage: str) -> None:
+    async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
+        if stage in self.delays:
+            await asyncio.sleep(self.delays[stage])
         if stage in self.fail:
             raise StageError(stage, "injected failure")
 
@@ -41,24 +47,29 @@ class FakeStages:
         return self.version
 
     async def embed(self, text: str) -> np.ndarray:
-        self._maybe_fail("embed")
+        await self._enter("embed")
         self.embedded.append(text)
         return self.vectors.get(text, unit([1, 0, 0]))
 
     async def retrieve(self, vector, n):
-        self._maybe_fail("retrieve")
+        await self._enter("retrieve")
         return [chunk(i) for i in range(n)], self.retrieved_version
 
+    async def retrieve_text(self, query, n):
+        await self._enter("retrieve_text")
+        return [chunk(i, text=f"keyword match {i} for {query}.") for i in range(n)], self.retrieved_version
+
     async def rerank(self, query, candidates, top_k):
-        self._maybe_fail("rerank")
+        await self._enter("rerank")
         return list(reversed(candidates))[:top_k]
 
     async def route(self, query, features):
-        self._maybe_fail("route")
+        await self._enter("route")
         self.route_features = features
         return RouteDecision(tier="large", score=0.9, threshold=0.5, router="fake", reason="fake says large")
 
-    async def generate(self, tier, query, sources):
-        self._maybe_fail(f"generate[{tier}]")
+    async def generate(self, tier, query, sources, budget_ms):
+        self.budgets.append(budget_ms)
+        await self._enter(f"generate[{tier}]")
         return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
                           tokens_in=10, tokens_out=3, latency_ms=1.0)

@@ -16,11 +16,14 @@ from typing import Protocol
 
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
-from pipelines.errors import BadRequest, ConfigError
+from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.prompt import build_messages
 from pipelines.records import Generation, ScoredChunk
 
 log = logging.getLogger(__name__)
+
+MIN_ANSWER_TOKENS = 8
+SAFETY_MARGIN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,15 @@ class Generator:
             name: ENGINES[tier.engine](tier, cfg.threads) for name, tier in cfg.tiers.items()
         }
 
-    def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk]) -> Generation:
+    def token_limit(self, tier: TierConfig, prompt_tokens: int, budget_ms: float | None) -> int:
+        """The answer length that fits the time budget: (budget - prefill - margin) x decode rate."""
+        if budget_ms is None:
+            return tier.max_tokens
+        seconds = budget_ms / 1000 - prompt_tokens / tier.prefill_tok_s - SAFETY_MARGIN_S
+        return min(tier.max_tokens, int(seconds * tier.decode_tok_s))
+
+    def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk],
+                 budget_ms: float | None = None) -> Generation:
         if tier not in self.engines:
             raise BadRequest("tier", f"{tier!r} is not a configured tier; valid: {', '.join(self.engines)}")
         engine, tier_cfg = self.engines[tier], self.cfg.tiers[tier]
@@ -104,8 +115,14 @@ class Generator:
             prompt_tokens=tier_cfg.context_tokens - tier_cfg.max_tokens,
             count_tokens=engine.count_tokens,
         )
+        prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
+        max_tokens = self.token_limit(tier_cfg, prompt_tokens, budget_ms)
+        if max_tokens < MIN_ANSWER_TOKENS:
+            # Refuse at once: the caller falls back (another tier, an extractive answer) instead of waiting.
+            raise StageError(f"generate[{tier}]", f"{budget_ms:.0f} ms is not enough for a {prompt_tokens}-token "
+                             f"prompt and an answer at ~{tier_cfg.prefill_tok_s:.0f}/{tier_cfg.decode_tok_s:.0f} tok/s")
         started = time.perf_counter()
-        out = engine.chat(messages, max_tokens=tier_cfg.max_tokens, temperature=self.cfg.temperature)
+        out = engine.chat(messages, max_tokens=max_tokens, temperature=self.cfg.temperature)
         return Generation(
             text=out.text, tier=tier, model=engine.model, engine=engine.name, finish_reason=out.finish_reason,  # type: ignore[arg-type]
             tokens_in=out.tokens_in, tokens_out=out.tokens_out, latency_ms=(time.perf_counter() - started) * 1000,

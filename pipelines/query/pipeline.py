@@ -3,21 +3,27 @@ rerank -> route -> generate -> respond.
 
 Stages are reached through the :class:`Stages` protocol (the RAG service implements it with
 calls to the other BentoML services; unit tests with plain fakes). The query embedding is
-computed once and reused by the semantic cache and the router. Every stage's wall time is
-returned. A failing optional stage degrades the answer (and says so) instead of failing it:
+computed once and reused by the semantic cache and the router.
 
-    rerank fails      -> retrieval order
-    route fails       -> the configured default tier
-    large tier fails  -> small tier
-    generation fails  -> an extractive answer from the best source
-    cache fails       -> bypassed (reported; the answer itself is not degraded)
+Every stage runs within its latency budget (pipelines/budget.py): a :class:`Deadline` travels
+with the request, each stage gets min(its budget, what is left), and the response reports
+per stage the budget, the time used and the outcome (ok | timeout | error | skipped). A stage
+that fails or runs out of time degrades the answer (and says so) instead of failing it:
 
-Only good answers are cached: never a degraded or empty one. Embedding or retrieval
-failures fail the request (503).
+    cache slow/down     -> bypassed (reported; the answer itself is not degraded)
+    embed slow/down     -> lexical (BM25) retrieval over the chunk store
+    rerank slow/down    -> retrieval order
+    route slow/down     -> the configured default tier
+    large tier fails    -> small tier, with the time that is left
+    generation fails    -> an extractive answer from the best source
+
+Only good answers are cached: never a degraded or empty one. A retrieval failure fails the
+request (503): there is nothing to answer from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -27,12 +33,13 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from pipelines.budget import BudgetProfile, Deadline, StageReport
 from pipelines.config import RagConfig
 from pipelines.errors import StageError
 from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation, RouteDecision, ScoredChunk
-from pipelines.schema import CacheInfo, RagRequest, RagResponse, RouteInfo, Source, Usage
+from pipelines.schema import CacheInfo, RagRequest, RagResponse, RouteInfo, Source, StageBudget, Usage
 from pipelines.text import content_id, query_hash
 
 log = logging.getLogger(__name__)
@@ -50,37 +57,32 @@ class Stages(Protocol):
         """Candidates and the version of the index they came from."""
         ...
 
+    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
+        """Lexical (BM25) candidates: the fallback when no query embedding is available."""
+        ...
+
     async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
     async def route(self, query: str, features: QueryFeatures) -> RouteDecision: ...
 
-    async def generate(self, tier: str, query: str, sources: list[ScoredChunk]) -> Generation: ...
+    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
+        """``budget_ms``: the time the answer may take; the engine turns it into a token limit."""
+        ...
 
 
-class _Timings:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.ms: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.ms[name] = round(self.ms.get(name, 0.0) + (time.perf_counter() - t0) * 1000, 3)
-
-    def done(self) -> dict[str, float]:
-        return {**self.ms, "total": round((time.perf_counter() - self.start) * 1000, 3)}
+class _StageTimeout(Exception):
+    pass
 
 
 class _Request:
-    """Per-request state: timings, warnings, and whether the answer is degraded."""
+    """Per-request state: the deadline, per-stage reports, warnings, degradation."""
 
-    def __init__(self, req: RagRequest, request_id: str) -> None:
+    def __init__(self, req: RagRequest, request_id: str, deadline: Deadline) -> None:
         self.req = req
         self.id = request_id
-        self.timings = _Timings()
+        self.deadline = deadline
+        self.start = time.perf_counter()
+        self.report: dict[str, StageReport] = {}
         self.warnings: list[str] = []
         self.degraded = False
         self.cache_status = "miss"
@@ -88,6 +90,40 @@ class _Request:
     def degrade(self, warning: str) -> None:
         self.degraded = True
         self.warnings.append(warning)
+
+    def timings(self) -> dict[str, float]:
+        out = {stage: round(rep.used_ms, 3) for stage, rep in self.report.items() if rep.outcome != "skipped"}
+        return {**out, "total": round((time.perf_counter() - self.start) * 1000, 3)}
+
+    def budget(self) -> dict[str, StageBudget]:
+        return {stage: StageBudget(budget_ms=round(rep.budget_ms, 1), used_ms=round(rep.used_ms, 3),
+                                   outcome=rep.outcome, detail=rep.detail) for stage, rep in self.report.items()}
+
+    async def run(self, stage: str, make: Callable[[], Any], *, reserve_ms: float = 0.0, report_as: str = "") -> Any:
+        """Run one stage call within its budget; raises StageError on timeout or failure.
+
+        Repeated calls of a stage (the cache is asked twice) share one report.
+        """
+        name = report_as or stage
+        budget = self.deadline.budget_ms(stage, reserve_ms)
+        rep = self.report.get(name)
+        if rep is None:
+            rep = self.report[name] = StageReport(budget_ms=budget)
+        if budget <= 0:
+            rep.outcome, rep.detail = "skipped", "no time left in the total budget"
+            raise StageError(name, "skipped: no time left in the total budget")
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(budget / 1000):
+                return await make()
+        except TimeoutError:
+            rep.outcome, rep.detail = "timeout", f"exceeded its {budget:.0f} ms budget"
+            raise StageError(name, rep.detail) from None
+        except StageError as exc:
+            rep.outcome, rep.detail = "error", str(exc)
+            raise
+        finally:
+            rep.used_ms += (time.perf_counter() - t0) * 1000
 
 
 def extractive_answer(sources: Sequence[ScoredChunk], max_chars: int = 400) -> str:
@@ -113,79 +149,89 @@ def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
 
 
 class QueryPipeline:
-    def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "") -> None:
+    def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
+                 budget: BudgetProfile | None = None) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
         sampling): cached answers are only served to requests with the same one."""
         self.stages = stages
         self.cache = cache
         self.cfg = cfg
         self.fingerprint = fingerprint
+        self.budget = budget or BudgetProfile.from_env(gpu=False)
 
-    def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
-        """A cache failure never fails the request: the cache is bypassed and that is reported."""
+    async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """A cache failure or timeout never fails the request: the cache is bypassed and that is
+        reported. Calls run in a thread so a slow backend never blocks the event loop."""
         try:
-            return fn(*args)
+            return await r.run("cache", lambda: asyncio.to_thread(fn, *args))
+        except StageError as exc:
+            if "skipped" in str(exc):
+                return None
+            log.debug("request %s: cache %s: %s", r.id, what, exc)
         except CacheUnavailable as exc:  # the backend logs outages once
+            r.report["cache"].outcome, r.report["cache"].detail = "error", str(exc)
             log.debug("request %s: cache %s unavailable: %s", r.id, what, exc)
         except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass"
+            r.report["cache"].outcome, r.report["cache"].detail = "error", f"{type(exc).__name__}: {exc}"
             log.warning("request %s: cache %s failed, bypassing: %s", r.id, what, exc)
         r.cache_status = "unavailable"
         r.warnings.append(f"cache {what} failed; cache bypassed")
         return None
 
+    def _respond(self, r: _Request, payload: dict[str, Any], cache: CacheInfo) -> RagResponse:
+        return RagResponse(**payload, request_id=r.id, cache=cache, timings_ms=r.timings(), budget=r.budget(),
+                           budget_profile=self.budget.name, warnings=r.warnings)
+
     def _from_cache(self, r: _Request, hit: CacheHit, verdicts: Sequence[str] = ()) -> RagResponse:
-        return RagResponse(
-            **hit.payload, request_id=r.id,
-            cache=CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6), status="hit",
-                            verifier=list(verdicts)),
-            timings_ms=r.timings.done(), warnings=r.warnings,
-        )
+        return self._respond(r, hit.payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
+                                                       status="hit", verifier=list(verdicts)))
 
     async def run(self, req: RagRequest, request_id: str = "-") -> RagResponse:
-        r = _Request(req, request_id)
+        r = _Request(req, request_id, Deadline(self.budget))
         cache = self.cache
         read = cache is not None and req.cache == "use"
         write = cache is not None and req.cache in ("use", "refresh")
         r.cache_status = "off" if cache is None else {"use": "miss", "bypass": "bypass", "refresh": "refresh"}[req.cache]
         verdicts: tuple[str, ...] = ()
 
-        with r.timings.stage("cache"):
-            index_version = await self.stages.index_version()
-            # Same tenant, same index, same generation settings and request options -> same answer.
-            part = Partition(req.tenant, index_version, content_id(self.fingerprint, req.tier, str(req.top_k)))
-            qhash = query_hash(req.query)
-            hit = self._cache_call(r, "lookup", cache.get_exact, part, qhash) if read else None
+        index_version = await self.stages.index_version()
+        # Same tenant, same index, same generation settings and request options -> same answer.
+        part = Partition(req.tenant, index_version, content_id(self.fingerprint, req.tier, str(req.top_k)))
+        qhash = query_hash(req.query)
+        hit = await self._cache_call(r, "lookup", cache.get_exact, part, qhash) if read else None
         if hit:
             log.info("request %s: exact cache hit (tenant %s)", request_id, req.tenant)
             return self._from_cache(r, hit)
 
-        with r.timings.stage("embed"):
-            vector = await self.stages.embed(req.query)
-        if read and r.cache_status != "unavailable":
-            with r.timings.stage("cache"):
-                lookup = self._cache_call(r, "lookup", cache.get_semantic, part, req.query, vector)
+        vector: np.ndarray | None = None
+        try:
+            vector = await r.run("embed", lambda: self.stages.embed(req.query))
+        except StageError as exc:
+            log.warning("request %s: %s; retrieving lexically", request_id, exc)
+            r.degrade(f"{exc}; sources were found by keyword (BM25) search")
+        if read and vector is not None and r.cache_status != "unavailable":
+            lookup = await self._cache_call(r, "lookup", cache.get_semantic, part, req.query, vector)
             if lookup is not None:
                 verdicts = lookup.verdicts
                 if lookup.hit:
                     log.info("request %s: semantic cache hit (%.3f)", request_id, lookup.hit.similarity)
                     return self._from_cache(r, lookup.hit, verdicts)
 
-        with r.timings.stage("retrieve"):
-            candidates, retrieved_version = await self.stages.retrieve(vector, max(self.cfg.candidates, req.top_k))
+        n = max(self.cfg.candidates, req.top_k)
+        if vector is not None:
+            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n))
+        else:
+            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve_text(req.query, n))
 
-        with r.timings.stage("rerank"):
-            try:
-                ranked = await self.stages.rerank(req.query, candidates, req.top_k)
-            except StageError as exc:
-                log.warning("request %s: %s; using retrieval order", request_id, exc)
-                r.degrade(f"{exc}; sources are in retrieval order")
-                ranked = candidates[: req.top_k]
+        try:
+            ranked = await r.run("rerank", lambda: self.stages.rerank(req.query, candidates, req.top_k))
+        except StageError as exc:
+            log.warning("request %s: %s; using retrieval order", request_id, exc)
+            r.degrade(f"{exc}; sources are in retrieval order")
+            ranked = candidates[: req.top_k]
 
-        with r.timings.stage("route"):
-            route = await self._route(r, vector, ranked)
-
-        with r.timings.stage("generate"):
-            generation = await self._generate(r, route.tier, ranked)
+        route = await self._route(r, vector, ranked)
+        generation = await self._generate(r, route.tier, ranked)
 
         answer = generation.text if generation else extractive_answer(ranked)
         if generation and not answer:
@@ -206,23 +252,22 @@ class QueryPipeline:
             degraded=r.degraded,
         )
         if write and not r.degraded and retrieved_version == index_version and r.cache_status != "unavailable":
-            with r.timings.stage("cache"):
-                self._cache_call(r, "store", cache.put, part, qhash, req.query, vector, payload,
-                                 [s.chunk.doc_id for s in ranked])
-        response = RagResponse(**payload, request_id=request_id,
-                               cache=CacheInfo(hit=False, status=r.cache_status, verifier=list(verdicts)),
-                               timings_ms=r.timings.done(), warnings=r.warnings)
+            await self._cache_call(r, "store", cache.put, part, qhash, req.query, vector, payload,
+                                   [s.chunk.doc_id for s in ranked])
+        response = self._respond(r, {**payload, "degraded": r.degraded},
+                                 CacheInfo(hit=False, status=r.cache_status, verifier=list(verdicts)))
         log.info("request %s: answered by %s in %.0f ms%s", request_id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response
 
-    async def _route(self, r: _Request, vector: np.ndarray, ranked: list[ScoredChunk]) -> RouteDecision:
+    async def _route(self, r: _Request, vector: np.ndarray | None, ranked: list[ScoredChunk]) -> RouteDecision:
         if r.req.tier != "auto":
             return RouteDecision(tier=r.req.tier, score=0.0, threshold=0.0, router="request",
                                  reason=f"tier {r.req.tier!r} requested by the client")
-        features = QueryFeatures(query_vector=vector.tolist(), retrieval_scores=[s.dense_score for s in ranked])
+        features = QueryFeatures(query_vector=None if vector is None else vector.tolist(),
+                                 retrieval_scores=[s.dense_score for s in ranked])
         try:
-            return await self.stages.route(r.req.query, features)
+            return await r.run("route", lambda: self.stages.route(r.req.query, features))
         except StageError as exc:
             log.warning("request %s: %s; using default tier", r.id, exc)
             r.degrade(f"{exc}; used the default tier {self.cfg.default_tier!r}")
@@ -231,11 +276,15 @@ class QueryPipeline:
 
     async def _generate(self, r: _Request, tier: str, ranked: list[ScoredChunk]) -> Generation | None:
         tiers = [tier] + (["small"] if tier == "large" else [])
+        safety_ms = self.budget.stages_ms["safety"]
         for t in tiers:
+            # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
+            budget = r.deadline.budget_ms("generate", reserve_ms=safety_ms)
             try:
-                return await self.stages.generate(t, r.req.query, ranked)
+                return await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
+                                   reserve_ms=safety_ms)
             except StageError as exc:
-                log.warning("request %s: %s", r.id, exc)
-                r.degrade(f"{exc}" + ("; fell back to the small tier" if t == "large" else ""))
-        r.degrade("no tier could generate; answered with an extract of the best source")
+                log.warning("request %s: generate[%s]: %s", r.id, t, exc)
+                r.degrade(f"generate[{t}]: {exc}" + ("; fell back to the small tier" if t == "large" else ""))
+        r.degrade("no tier could generate in time; answered with an extract of the best source")
         return None

@@ -7,15 +7,13 @@ CrossEncoder from a local path or Hugging Face id.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+from index.lexical import Bm25Index
 from pipelines.config import RerankConfig
 from pipelines.errors import ConfigError
 from pipelines.records import ScoredChunk
-from pipelines.text import tokenize
 
 
 class Reranker(Protocol):
@@ -24,22 +22,9 @@ class Reranker(Protocol):
     def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
 
-def bm25_scores(query: str, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> list[float]:
+def bm25_scores(query: str, documents: Sequence[str]) -> list[float]:
     """Okapi BM25 of ``query`` against each document, IDF taken over ``documents``."""
-    docs = [tokenize(d) for d in documents]
-    q_terms = set(tokenize(query))
-    if not docs or not q_terms:
-        return [0.0] * len(docs)
-    n = len(docs)
-    avg_len = sum(len(d) for d in docs) / n or 1.0
-    df = Counter(t for d in docs for t in set(d) if t in q_terms)
-    idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in q_terms}
-    scores = []
-    for d in docs:
-        tf = Counter(d)
-        norm = k1 * (1 - b + b * len(d) / avg_len)
-        scores.append(sum(idf[t] * tf[t] * (k1 + 1) / (tf[t] + norm) for t in q_terms if tf[t]))
-    return scores
+    return Bm25Index(documents).scores(query).tolist()
 
 
 def _minmax(values: Sequence[float]) -> list[float]:

@@ -30,6 +30,8 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
     assert first["cache"] == {"hit": False, "kind": None, "similarity": None, "status": "miss", "verifier": []}
     assert set(first["timings_ms"]) == STAGES and first["timings_ms"]["total"] >= first["timings_ms"]["generate"]
     assert not first["degraded"] and first["usage"]["tokens_out"] > 0
+    assert first["budget_profile"] == "cpu"
+    assert all(b["outcome"] == "ok" and b["used_ms"] <= b["budget_ms"] for b in first["budget"].values())
     # The demo index was built on first start under RAGROUTE_HOME, and the answer says which.
     manifest = json.loads((server.home / "indexes" / "demo" / "manifest.json").read_text())
     assert first["index_version"] == manifest["index_version"]

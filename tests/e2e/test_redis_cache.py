@@ -9,6 +9,7 @@ import pytest
 
 from evals.redis_server import RedisServer
 from evals.serving import serving
+from tests.e2e.conftest import GENEROUS_BUDGETS
 
 TOKEN = "e2e-admin-token"
 Q = "What does the with statement do?"
@@ -19,7 +20,7 @@ def stack(tmp_path_factory, model_cache):
     home = tmp_path_factory.mktemp("ragroute-redis-home")
     redis = RedisServer(home / "redis").start()
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "REDIS_URL": redis.url, "RAGROUTE_ADMIN_TOKEN": TOKEN,
-           "RAGROUTE_CACHE_RETRY_S": "0.5"}
+           "RAGROUTE_CACHE_RETRY_S": "0.5", **GENEROUS_BUDGETS}
     try:
         with serving(home, env) as server:
             yield server, redis

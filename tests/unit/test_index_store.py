@@ -84,3 +84,18 @@ def test_rewrite_replaces_the_directory_atomically(tmp_path):
     build(tmp_path, n=20)
     assert IndexStore.load(tmp_path / "idx", embedding_model="m1").manifest.vector_count == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp dirs left behind
+
+
+def test_lexical_search_ranks_keyword_matches(tmp_path):
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(3, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    chunks = [Chunk(id="a", doc_id="a", title="with", text="The with statement wraps a block in a context manager."),
+              Chunk(id="b", doc_id="b", title="for", text="The for statement iterates over a sequence."),
+              Chunk(id="c", doc_id="c", title="misc", text="Nothing relevant here.")]
+    store.write(tmp_path / "lx", chunks, vecs, embedding_model="m", index_type="flat", chunk_size=100,
+                chunk_overlap=0, source="t")
+    loaded = IndexStore.load(tmp_path / "lx", embedding_model="m")
+    hits = loaded.search_text("what does the with statement do", 5)
+    assert [h.chunk.id for h in hits] == ["a", "b"]  # "c" shares no term: not returned
+    assert hits[0].score > hits[1].score > 0 and hits[0].dense_score == 0.0

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from pipelines.budget import BudgetProfile
 from pipelines.config import CacheConfig, RagConfig
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
@@ -14,6 +15,8 @@ from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
 
 CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
+BUDGET = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
+                                "generate": 300, "safety": 100}, total_ms=1000)
 
 
 def run(pipeline: QueryPipeline, **req) -> object:
@@ -136,13 +139,23 @@ def test_empty_model_answer_is_replaced_and_not_cached():
     assert resp.degraded and resp.answer and len(cache.backend) == 0
 
 
-def test_embedding_failure_fails_the_request_with_a_stage_error(stages):
+def test_embedding_failure_falls_back_to_lexical_retrieval(stages):
+    stages.fail = {"embed"}
+    cache = memory_cache()
+    resp = run(QueryPipeline(stages, cache, CFG), query="what does with do")
+    assert "retrieve_text" in stages.calls and "retrieve" not in stages.calls
+    assert resp.degraded and any("keyword (BM25)" in w for w in resp.warnings)
+    assert resp.budget["embed"].outcome == "error" and resp.budget["retrieve"].outcome == "ok"
+    assert stages.route_features.query_vector is None and len(cache.backend) == 0
+
+
+def test_retrieval_failure_fails_the_request_with_a_stage_error(stages):
     from pipelines.errors import StageError
 
-    stages.fail = {"embed"}
+    stages.fail = {"retrieve"}
     with pytest.raises(StageError) as info:
         run(QueryPipeline(stages, None, CFG), query="what does with do")
-    assert info.value.status == 503 and info.value.stage == "embed"
+    assert info.value.status == 503 and info.value.stage == "retrieve"
 
 
 def test_answer_from_another_index_version_is_not_cached(stages):
@@ -214,3 +227,63 @@ def test_stored_entries_record_the_cited_documents(stages):
     run(QueryPipeline(stages, cache, CFG), query="what does with do")
     assert cache.purge(doc_ids=["d3"]) == 1  # d3 was among the cited sources
     assert cache.purge(doc_ids=["d0"]) == 0
+
+
+def budgeted(stages: FakeStages, budget: BudgetProfile = BUDGET) -> QueryPipeline:
+    return QueryPipeline(stages, memory_cache(), CFG, budget=budget)
+
+
+def test_every_stage_reports_budget_time_and_outcome(stages):
+    resp = run(budgeted(stages), query="what does with do")
+    assert set(resp.budget) == {"cache", "embed", "retrieve", "rerank", "route", "generate"}
+    assert all(b.outcome == "ok" and b.used_ms <= b.budget_ms for b in resp.budget.values())
+    assert resp.budget["rerank"].budget_ms == 50 and resp.budget_profile == "test"
+
+
+def test_slow_stage_times_out_and_degrades(stages):
+    stages.delays = {"rerank": 0.2}
+    resp = run(budgeted(stages), query="what does with do")
+    assert resp.budget["rerank"].outcome == "timeout" and 45 <= resp.budget["rerank"].used_ms < 150
+    assert resp.degraded and [s.id for s in resp.sources] == ["c0", "c1", "c2", "c3"]
+
+
+def test_generation_gets_what_is_left_minus_the_safety_reserve(stages):
+    run(budgeted(stages), query="what does with do")
+    assert stages.budgets == [pytest.approx(300, abs=1)]  # min(generate budget, left - safety)
+    stages.budgets.clear()
+    tight = BudgetProfile("tight", dict(BUDGET.stages_ms), total_ms=250)
+    stages.delays = {"embed": 0.05}
+    run(budgeted(stages, tight), query="how do I raise")
+    assert stages.budgets[0] < 120  # 250 total - ~50 spent - 100 safety reserve
+
+
+def test_slow_large_tier_falls_back_to_small_then_extractive(stages):
+    stages.delays = {"generate[large]": 0.5, "generate[small]": 0.5}
+    resp = run(budgeted(stages), query="what does with do")
+    assert stages.calls[-2:] == ["generate[large]", "generate[small]"]
+    assert resp.degraded and resp.route.model == "extractive"
+    assert resp.budget["generate"].outcome in ("timeout", "skipped")
+    assert resp.timings_ms["total"] < 1000 + 100  # within the total budget (+ a margin)
+
+
+def test_no_time_left_for_generation_skips_it(stages):
+    starved = BudgetProfile("starved", dict(BUDGET.stages_ms), total_ms=150)
+    stages.delays = {"embed": 0.03, "retrieve": 0.03}  # ~60 ms spent; 100 ms reserved for safety
+    resp = run(budgeted(stages, starved), query="what does with do")
+    assert resp.budget["retrieve"].outcome == "ok"
+    assert resp.budget["generate"].outcome == "skipped" and resp.route.model == "extractive"
+    assert not any(c.startswith("generate") for c in stages.calls) and resp.degraded
+
+
+def test_slow_cache_is_bypassed_within_its_budget(stages):
+    import time as _time
+
+    class Slow(InMemoryCache):
+        def get_exact(self, *a):
+            _time.sleep(0.3)
+            return None
+
+    cache = SemanticCache(Slow(CFG.cache), 0.95, None)
+    resp = run(QueryPipeline(stages, cache, CFG, budget=BUDGET), query="what does with do")
+    assert resp.budget["cache"].outcome == "timeout" and resp.cache.status == "unavailable"
+    assert resp.budget["cache"].used_ms < 150 and not resp.degraded and resp.answer == "an answer [1]"

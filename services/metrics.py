@@ -1,0 +1,57 @@
+"""Prometheus metrics of the RAG service (served on /metrics by bentoml).
+
+    ragroute_stage_latency_seconds{stage}              histogram of each stage's wall time
+    ragroute_stage_outcomes_total{stage,outcome}       ok | timeout | error | skipped
+    ragroute_requests_total{degraded,cache}            answered requests; cache = hit | miss | bypass |
+                                                       refresh | off | unavailable
+    ragroute_cache_hits_total{kind}                    exact | semantic
+    ragroute_route_decisions_total{tier,router}        tier that answered a generated request
+    ragroute_tokens_total{tier,direction}              direction = in | out
+    ragroute_cache_errors_total{op}                    cache operations that failed (Redis down/slow)
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from pipelines.schema import RagResponse
+
+# Stage latencies span 0.1 ms (a cache lookup) to tens of seconds (CPU generation).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+class RagMetrics:
+    def __init__(self) -> None:
+        self.stage_latency = bentoml.metrics.Histogram(
+            name="ragroute_stage_latency_seconds", documentation="wall time of each pipeline stage",
+            labelnames=["stage"], buckets=BUCKETS)
+        self.stage_outcomes = bentoml.metrics.Counter(
+            name="ragroute_stage_outcomes_total", documentation="stage outcomes: ok, timeout, error, skipped",
+            labelnames=["stage", "outcome"])
+        self.requests = bentoml.metrics.Counter(
+            name="ragroute_requests_total", documentation="answered rag_query requests",
+            labelnames=["degraded", "cache"])
+        self.cache_hits = bentoml.metrics.Counter(
+            name="ragroute_cache_hits_total", documentation="cache hits by kind", labelnames=["kind"])
+        self.routes = bentoml.metrics.Counter(
+            name="ragroute_route_decisions_total", documentation="tier that answered a generated request",
+            labelnames=["tier", "router"])
+        self.tokens = bentoml.metrics.Counter(
+            name="ragroute_tokens_total", documentation="tokens processed by generation",
+            labelnames=["tier", "direction"])
+        self.cache_errors = bentoml.metrics.Counter(
+            name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
+            labelnames=["op"])
+
+    def observe(self, resp: RagResponse) -> None:
+        for stage, report in resp.budget.items():
+            self.stage_latency.labels(stage=stage).observe(report.used_ms / 1000)
+            self.stage_outcomes.labels(stage=stage, outcome=report.outcome).inc()
+        self.requests.labels(degraded=str(resp.degraded).lower(), cache=resp.cache.status).inc()
+        if resp.cache.hit:
+            self.cache_hits.labels(kind=resp.cache.kind).inc()
+            return  # route and tokens belong to the request that generated the cached answer
+        router = "request" if resp.route.score is None else "router"
+        self.routes.labels(tier=resp.route.tier, router=router).inc()
+        self.tokens.labels(tier=resp.route.tier, direction="in").inc(resp.usage.tokens_in)
+        self.tokens.labels(tier=resp.route.tier, direction="out").inc(resp.usage.tokens_out)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import REGISTRY
+
+from pipelines.budget import BudgetProfile
+from pipelines.config import RagConfig
+from pipelines.query.pipeline import QueryPipeline
+from pipelines.schema import RagRequest
+from services.metrics import RagMetrics
+from tests.fakes import FakeStages
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_response_is_recorded_per_stage_tier_and_cache_result():
+    metrics = RagMetrics()
+    stages = FakeStages()
+    stages.fail = {"rerank"}
+    budget = BudgetProfile.from_env({"RAGROUTE_BUDGET_PROFILE": "cpu"})
+    resp = asyncio.run(QueryPipeline(stages, None, RagConfig(candidates=6), budget=budget).run(RagRequest(query="q")))
+    before = {
+        "rerank_error": value("ragroute_stage_outcomes_total", stage="rerank", outcome="error"),
+        "degraded": value("ragroute_requests_total", degraded="true", cache="off"),
+        "large": value("ragroute_route_decisions_total", tier="large", router="router"),
+        "tokens_out": value("ragroute_tokens_total", tier="large", direction="out"),
+        "embed_count": value("ragroute_stage_latency_seconds_count", stage="embed"),
+    }
+    metrics.observe(resp)
+    assert value("ragroute_stage_outcomes_total", stage="rerank", outcome="error") == before["rerank_error"] + 1
+    assert value("ragroute_requests_total", degraded="true", cache="off") == before["degraded"] + 1
+    assert value("ragroute_route_decisions_total", tier="large", router="router") == before["large"] + 1
+    assert value("ragroute_tokens_total", tier="large", direction="out") == before["tokens_out"] + 3
+    assert value("ragroute_stage_latency_seconds_count", stage="embed") == before["embed_count"] + 1
