@@ -96,7 +96,11 @@ def run_load(url: str, clients: int, duration_s: float, miss_ratio: float, max_r
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     summary["metrics_sample"] = [line for line in metrics.splitlines()
                                  if line.startswith(("ragroute_requests_total", "ragroute_cache_hits_total",
-                                                     "ragroute_stage_outcomes_total"))][:40]
+                                                     "ragroute_stage_outcomes_total", "ragroute_budget_overruns",
+                                                     "ragroute_stage_latency_seconds_bucket{le=\"0.25\",stage=\"embed",
+                                                     "ragroute_stage_latency_seconds_bucket{le=\"0.5\",stage=\"embed",
+                                                     "ragroute_stage_latency_seconds_bucket{le=\"1.0\",stage=\"embed",
+                                                     "ragroute_stage_latency_seconds_count{stage=\"embed"))][:60]
     return summary
 
 
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--miss-ratio", type=float, default=0.05, help="share of requests that run the full pipeline")
     p.add_argument("--max-requests", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the server this script starts (repeatable)")
     p.add_argument("--out", type=Path, default=ROOT / "evals" / "out" / "load.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -120,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         summary = run_load(args.url, **kwargs)
     else:
-        env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
+        env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache()), **dict(e.split("=", 1) for e in args.env)}
         with tempfile.TemporaryDirectory(prefix="ragroute-load-") as tmp, serving(Path(tmp), env) as server:
             summary = run_load(server.url, **kwargs)
+        summary["server_env"] = dict(e.split("=", 1) for e in args.env)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     log.info("%d clients, %.0f s: %d requests, %.1f req/s, p50 %.1f / p95 %.1f / p99 %.1f ms, %d errors, %d degraded",

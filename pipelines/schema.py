@@ -66,6 +66,7 @@ class StageBudget(_Out):
     budget_ms: float
     used_ms: float
     outcome: Literal["ok", "timeout", "error", "skipped"]
+    overrun: bool = Field(False, description="took longer than its budget")
     detail: str = ""
 
 

@@ -2,6 +2,7 @@
 
     ragroute_stage_latency_seconds{stage}              histogram of each stage's wall time
     ragroute_stage_outcomes_total{stage,outcome}       ok | timeout | error | skipped
+    ragroute_budget_overruns_total{stage}              stages that took longer than their budget
     ragroute_requests_total{degraded,cache}            answered requests; cache = hit | miss | bypass |
                                                        refresh | off | unavailable
     ragroute_cache_hits_total{kind}                    exact | semantic
@@ -28,6 +29,9 @@ class RagMetrics:
         self.stage_outcomes = bentoml.metrics.Counter(
             name="ragroute_stage_outcomes_total", documentation="stage outcomes: ok, timeout, error, skipped",
             labelnames=["stage", "outcome"])
+        self.overruns = bentoml.metrics.Counter(
+            name="ragroute_budget_overruns_total", documentation="stages that took longer than their budget",
+            labelnames=["stage"])
         self.requests = bentoml.metrics.Counter(
             name="ragroute_requests_total", documentation="answered rag_query requests",
             labelnames=["degraded", "cache"])
@@ -47,6 +51,8 @@ class RagMetrics:
         for stage, report in resp.budget.items():
             self.stage_latency.labels(stage=stage).observe(report.used_ms / 1000)
             self.stage_outcomes.labels(stage=stage, outcome=report.outcome).inc()
+            if report.overrun:
+                self.overruns.labels(stage=stage).inc()
         self.requests.labels(degraded=str(resp.degraded).lower(), cache=resp.cache.status).inc()
         if resp.cache.hit:
             self.cache_hits.labels(kind=resp.cache.kind).inc()

@@ -64,6 +64,8 @@ def doc_tag(doc_id: str) -> str:
 
 
 class CacheBackend(Protocol):
+    blocking: bool  # True when calls do network I/O (run them off the event loop)
+
     def get_exact(self, part: Partition, qhash: str) -> dict[str, Any] | None: ...
 
     def candidates(self, part: Partition, vector: np.ndarray, k: int, min_similarity: float) -> list[Candidate]:
@@ -93,6 +95,7 @@ class SemanticCache:
 
     def __init__(self, backend: CacheBackend, threshold: float, verifier: HitVerifier | None) -> None:
         self.backend = backend
+        self.blocking = backend.blocking
         self.threshold = threshold
         self.verifier = verifier
 
@@ -138,6 +141,8 @@ class _Entry:
 class InMemoryCache:
     """Process-local backend: fixed TTL (sliding if configured), FIFO eviction beyond
     ``max_entries``. Semantic lookup is a dot product over the partition's live entries."""
+
+    blocking = False  # microseconds per call: run inline
 
     def __init__(self, cfg: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = cfg.ttl_s

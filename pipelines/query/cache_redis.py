@@ -33,6 +33,8 @@ SCHEMA_VERSION = 1
 
 
 class RedisCache:
+    blocking = True  # network I/O: the pipeline runs calls in a thread, under the cache budget
+
     def __init__(self, cfg: CacheConfig, on_error: Callable[[str], None] | None = None) -> None:
         import redis
 

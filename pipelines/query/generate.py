@@ -37,6 +37,7 @@ class EngineOutput:
 class Engine(Protocol):
     name: str
     model: str
+    lock: threading.Lock  # held for one generation: an engine that batches requests may use a no-op lock
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -55,7 +56,7 @@ class LlamaCppEngine:
         self.model = models.gguf_model(tier.model).display
         self._llm = Llama(model_path=str(path), n_ctx=tier.context_tokens, n_threads=threads,
                           n_gpu_layers=-1, verbose=False)
-        self._lock = threading.Lock()  # a Llama context serves one request at a time
+        self.lock = threading.Lock()  # a Llama context serves one request at a time; Generator holds it
         # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
         self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
         log.info("llama.cpp loaded %s for tier %s (n_ctx %d)", path.name, tier.name, tier.context_tokens)
@@ -64,8 +65,7 @@ class LlamaCppEngine:
         return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> EngineOutput:
-        with self._lock:
-            out = self._llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature)
+        out = self._llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature)
         choice = out["choices"][0]
         return EngineOutput(
             text=(choice["message"]["content"] or "").strip(),
@@ -106,23 +106,37 @@ class Generator:
         return min(tier.max_tokens, int(seconds * tier.decode_tok_s))
 
     def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk],
-                 budget_ms: float | None = None) -> Generation:
+                 budget_ms: float | None = None, received_at: float | None = None) -> Generation:
+        """Answer within ``budget_ms`` counted from ``received_at`` (time.monotonic(); default now).
+
+        Waiting for a busy engine counts against the budget: a request whose time runs out
+        in the queue is dropped without generating (its caller has already given up), and the
+        token limit is computed from the time left once the engine is free.
+        """
         if tier not in self.engines:
             raise BadRequest("tier", f"{tier!r} is not a configured tier; valid: {', '.join(self.engines)}")
         engine, tier_cfg = self.engines[tier], self.cfg.tiers[tier]
+        deadline = None if budget_ms is None else (received_at or time.monotonic()) + budget_ms / 1000
         messages = build_messages(
             question, sources,
             prompt_tokens=tier_cfg.context_tokens - tier_cfg.max_tokens,
             count_tokens=engine.count_tokens,
         )
         prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
-        max_tokens = self.token_limit(tier_cfg, prompt_tokens, budget_ms)
-        if max_tokens < MIN_ANSWER_TOKENS:
-            # Refuse at once: the caller falls back (another tier, an extractive answer) instead of waiting.
-            raise StageError(f"generate[{tier}]", f"{budget_ms:.0f} ms is not enough for a {prompt_tokens}-token "
-                             f"prompt and an answer at ~{tier_cfg.prefill_tok_s:.0f}/{tier_cfg.decode_tok_s:.0f} tok/s")
-        started = time.perf_counter()
-        out = engine.chat(messages, max_tokens=max_tokens, temperature=self.cfg.temperature)
+        if not engine.lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise StageError(f"generate[{tier}]", f"the engine stayed busy for the whole {budget_ms:.0f} ms budget")
+        try:
+            left_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
+            max_tokens = self.token_limit(tier_cfg, prompt_tokens, left_ms)
+            if max_tokens < MIN_ANSWER_TOKENS:
+                # Refuse at once: the caller falls back (another tier, an extractive answer).
+                raise StageError(f"generate[{tier}]", f"{left_ms:.0f} ms left is not enough for a {prompt_tokens}-"
+                                 f"token prompt and an answer at ~{tier_cfg.prefill_tok_s:.0f}/"
+                                 f"{tier_cfg.decode_tok_s:.0f} tok/s")
+            started = time.perf_counter()
+            out = engine.chat(messages, max_tokens=max_tokens, temperature=self.cfg.temperature)
+        finally:
+            engine.lock.release()
         return Generation(
             text=out.text, tier=tier, model=engine.model, engine=engine.name, finish_reason=out.finish_reason,  # type: ignore[arg-type]
             tokens_in=out.tokens_in, tokens_out=out.tokens_out, latency_ms=(time.perf_counter() - started) * 1000,

@@ -97,28 +97,36 @@ class _Request:
 
     def budget(self) -> dict[str, StageBudget]:
         return {stage: StageBudget(budget_ms=round(rep.budget_ms, 1), used_ms=round(rep.used_ms, 3),
-                                   outcome=rep.outcome, detail=rep.detail) for stage, rep in self.report.items()}
+                                   outcome=rep.outcome, overrun=rep.overrun, detail=rep.detail)
+                for stage, rep in self.report.items()}
 
-    async def run(self, stage: str, make: Callable[[], Any], *, reserve_ms: float = 0.0, report_as: str = "") -> Any:
+    async def run(self, stage: str, make: Callable[[], Any], *, reserve_ms: float = 0.0,
+                  essential: bool = False) -> Any:
         """Run one stage call within its budget; raises StageError on timeout or failure.
 
-        Repeated calls of a stage (the cache is asked twice) share one report.
+        An ``essential`` stage has no fallback (retrieval): cutting it at its own budget would
+        only turn a late answer into an error, so its budget is a target (an overrun is
+        reported) and the hard limit is all that is left of the total. Repeated calls of a stage
+        (the cache is asked twice) share one report.
         """
-        name = report_as or stage
         budget = self.deadline.budget_ms(stage, reserve_ms)
-        rep = self.report.get(name)
+        limit = max(budget, self.deadline.remaining_ms()) if essential else budget
+        rep = self.report.get(stage)
         if rep is None:
-            rep = self.report[name] = StageReport(budget_ms=budget)
-        if budget <= 0:
+            rep = self.report[stage] = StageReport(budget_ms=budget)
+        if limit <= 0:
             rep.outcome, rep.detail = "skipped", "no time left in the total budget"
-            raise StageError(name, "skipped: no time left in the total budget")
+            raise StageError(stage, "skipped: no time left in the total budget")
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(budget / 1000):
-                return await make()
+            async with asyncio.timeout(limit / 1000):
+                result = await make()
+            if rep.used_ms + (time.perf_counter() - t0) * 1000 > budget:
+                rep.detail = f"over its {budget:.0f} ms budget"
+            return result
         except TimeoutError:
-            rep.outcome, rep.detail = "timeout", f"exceeded its {budget:.0f} ms budget"
-            raise StageError(name, rep.detail) from None
+            rep.outcome, rep.detail = "timeout", f"exceeded its {limit:.0f} ms budget"
+            raise StageError(stage, rep.detail) from None
         except StageError as exc:
             rep.outcome, rep.detail = "error", str(exc)
             raise
@@ -162,8 +170,11 @@ class QueryPipeline:
     async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
         reported. Calls run in a thread so a slow backend never blocks the event loop."""
+        async def call() -> T:
+            return await asyncio.to_thread(fn, *args) if self.cache.blocking else fn(*args)
+
         try:
-            return await r.run("cache", lambda: asyncio.to_thread(fn, *args))
+            return await r.run("cache", call)
         except StageError as exc:
             if "skipped" in str(exc):
                 return None
@@ -219,9 +230,11 @@ class QueryPipeline:
 
         n = max(self.cfg.candidates, req.top_k)
         if vector is not None:
-            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n))
+            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n),
+                                                        essential=True)
         else:
-            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve_text(req.query, n))
+            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve_text(req.query, n),
+                                                        essential=True)
 
         try:
             ranked = await r.run("rerank", lambda: self.stages.rerank(req.query, candidates, req.top_k))

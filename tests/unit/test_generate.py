@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from pipelines.config import GenerationConfig, TierConfig
@@ -15,6 +18,7 @@ class WordEngine:
 
     def __init__(self) -> None:
         self.max_tokens: list[int] = []
+        self.lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -52,3 +56,22 @@ def test_too_little_time_is_refused_at_once():
     with pytest.raises(StageError, match="not enough for a"):
         g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500)
     assert engine.max_tokens == []
+
+
+def test_a_request_that_waited_out_its_budget_is_dropped_without_generating():
+    g, engine = generator()
+    engine.lock.acquire()  # another generation is running
+    t0 = time.monotonic()
+    with pytest.raises(StageError, match="stayed busy for the whole 300 ms budget"):
+        g.generate("small", "What is X?", [chunk(0, "X.")], budget_ms=300)
+    assert 0.25 < time.monotonic() - t0 < 0.6 and engine.max_tokens == []
+
+
+def test_waiting_for_the_engine_shrinks_the_token_limit():
+    g, engine = generator()
+    engine.lock.acquire()
+    threading.Timer(0.5, engine.lock.release).start()
+    g.generate("small", "What is X?", [chunk(0, "X is a thing.")], budget_ms=3000, received_at=time.monotonic())
+    (limit,) = engine.max_tokens
+    # ~2.5 s left after the wait, minus ~0.2 s prefill and 0.2 s margin: ~105 tokens at 50 tok/s
+    assert 90 <= limit <= 115

@@ -167,6 +167,8 @@ def test_answer_from_another_index_version_is_not_cached(stages):
 
 def test_broken_cache_backend_is_bypassed(stages):
     class Broken:
+        blocking = True
+
         def get_exact(self, *a):
             raise ConnectionError("down")
 
@@ -279,6 +281,8 @@ def test_slow_cache_is_bypassed_within_its_budget(stages):
     import time as _time
 
     class Slow(InMemoryCache):
+        blocking = True  # like Redis: network I/O, run off the event loop
+
         def get_exact(self, *a):
             _time.sleep(0.3)
             return None
@@ -287,3 +291,11 @@ def test_slow_cache_is_bypassed_within_its_budget(stages):
     resp = run(QueryPipeline(stages, cache, CFG, budget=BUDGET), query="what does with do")
     assert resp.budget["cache"].outcome == "timeout" and resp.cache.status == "unavailable"
     assert resp.budget["cache"].used_ms < 150 and not resp.degraded and resp.answer == "an answer [1]"
+
+
+def test_slow_retrieval_is_an_overrun_not_an_error(stages):
+    stages.delays = {"retrieve": 0.12}  # budget 50 ms, but retrieval has no fallback
+    resp = run(budgeted(stages), query="what does with do")
+    rep = resp.budget["retrieve"]
+    assert rep.outcome == "ok" and rep.overrun and rep.used_ms >= 120 and "over its 50 ms budget" in rep.detail
+    assert resp.answer == "an answer [1]" and not resp.degraded
