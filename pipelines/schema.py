@@ -62,6 +62,13 @@ class Usage(_Out):
     tokens_out: int
 
 
+class SafetyInfo(_Out):
+    checked: bool = Field(description="false when the check did not run (no generated answer, off, or no time)")
+    grounding: float | None = Field(None, description="share of the answer's content words found in the sources")
+    problems: list[str] = Field(default_factory=list)
+    action: Literal["flag", "replace", "off"] = "flag"
+
+
 class StageBudget(_Out):
     budget_ms: float
     used_ms: float
@@ -81,6 +88,7 @@ class RagResponse(_Out):
     budget: dict[str, StageBudget] = Field(description="per stage: budget, time used and outcome")
     budget_profile: str = Field(description="the latency budget profile in force (cpu | gpu)")
     index_version: str
+    safety: SafetyInfo = Field(default_factory=lambda: SafetyInfo(checked=False))
     degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
     warnings: list[str] = Field(default_factory=list, description="what failed or degraded, and why")
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the RAG service (served on /metrics by bentoml).
+"""Prometheus metrics of the RAG service (prometheus_client; bentoml serves them on /metrics).
 
     ragroute_stage_latency_seconds{stage}              histogram of each stage's wall time
     ragroute_stage_outcomes_total{stage,outcome}       ok | timeout | error | skipped
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import bentoml
+from prometheus_client import Counter, Histogram
 
 from pipelines.schema import RagResponse
 
@@ -23,27 +23,27 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 class RagMetrics:
     def __init__(self) -> None:
-        self.stage_latency = bentoml.metrics.Histogram(
+        self.stage_latency = Histogram(
             name="ragroute_stage_latency_seconds", documentation="wall time of each pipeline stage",
             labelnames=["stage"], buckets=BUCKETS)
-        self.stage_outcomes = bentoml.metrics.Counter(
+        self.stage_outcomes = Counter(
             name="ragroute_stage_outcomes_total", documentation="stage outcomes: ok, timeout, error, skipped",
             labelnames=["stage", "outcome"])
-        self.overruns = bentoml.metrics.Counter(
+        self.overruns = Counter(
             name="ragroute_budget_overruns_total", documentation="stages that took longer than their budget",
             labelnames=["stage"])
-        self.requests = bentoml.metrics.Counter(
+        self.requests = Counter(
             name="ragroute_requests_total", documentation="answered rag_query requests",
             labelnames=["degraded", "cache"])
-        self.cache_hits = bentoml.metrics.Counter(
+        self.cache_hits = Counter(
             name="ragroute_cache_hits_total", documentation="cache hits by kind", labelnames=["kind"])
-        self.routes = bentoml.metrics.Counter(
+        self.routes = Counter(
             name="ragroute_route_decisions_total", documentation="tier that answered a generated request",
             labelnames=["tier", "router"])
-        self.tokens = bentoml.metrics.Counter(
+        self.tokens = Counter(
             name="ragroute_tokens_total", documentation="tokens processed by generation",
             labelnames=["tier", "direction"])
-        self.cache_errors = bentoml.metrics.Counter(
+        self.cache_errors = Counter(
             name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
             labelnames=["op"])
 

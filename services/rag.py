@@ -19,6 +19,7 @@ from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.prompt import PROMPT_VERSION
+from pipelines.query.safety import SafetyConfig
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
@@ -102,7 +103,7 @@ class RAG:
         self.metrics = RagMetrics()
         self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
         self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
-                                      BudgetProfile.from_env())
+                                      BudgetProfile.from_env(), SafetyConfig.from_env())
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:

@@ -24,7 +24,7 @@ class FakeStages:
     """Records every call; ``fail`` names stages that raise StageError; vectors by query text."""
 
     def __init__(self, vectors: dict[str, np.ndarray] | None = None, fail: set[str] = frozenset(),
-                 version: str = "v1", answer: str = "an answer [1]") -> None:
+                 version: str = "v1", answer: str = "the text of the chunk [1]") -> None:
         self.vectors = vectors or {}
         self.fail = set(fail)
         self.version = version

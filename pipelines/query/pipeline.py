@@ -39,7 +39,9 @@ from pipelines.errors import StageError
 from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation, RouteDecision, ScoredChunk
-from pipelines.schema import CacheInfo, RagRequest, RagResponse, RouteInfo, Source, StageBudget, Usage
+from pipelines.query.safety import SafetyConfig
+from pipelines.query.safety import check as safety_check
+from pipelines.schema import CacheInfo, RagRequest, RagResponse, RouteInfo, SafetyInfo, Source, StageBudget, Usage
 from pipelines.text import content_id, query_hash
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,7 @@ def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
 
 class QueryPipeline:
     def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
-                 budget: BudgetProfile | None = None) -> None:
+                 budget: BudgetProfile | None = None, safety: SafetyConfig | None = None) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
         sampling): cached answers are only served to requests with the same one."""
         self.stages = stages
@@ -166,6 +168,7 @@ class QueryPipeline:
         self.cfg = cfg
         self.fingerprint = fingerprint
         self.budget = budget or BudgetProfile.from_env(gpu=False)
+        self.safety = safety or SafetyConfig()
 
     async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
@@ -176,7 +179,7 @@ class QueryPipeline:
         try:
             return await r.run("cache", call)
         except StageError as exc:
-            if "skipped" in str(exc):
+            if r.report["cache"].outcome == "skipped":  # no time left: not a cache failure
                 return None
             log.debug("request %s: cache %s: %s", r.id, what, exc)
         except CacheUnavailable as exc:  # the backend logs outages once
@@ -250,6 +253,11 @@ class QueryPipeline:
         if generation and not answer:
             r.degrade("the model returned an empty answer; answered from the best source")
             answer = extractive_answer(ranked)
+        safety = await self._check(r, answer, ranked) if generation and not r.degraded else \
+            SafetyInfo(checked=False, action=self.safety.action)
+        if safety.problems and self.safety.action == "replace":
+            r.degrade("safety: the generated answer was replaced by an extract of the best source")
+            answer = extractive_answer(ranked)
         payload = dict(
             answer=answer,
             sources=[s.model_dump() for s in _sources(ranked)],
@@ -262,9 +270,11 @@ class QueryPipeline:
             usage=Usage(tokens_in=generation.tokens_in if generation else 0,
                         tokens_out=generation.tokens_out if generation else 0).model_dump(),
             index_version=retrieved_version,
+            safety=safety.model_dump(),
             degraded=r.degraded,
         )
-        if write and not r.degraded and retrieved_version == index_version and r.cache_status != "unavailable":
+        good = not r.degraded and safety.checked and not safety.problems
+        if write and good and retrieved_version == index_version and r.cache_status != "unavailable":
             await self._cache_call(r, "store", cache.put, part, qhash, req.query, vector, payload,
                                    [s.chunk.doc_id for s in ranked])
         response = self._respond(r, {**payload, "degraded": r.degraded},
@@ -272,6 +282,25 @@ class QueryPipeline:
         log.info("request %s: answered by %s in %.0f ms%s", request_id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response
+
+    async def _check(self, r: _Request, answer: str, ranked: list[ScoredChunk]) -> SafetyInfo:
+        """The safety stage: an unchecked answer (no time, an error) is returned but not cached."""
+        if self.safety.action == "off":
+            return SafetyInfo(checked=False, action="off")
+
+        async def run_check():
+            return safety_check(answer, ranked, self.safety)
+
+        try:
+            report = await r.run("safety", run_check)
+        except StageError as exc:
+            r.warnings.append(f"{exc}; the answer was not checked")
+            return SafetyInfo(checked=False, action=self.safety.action)
+        if report.problems:
+            log.warning("request %s: safety: %s", r.id, "; ".join(report.problems))
+            r.warnings.append("safety: " + "; ".join(report.problems))
+        return SafetyInfo(checked=True, grounding=report.grounding, problems=list(report.problems),
+                          action=self.safety.action)
 
     async def _route(self, r: _Request, vector: np.ndarray | None, ranked: list[ScoredChunk]) -> RouteDecision:
         if r.req.tier != "auto":

@@ -10,7 +10,7 @@ import pytest
 
 QUESTION = "What does the with statement do?"
 PARAPHRASE = "What does the with statement do exactly?"  # cosine 0.988 with QUESTION (MiniLM)
-STAGES = {"cache", "embed", "retrieve", "rerank", "route", "generate", "total"}
+STAGES = {"cache", "embed", "retrieve", "rerank", "route", "generate", "safety", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
     assert set(first["timings_ms"]) == STAGES and first["timings_ms"]["total"] >= first["timings_ms"]["generate"]
     assert not first["degraded"] and first["usage"]["tokens_out"] > 0
     assert first["budget_profile"] == "cpu"
+    assert first["safety"]["checked"] and first["safety"]["problems"] == [] and first["safety"]["grounding"] >= 0.5
     assert all(b["outcome"] == "ok" and b["used_ms"] <= b["budget_ms"] for b in first["budget"].values())
     # The demo index was built on first start under RAGROUTE_HOME, and the answer says which.
     manifest = json.loads((server.home / "indexes" / "demo" / "manifest.json").read_text())

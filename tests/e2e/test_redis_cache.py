@@ -20,7 +20,10 @@ def stack(tmp_path_factory, model_cache):
     home = tmp_path_factory.mktemp("ragroute-redis-home")
     redis = RedisServer(home / "redis").start()
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "REDIS_URL": redis.url, "RAGROUTE_ADMIN_TOKEN": TOKEN,
-           "RAGROUTE_CACHE_RETRY_S": "0.5", **GENEROUS_BUDGETS}
+           "RAGROUTE_CACHE_RETRY_S": "0.5", **GENEROUS_BUDGETS,
+           # These tests are about caching: a tiny model's weakly grounded answer (flagged by the
+           # safety check, so never cached) must not decide them. Safety has its own tests.
+           "RAGROUTE_SAFETY_MIN_GROUNDING": "0"}
     try:
         with serving(home, env) as server:
             yield server, redis

@@ -63,7 +63,7 @@ def test_redis_killed_mid_run_then_back(tmp_path):
     server.stop()  # kill -9
     for _ in range(3):
         resp = ask(p, "What does with do?")
-        assert resp.answer == "an answer [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
+        assert resp.answer == "the text of the chunk [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
         assert not resp.degraded and any("cache" in w for w in resp.warnings)
     assert s.calls.count("generate[large]") == 4  # every request was answered by the pipeline
 

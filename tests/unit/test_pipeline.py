@@ -44,8 +44,8 @@ def pipeline(stages) -> QueryPipeline:
 def test_stages_run_in_order_and_every_stage_is_timed(pipeline, stages):
     resp = run(pipeline, query="what does with do")
     assert stages.calls == ["embed", "retrieve", "rerank", "route", "generate[large]"]
-    assert set(resp.timings_ms) == {"cache", "embed", "retrieve", "rerank", "route", "generate", "total"}
-    assert resp.answer == "an answer [1]" and not resp.cache.hit and not resp.degraded
+    assert set(resp.timings_ms) == {"cache", "embed", "retrieve", "rerank", "route", "generate", "safety", "total"}
+    assert resp.answer == "the text of the chunk [1]" and not resp.cache.hit and not resp.degraded
     # The reranker's order (reversed candidates) is what the response reports.
     assert [s.id for s in resp.sources] == ["c5", "c4", "c3", "c2"]
     assert resp.route.tier == "large" and resp.route.model == "large-model"
@@ -120,7 +120,7 @@ def test_router_failure_uses_default_tier(stages):
 def test_large_tier_failure_falls_back_to_small(stages):
     stages.fail = {"generate[large]"}
     resp = run(QueryPipeline(stages, None, CFG), query="what does with do")
-    assert resp.degraded and resp.route.tier == "small" and resp.answer == "an answer [1]"
+    assert resp.degraded and resp.route.tier == "small" and resp.answer == "the text of the chunk [1]"
 
 
 def test_generation_failure_gives_a_flagged_extractive_answer_that_is_not_cached(stages):
@@ -175,27 +175,29 @@ def test_broken_cache_backend_is_bypassed(stages):
         candidates = put = purge = get_exact
 
     resp = run(QueryPipeline(stages, SemanticCache(Broken(), 0.95, None), CFG), query="what does with do")
-    assert resp.answer == "an answer [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
+    assert resp.answer == "the text of the chunk [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
     assert any("cache" in w for w in resp.warnings) and not resp.degraded
 
 
 def test_tenants_never_share_answers_even_for_identical_questions(stages):
     pipeline = QueryPipeline(stages, memory_cache(), CFG)
     a = run(pipeline, query="what does with do", tenant="acme")
-    stages.answer = "globex's answer"
+    stages.answer = "globex text of the chunk [1]"
     b = run(pipeline, query="what does with do", tenant="globex")
-    assert not b.cache.hit and b.answer == "globex's answer" != a.answer
+    assert not b.cache.hit and b.answer == "globex text of the chunk [1]" != a.answer
     assert run(pipeline, query="what does with do", tenant="acme").answer == a.answer
-    assert run(pipeline, query="what does with do exactly", tenant="globex").answer == "globex's answer"
+    hit = run(pipeline, query="what does with do exactly", tenant="globex")
+    assert hit.cache.hit and hit.answer == "globex text of the chunk [1]"
 
 
 def test_refresh_skips_the_lookup_and_replaces_the_entry(stages):
     pipeline = QueryPipeline(stages, memory_cache(), CFG)
     run(pipeline, query="what does with do")
-    stages.answer = "a newer answer"
+    stages.answer = "a newer text of the chunk [1]"
     fresh = run(pipeline, query="what does with do", cache="refresh")
-    assert not fresh.cache.hit and fresh.cache.status == "refresh" and fresh.answer == "a newer answer"
-    assert run(pipeline, query="what does with do").answer == "a newer answer"
+    assert not fresh.cache.hit and fresh.cache.status == "refresh" and fresh.answer == stages.answer
+    again = run(pipeline, query="what does with do")
+    assert again.cache.hit and again.answer == "a newer text of the chunk [1]"
 
 
 def test_cache_status_says_what_happened(pipeline):
@@ -237,7 +239,7 @@ def budgeted(stages: FakeStages, budget: BudgetProfile = BUDGET) -> QueryPipelin
 
 def test_every_stage_reports_budget_time_and_outcome(stages):
     resp = run(budgeted(stages), query="what does with do")
-    assert set(resp.budget) == {"cache", "embed", "retrieve", "rerank", "route", "generate"}
+    assert set(resp.budget) == {"cache", "embed", "retrieve", "rerank", "route", "generate", "safety"}
     assert all(b.outcome == "ok" and b.used_ms <= b.budget_ms for b in resp.budget.values())
     assert resp.budget["rerank"].budget_ms == 50 and resp.budget_profile == "test"
 
@@ -290,7 +292,7 @@ def test_slow_cache_is_bypassed_within_its_budget(stages):
     cache = SemanticCache(Slow(CFG.cache), 0.95, None)
     resp = run(QueryPipeline(stages, cache, CFG, budget=BUDGET), query="what does with do")
     assert resp.budget["cache"].outcome == "timeout" and resp.cache.status == "unavailable"
-    assert resp.budget["cache"].used_ms < 150 and not resp.degraded and resp.answer == "an answer [1]"
+    assert resp.budget["cache"].used_ms < 150 and not resp.degraded and resp.answer == "the text of the chunk [1]"
 
 
 def test_slow_retrieval_is_an_overrun_not_an_error(stages):
@@ -298,4 +300,29 @@ def test_slow_retrieval_is_an_overrun_not_an_error(stages):
     resp = run(budgeted(stages), query="what does with do")
     rep = resp.budget["retrieve"]
     assert rep.outcome == "ok" and rep.overrun and rep.used_ms >= 120 and "over its 50 ms budget" in rep.detail
-    assert resp.answer == "an answer [1]" and not resp.degraded
+    assert resp.answer == "the text of the chunk [1]" and not resp.degraded
+
+
+def test_safety_flags_an_ungrounded_answer_and_it_is_not_cached():
+    stages = FakeStages(answer="Quantum flux capacitors resonate with tachyon beams [1] [7].")
+    cache = memory_cache()
+    resp = run(QueryPipeline(stages, cache, CFG), query="q")
+    assert resp.safety.checked and resp.safety.grounding < 0.5 and not resp.degraded
+    assert any("weakly grounded" in p for p in resp.safety.problems)
+    assert any("cites sources that do not exist: [7]" in p for p in resp.safety.problems)
+    assert resp.answer.startswith("Quantum") and len(cache.backend) == 0  # flagged: returned, never cached
+
+
+def test_safety_replace_action_answers_from_the_best_source():
+    from pipelines.query.safety import SafetyConfig
+
+    stages = FakeStages(answer="You answer questions using only the numbered sources provided. Cite the sources.")
+    resp = run(QueryPipeline(stages, None, CFG, safety=SafetyConfig(action="replace")), query="q")
+    assert "repeats the system prompt" in " ".join(resp.safety.problems)
+    assert resp.degraded and resp.answer.startswith("text of chunk")
+
+
+def test_grounded_answer_passes_and_is_cached(pipeline):
+    resp = run(pipeline, query="what does with do")
+    assert resp.safety.checked and resp.safety.grounding == 1.0 and resp.safety.problems == []
+    assert run(pipeline, query="what does with do").cache.hit

@@ -1,0 +1,80 @@
+"""Safety stage: a lightweight check of a generated answer before it is returned.
+
+Checks (each problem is reported by name):
+- grounding: the share of the answer's content words that occur in the sources it was
+  given; below ``min_grounding`` the answer is probably not supported by them;
+- citations: [n] markers that point to no source;
+- prompt leak: the answer repeats the system prompt;
+- blocked patterns: a configurable regular expression.
+
+The action on a problem is ``flag`` (the answer is returned with the problems listed) or
+``replace`` (an extract of the best source is returned instead, marked degraded). An answer
+with a problem is never cached.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipelines.errors import ConfigError
+from pipelines.query.prompt import SYSTEM
+from pipelines.records import ScoredChunk
+from pipelines.text import tokenize
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+LEAK_CHARS = 40  # a verbatim run this long from the system prompt counts as a leak
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    action: str = "flag"
+    min_grounding: float = 0.5
+    blocked: re.Pattern[str] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> SafetyConfig:
+        action = env.get("RAGROUTE_SAFETY_ACTION", "flag").strip() or "flag"
+        if action not in ("flag", "replace", "off"):
+            raise ConfigError(f"RAGROUTE_SAFETY_ACTION={action!r} is not one of flag, replace, off")
+        raw = env.get("RAGROUTE_SAFETY_MIN_GROUNDING", "").strip()
+        try:
+            grounding = float(raw) if raw else 0.5
+        except ValueError:
+            raise ConfigError(f"RAGROUTE_SAFETY_MIN_GROUNDING={raw!r} is not a number") from None
+        if not 0 <= grounding <= 1:
+            raise ConfigError(f"RAGROUTE_SAFETY_MIN_GROUNDING={raw!r} must be between 0 and 1")
+        pattern = env.get("RAGROUTE_SAFETY_BLOCKED", "").strip()
+        try:
+            blocked = re.compile(pattern, re.I) if pattern else None
+        except re.error as exc:
+            raise ConfigError(f"RAGROUTE_SAFETY_BLOCKED is not a valid regular expression: {exc}") from None
+        return cls(action, grounding, blocked)
+
+
+@dataclass(frozen=True)
+class SafetyReport:
+    grounding: float
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+
+def check(answer: str, sources: Sequence[ScoredChunk], cfg: SafetyConfig) -> SafetyReport:
+    words = set(tokenize(_CITATION.sub(" ", answer)))
+    source_words = set(tokenize(" ".join(f"{s.chunk.title} {s.chunk.text}" for s in sources)))
+    grounding = len(words & source_words) / len(words) if words else 1.0
+    problems = []
+    if grounding < cfg.min_grounding:
+        problems.append(f"weakly grounded: {grounding:.0%} of its content words occur in the sources "
+                        f"(minimum {cfg.min_grounding:.0%})")
+    bad = sorted({int(n) for n in _CITATION.findall(answer) if not 1 <= int(n) <= len(sources)})
+    if bad:
+        problems.append(f"cites sources that do not exist: {bad}")
+    norm = " ".join(answer.split()).lower()
+    system = SYSTEM.lower()
+    if any(system[i:i + LEAK_CHARS] in norm for i in range(0, len(system) - LEAK_CHARS + 1, 10)):
+        problems.append("repeats the system prompt")
+    if cfg.blocked is not None and (m := cfg.blocked.search(answer)):
+        problems.append(f"matches a blocked pattern ({m.group(0)!r})")
+    return SafetyReport(round(grounding, 4), tuple(problems))
