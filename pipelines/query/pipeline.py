@@ -27,8 +27,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -70,10 +69,6 @@ class Stages(Protocol):
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
         """``budget_ms``: the time the answer may take; the engine turns it into a token limit."""
         ...
-
-
-class _StageTimeout(Exception):
-    pass
 
 
 class _Request:
