@@ -1,6 +1,7 @@
 """``ragroute`` command line: prepare models and build indexes.
 
     ragroute models fetch              # assemble the pinned GGUF models into the model cache
+    ragroute models convert smollm2-135m-instruct   # GGUF -> HF safetensors folder (vLLM engine)
     ragroute index build --demo        # index the Python help topics (zero download)
     ragroute index build --source docs/ --out my-index
     ragroute index info my-index
@@ -25,6 +26,13 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
     for name in names:
         path = models.fetch(name, args.cache)
         print(f"{name}: {path} (sha256 verified)")
+    return 0
+
+
+def _cmd_models_convert(args: argparse.Namespace) -> int:
+    for name in args.names:
+        path = models.convert(name, args.cache)
+        print(f"{name}: {path} (manifest verified)")
     return 0
 
 
@@ -84,7 +92,11 @@ def parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_models_fetch)
     ls = msub.add_parser("list", help="show known models and whether they are cached")
     ls.set_defaults(func=_cmd_models_list)
-    for q in (f, ls):
+    c = msub.add_parser("convert", help="dequantize packaged GGUF models into HF safetensors folders for the vLLM "
+                        "engine (cached, with a manifest of sha256s checked at load)")
+    c.add_argument("names", nargs="+", choices=list(models.GGUF_MODELS), help="models to convert")
+    c.set_defaults(func=_cmd_models_convert)
+    for q in (f, ls, c):
         q.add_argument("--cache", type=Path, default=None,
                        help="model cache folder (default: $RAGROUTE_MODEL_CACHE or $RAGROUTE_HOME/models)")
 

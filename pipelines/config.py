@@ -17,7 +17,6 @@ from pipelines.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
-TIERS = ("small", "large")
 
 
 def _get(env: Mapping[str, str], key: str, default: str) -> str:
@@ -120,46 +119,141 @@ class RoutingConfig:
         )
 
 
+TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
+ENGINE_NAMES = ("llamacpp", "vllm", "openai")
+
+
 @dataclass(frozen=True)
 class TierConfig:
+    """One generation tier: engine + model + sampling defaults + context limit + price."""
+
     name: str
     engine: str
     model: str
     context_tokens: int
     max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    price_in: float = 0.0  # USD per 1M input tokens (for self-hosted tiers: an estimate of compute cost)
+    price_out: float = 0.0  # USD per 1M output tokens
     prefill_tok_s: float = 200.0  # throughput estimates used to fit an answer into a time budget
     decode_tok_s: float = 50.0
+    # openai engine
+    base_url: str = ""
+    api_key: str = ""
+    timeout_s: float = 30.0
+    retries: int = 1
+    # vllm engine
+    revision: str = ""
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+
+
+# Shipped tier profiles (README, "Generation tiers"). Prices of self-hosted tiers are nominal
+# (relative compute cost, in the range hosted APIs charge for models of that size): set
+# RAGROUTE_<TIER>_PRICE_IN / _PRICE_OUT to your own numbers.
+TIER_PROFILES: dict[str, dict[str, dict[str, object]]] = {
+    # llama.cpp on CPU with the packaged GGUF models; rates measured on 2 CPU cores (README).
+    "cpu": {
+        "small": dict(engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048, max_tokens=160,
+                      price_in=0.02, price_out=0.04, prefill_tok_s=250.0, decode_tok_s=80.0),
+        "large": dict(engine="llamacpp", model="qwen2.5-coder-0.5b-instruct", context_tokens=2048, max_tokens=160,
+                      price_in=0.05, price_out=0.10, prefill_tok_s=160.0, decode_tok_s=40.0),
+    },
+    # vLLM on one GPU; both tiers share it with embedding and reranking (0.35 + 0.45 of its memory).
+    "gpu": {
+        "small": dict(engine="vllm", model="Qwen/Qwen2.5-1.5B-Instruct", context_tokens=8192, max_tokens=512,
+                      price_in=0.05, price_out=0.10, prefill_tok_s=20000.0, decode_tok_s=150.0,
+                      gpu_memory_utilization=0.35),
+        "large": dict(engine="vllm", model="Qwen/Qwen2.5-7B-Instruct", context_tokens=8192, max_tokens=512,
+                      price_in=0.20, price_out=0.40, prefill_tok_s=8000.0, decode_tok_s=60.0,
+                      gpu_memory_utilization=0.45),
+    },
+}
+
+
+def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperature: float) -> TierConfig:
+    key = f"RAGROUTE_{name.upper()}"
+    b = {**TierConfig(name=name, engine="", model="", context_tokens=2048, max_tokens=160).__dict__, **base}
+    engine = _get(env, f"{key}_ENGINE", str(b["engine"]))
+    if engine not in ENGINE_NAMES:
+        raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINE_NAMES)}")
+    model = _get(env, f"{key}_MODEL", str(b["model"]))
+    if not model:
+        raise ConfigError(f"{key}_MODEL is not set (tier {name!r} has no default model)")
+    tier = TierConfig(
+        name=name, engine=engine, model=model,
+        context_tokens=_num(env, f"{key}_CONTEXT_TOKENS", int(b["context_tokens"]), int, 256, 1_048_576),
+        max_tokens=_num(env, f"{key}_MAX_TOKENS", int(b["max_tokens"]), int, 1, 65_536),
+        temperature=_num(env, f"{key}_TEMPERATURE", temperature, float, 0.0, 2.0),
+        top_p=_num(env, f"{key}_TOP_P", float(b["top_p"]), float, 0.01, 1.0),
+        price_in=_num(env, f"{key}_PRICE_IN", float(b["price_in"]), float, 0.0, 1e4),
+        price_out=_num(env, f"{key}_PRICE_OUT", float(b["price_out"]), float, 0.0, 1e4),
+        prefill_tok_s=_num(env, f"{key}_PREFILL_TOK_S", float(b["prefill_tok_s"]), float, 1.0, 1e7),
+        decode_tok_s=_num(env, f"{key}_DECODE_TOK_S", float(b["decode_tok_s"]), float, 1.0, 1e6),
+        base_url=_get(env, f"{key}_BASE_URL", str(b["base_url"])),
+        api_key=_get(env, f"{key}_API_KEY", ""),
+        timeout_s=_num(env, f"{key}_TIMEOUT_S", float(b["timeout_s"]), float, 0.1, 3600.0),
+        retries=_num(env, f"{key}_RETRIES", int(b["retries"]), int, 0, 10),
+        revision=_get(env, f"{key}_REVISION", str(b["revision"])),
+        dtype=_choice(env, f"{key}_DTYPE", str(b["dtype"]), ("auto", "bfloat16", "float16", "float32")),
+        gpu_memory_utilization=_num(env, f"{key}_GPU_MEMORY_UTILIZATION", float(b["gpu_memory_utilization"]),
+                                    float, 0.05, 0.99),
+        tensor_parallel_size=_num(env, f"{key}_TENSOR_PARALLEL_SIZE", int(b["tensor_parallel_size"]), int, 1, 64),
+        enforce_eager=_choice(env, f"{key}_ENFORCE_EAGER", "on" if b["enforce_eager"] else "off",
+                              ("on", "off")) == "on",
+    )
+    if tier.engine == "openai" and not tier.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}_BASE_URL={tier.base_url!r} must be the http(s) URL of an OpenAI-compatible "
+                          f"API (e.g. http://host:8000/v1) for {key}_ENGINE=openai")
+    if tier.max_tokens >= tier.context_tokens // 2:
+        raise ConfigError(f"{key}_MAX_TOKENS ({tier.max_tokens}) must be < half of {key}_CONTEXT_TOKENS "
+                          f"({tier.context_tokens})")
+    return tier
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     tiers: dict[str, TierConfig]
+    """Cheapest first: a failing tier falls back to the first one."""
     threads: int
-    temperature: float
+    profile: str = "cpu"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> GenerationConfig:
-        defaults = {"small": "smollm2-135m-instruct", "large": "qwen2.5-coder-0.5b-instruct"}
-        # Measured through the Generation service on 2 CPU cores (conservative; README).
-        rates = {"small": (250.0, 80.0), "large": (160.0, 40.0)}
-        tiers = {}
-        for tier in TIERS:
-            key = f"RAGROUTE_{tier.upper()}"
-            tiers[tier] = TierConfig(
-                name=tier,
-                engine=_get(env, f"{key}_ENGINE", "llamacpp"),
-                model=_get(env, f"{key}_MODEL", defaults[tier]),
-                context_tokens=_num(env, f"{key}_CONTEXT_TOKENS", 2048, int, 256, 131072),
-                max_tokens=_num(env, f"{key}_MAX_TOKENS", 160, int, 1, 8192),
-                prefill_tok_s=_num(env, f"{key}_PREFILL_TOK_S", rates[tier][0], float, 1.0, 1e6),
-                decode_tok_s=_num(env, f"{key}_DECODE_TOK_S", rates[tier][1], float, 1.0, 1e6),
-            )
+        import re
+
+        from pipelines.budget import gpu_present
+
+        profile = _choice(env, "RAGROUTE_GEN_PROFILE", "auto", ("auto", *TIER_PROFILES))
+        if profile == "auto":
+            profile = "gpu" if gpu_present() else "cpu"
+        names = [t.strip() for t in _get(env, "RAGROUTE_TIERS", "small,large").split(",") if t.strip()]
+        for name in names:
+            if not re.match(TIER_NAME, name):
+                raise ConfigError(f"RAGROUTE_TIERS: {name!r} is not a valid tier name (lowercase letters, digits, _)")
+        if len(set(names)) != len(names) or not {"small", "large"} <= set(names):
+            raise ConfigError(f"RAGROUTE_TIERS={','.join(names)!r} must list distinct tiers including small and large")
+        # A tier setting for a tier that does not exist is a typo: refuse it, naming the key.
+        known = {n.upper() for n in names} | {"GEN", "DEFAULT", "EMBED", "CACHE", "BUDGET", "RERANK", "ROUTE"}
+        for var in env:
+            m = re.match(r"^RAGROUTE_([A-Z][A-Z0-9_]*?)_(ENGINE|MODEL|BASE_URL|PRICE_IN|PRICE_OUT|MAX_TOKENS)$", var)
+            if m and m.group(1) not in known:
+                raise ConfigError(f"{var} configures tier {m.group(1).lower()!r}, which is not in RAGROUTE_TIERS "
+                                  f"({','.join(names)})")
+        temperature = _num(env, "RAGROUTE_GEN_TEMPERATURE", 0.0, float, 0.0, 2.0)
+        shipped = TIER_PROFILES[profile]
         return cls(
-            tiers=tiers,
+            tiers={n: _tier(env, n, shipped.get(n, {}), temperature) for n in names},
             # One core is left to the other services: on 2 cores, 1 llama.cpp thread decodes only ~5%
             # slower than 2 (memory-bound), while 2 starve embedding and retrieval under load.
             threads=_num(env, "RAGROUTE_GEN_THREADS", max(1, (os.cpu_count() or 1) - 1), int, 1, 256),
-            temperature=_num(env, "RAGROUTE_GEN_TEMPERATURE", 0.0, float, 0.0, 2.0),
+            profile=profile,
         )
 
 
@@ -202,6 +296,6 @@ class RagConfig:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RagConfig:
         return cls(
             candidates=_num(env, "RAGROUTE_CANDIDATES", 20, int, 1, 200),
-            default_tier=_choice(env, "RAGROUTE_DEFAULT_TIER", "small", TIERS),
+            default_tier=_choice(env, "RAGROUTE_DEFAULT_TIER", "small", tuple(GenerationConfig.from_env(env).tiers)),
             cache=CacheConfig.from_env(env),
         )

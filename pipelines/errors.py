@@ -5,6 +5,7 @@
     ├── ConfigError (500)         a setting is invalid; raised at start-up, names the key
     ├── ArtifactError (500)       an index/model on disk fails its manifest or sha256 check
     └── StageError (503)          a pipeline stage (a dependency service) failed or timed out
+        └── UpstreamError (502)   a remote engine (OpenAI-compatible endpoint) failed or timed out
 
 Services map these to responses in one place (services/_http.py).
 """
@@ -38,3 +39,7 @@ class StageError(RagrouteError):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage} stage failed: {message}")
         self.stage = stage
+
+
+class UpstreamError(StageError):
+    status = 502

@@ -43,6 +43,7 @@ class GgufModel:
     size: int
     sha256: str
     parts: tuple[Part, ...]
+    chat_format: str | None = None  # llama.cpp chat format for a GGUF without a chat template
 
 
 def _parts(pkg: str, version: str, count: int, member: str) -> tuple[Part, ...]:
@@ -181,3 +182,89 @@ def packaged_embedder_path(name: str) -> Path | None:
     if sha256_file(root / weights) != digest:
         raise ArtifactError(f"{root / weights} does not match its pinned sha256; refusing to load it")
     return root
+
+
+# -- HF safetensors folders converted from the packaged GGUFs (for the vLLM engine) ---------------
+HF_MANIFEST = "ragroute-manifest.json"
+CONVERT_FORMAT = 1
+
+
+def hf_dir(name: str, cache: Path | None = None) -> Path:
+    return (cache or config.model_cache()) / gguf_model(name).name / "hf"
+
+
+def verify_hf_dir(path: Path) -> dict:
+    """Check a converted folder against its manifest (every file's sha256); returns the manifest."""
+    manifest_path = path / HF_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, str] = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ArtifactError(f"{path} has no valid {HF_MANIFEST} ({exc}); run `ragroute models convert`") from None
+    if manifest.get("format") != CONVERT_FORMAT:
+        raise ArtifactError(f"{manifest_path}: format {manifest.get('format')!r}, expected {CONVERT_FORMAT}")
+    for rel, digest in files.items():
+        file = path / rel
+        if not file.is_file() or sha256_file(file) != digest:
+            raise ArtifactError(f"{file} is missing or does not match the sha256 in {manifest_path}; "
+                                "refusing to load it. Delete the folder and run `ragroute models convert`")
+    return manifest
+
+
+def verified_hf_dir(name: str, cache: Path | None = None) -> Path:
+    """The converted folder of packaged model ``name``, checked against its manifest and source."""
+    path = hf_dir(name, cache)
+    manifest = verify_hf_dir(path)
+    if manifest.get("source_sha256") != gguf_model(name).sha256:
+        raise ArtifactError(f"{path} was converted from another file than {name}'s pinned GGUF; "
+                            "delete it and run `ragroute models convert`")
+    return path
+
+
+def convert(name: str, cache: Path | None = None) -> Path:
+    """Dequantize packaged GGUF ``name`` into an HF safetensors folder (once; cached with a manifest).
+
+    Needs transformers, gguf and accelerate (the ``convert`` extra); ~10-45 s for these sizes.
+    """
+    target = hf_dir(name, cache)
+    try:
+        return verified_hf_dir(name, cache)
+    except ArtifactError as exc:
+        if target.exists():
+            log.warning("re-converting %s: %s", name, exc)
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = fetch(name, cache)
+    started = time.monotonic()
+    tmp = target.with_name("hf.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
+    # already dequantized tensors, so drop the marker and save plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    import transformers
+
+    manifest = {
+        "format": CONVERT_FORMAT,
+        "name": name,
+        "source": gguf.name,
+        "source_sha256": gguf_model(name).sha256,
+        "dtype": "bfloat16",
+        "transformers": transformers.__version__,
+        "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp / HF_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    log.info("converted %s to safetensors in %.1f s -> %s", name, time.monotonic() - started, target)
+    return target

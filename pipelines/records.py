@@ -6,11 +6,11 @@ BentoML services; inside one process they behave like frozen dataclasses.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-Tier = Literal["small", "large"]
+Tier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]  # a configured tier name
 
 
 class _Record(BaseModel):
@@ -52,3 +52,7 @@ class Generation(_Record):
     tokens_in: int
     tokens_out: int
     latency_ms: float
+    ttft_ms: float | None = Field(None, description="time to the first token")
+    logprob_mean: float | None = Field(None, description="mean log-probability of the answer's tokens (confidence)")
+    logprob_min: float | None = Field(None, description="lowest token log-probability of the answer")
+    cost_usd: float = Field(0.0, description="tokens x the tier's price per 1M input/output tokens")

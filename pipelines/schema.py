@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 MAX_QUERY_CHARS = 2000
 
@@ -22,10 +22,12 @@ class RagRequest(BaseModel):
 
     query: Query = Field(description=f"the question; 1..{MAX_QUERY_CHARS} characters after trimming")
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = Field(4, description="number of sources to answer from")
-    tier: Literal["auto", "small", "large"] = Field("auto", description="auto = let the router choose")
+    tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
+        "auto", description="auto = let the router choose; or a configured tier (small, large, ...)")
     cache: Literal["use", "bypass", "refresh"] = Field(
         "use", description="bypass = neither read nor write the cache; refresh = skip the lookup, store the new answer")
     tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants")
+    stream: StrictBool = Field(False, description="stream the answer as server-sent events while it is generated")
 
 
 class _Out(BaseModel):
@@ -41,7 +43,7 @@ class Source(_Out):
 
 
 class RouteInfo(_Out):
-    tier: Literal["small", "large"]
+    tier: str
     model: str
     score: float | None = Field(description="router score; null when the tier was requested explicitly")
     reason: str
@@ -60,6 +62,11 @@ class CacheInfo(_Out):
 class Usage(_Out):
     tokens_in: int
     tokens_out: int
+    cost_usd: float = Field(0.0, description="estimated: tokens x the tier's price per 1M input/output tokens")
+    finish_reason: str | None = Field(None, description="stop | length | deadline | cancelled; null if not generated")
+    logprob_mean: float | None = Field(None, description="confidence: mean token log-probability of the answer")
+    logprob_min: float | None = Field(None, description="lowest token log-probability of the answer")
+    ttft_ms: float | None = Field(None, description="generation's time to first token")
 
 
 class SafetyInfo(_Out):

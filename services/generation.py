@@ -1,24 +1,41 @@
-"""Generation service: tier -> engine + model (llama.cpp on CPU by default)."""
+"""Generation service: tier -> engine + model (llama.cpp on CPU, vLLM on GPU, or a remote
+OpenAI-compatible endpoint), chosen per tier in config (pipelines/config.py, README).
+
+``generate`` returns one Generation record; ``generate_stream`` streams NDJSON lines: text
+deltas ``{"t": "..."}``, then ``{"final": <Generation>}``, or ``{"error": ..., "status": ...}``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import functools
+import json
+import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Literal
+from collections.abc import AsyncGenerator
+from typing import Annotated
 
 import bentoml
 from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import GenerationConfig
-from pipelines.errors import RagrouteError
-from pipelines.records import ScoredChunk
+from pipelines.errors import ConfigError, RagrouteError
+from pipelines.records import ScoredChunk, Tier
 from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+
+log = logging.getLogger(__name__)
+
+
+def _resources() -> dict:
+    """GPUs for vLLM tiers on a GPU machine (the largest tensor_parallel_size); none on CPU."""
+    try:
+        cfg = GenerationConfig.from_env()
+    except ConfigError:
+        return {}  # reported, naming the key, when the service starts
+    vllm = [t.tensor_parallel_size for t in cfg.tiers.values() if t.engine == "vllm"]
+    return {"gpu": max(vllm)} if vllm and cfg.profile == "gpu" else {}
 
 
 @bentoml.service(name="ragroute-generation", traffic={"timeout": TIMEOUT_S["generation"]},
-                 runner_connection=RUNNER_CONNECTION, workers=1)
+                 runner_connection=RUNNER_CONNECTION, workers=1, resources=_resources())
 class Generation:
     def __init__(self) -> None:
         from pipelines import models
@@ -28,25 +45,47 @@ class Generation:
         cfg = GenerationConfig.from_env()
         check_config(cfg)
         for tier in cfg.tiers.values():
-            models.fetch(tier.model)  # once: later starts only verify the sha256
+            if tier.engine == "llamacpp":
+                models.fetch(tier.model)  # once: later starts only verify the sha256
         self.generator = Generator(cfg)
-        # Requests wait for an engine in these threads (with their deadline), not in a queue
-        # in front of them where the wait would go unseen.
-        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="generate")
 
     @bentoml.api
-    async def generate(self, tier: Literal["small", "large"], query: Annotated[str, MaxLen(20_000)],
+    async def generate(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
                        sources: Annotated[list[ScoredChunk], MaxLen(100)],
                        budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None) -> dict:
         """``budget_ms``: the time the answer may take from now; it becomes a token limit."""
-        received = time.monotonic()  # async: taken on arrival, so queueing counts against the budget
-        call = functools.partial(self.generator.generate, tier, query, sources, budget_ms, received)
+        received = time.monotonic()  # taken on arrival, so queueing counts against the budget
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            result = await self.generator.generate(tier, query, sources, budget_ms, received)
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
         return result.model_dump()
 
     @bentoml.api
+    async def generate_stream(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
+                              sources: Annotated[list[ScoredChunk], MaxLen(100)],
+                              budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None,
+                              ) -> AsyncGenerator[str, None]:
+        """The same answer as ``generate``, streamed as NDJSON lines as it is decoded."""
+        from pipelines.records import Generation as GenerationRecord
+
+        received = time.monotonic()
+        try:
+            async for item in self.generator.stream(tier, query, sources, budget_ms, received):
+                if isinstance(item, GenerationRecord):
+                    yield json.dumps({"final": item.model_dump()}) + "\n"
+                else:
+                    yield json.dumps({"t": item.text}) + "\n"
+        except RagrouteError as exc:  # headers are sent already: the error travels in the stream
+            log.warning("generate_stream[%s] failed: %s", tier, exc)
+            yield json.dumps({"error": str(exc), "status": exc.status}) + "\n"
+        except Exception as exc:  # noqa: BLE001 - an engine failure: reported, the service stays up
+            log.exception("generate_stream[%s]: engine error", tier)
+            yield json.dumps({"error": f"generate[{tier}] engine error: {type(exc).__name__}: {exc}",
+                              "status": 503}) + "\n"
+
+    @bentoml.api
     def info(self) -> dict:
-        return {name: {"engine": e.name, "model": e.model} for name, e in self.generator.engines.items()}
+        return {name: {"engine": e.name, "model": e.model, "price_in": self.generator.cfg.tiers[name].price_in,
+                       "price_out": self.generator.cfg.tiers[name].price_out}
+                for name, e in self.generator.engines.items()}

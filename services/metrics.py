@@ -8,6 +8,8 @@
     ragroute_cache_hits_total{kind}                    exact | semantic
     ragroute_route_decisions_total{tier,router}        tier that answered a generated request
     ragroute_tokens_total{tier,direction}              direction = in | out
+    ragroute_cost_usd_total{tier}                      estimated generation cost (tokens x tier prices)
+    ragroute_generation_ttft_seconds{tier}             generation's time to first token
     ragroute_cache_errors_total{op}                    cache operations that failed (Redis down/slow)
 """
 
@@ -43,6 +45,12 @@ class RagMetrics:
         self.tokens = Counter(
             name="ragroute_tokens_total", documentation="tokens processed by generation",
             labelnames=["tier", "direction"])
+        self.cost = Counter(
+            name="ragroute_cost_usd_total", documentation="estimated generation cost in USD (tokens x tier prices)",
+            labelnames=["tier"])
+        self.ttft = Histogram(
+            name="ragroute_generation_ttft_seconds", documentation="generation's time to first token",
+            labelnames=["tier"], buckets=BUCKETS)
         self.cache_errors = Counter(
             name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
             labelnames=["op"])
@@ -61,3 +69,6 @@ class RagMetrics:
         self.routes.labels(tier=resp.route.tier, router=router).inc()
         self.tokens.labels(tier=resp.route.tier, direction="in").inc(resp.usage.tokens_in)
         self.tokens.labels(tier=resp.route.tier, direction="out").inc(resp.usage.tokens_out)
+        self.cost.labels(tier=resp.route.tier).inc(resp.usage.cost_usd)
+        if resp.usage.ttft_ms is not None:
+            self.ttft.labels(tier=resp.route.tier).observe(resp.usage.ttft_ms / 1000)

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+from collections.abc import AsyncIterator
 import os
 import uuid
 
@@ -17,6 +19,7 @@ from pipelines.budget import BudgetProfile
 from pipelines.config import GenerationConfig, RagConfig
 from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
+from pipelines.query.generate import Delta
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.prompt import PROMPT_VERSION
 from pipelines.query.safety import SafetyConfig
@@ -88,6 +91,33 @@ class _RemoteStages:
                                tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
         return GenerationRecord.model_validate(out)
 
+    async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
+                              budget_ms: float) -> AsyncIterator[Delta | GenerationRecord]:
+        """The Generation service's NDJSON stream (chunks split anywhere) as deltas and a record."""
+        stage = f"generate[{tier}]"
+        chunks = await self._call(stage, self.svc.generation.to_async.generate_stream,
+                                  tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
+        buffer = ""
+        try:
+            async for chunk in chunks:
+                buffer += chunk.decode() if isinstance(chunk, bytes) else str(chunk)
+                *lines, buffer = buffer.split("\n")
+                for line in filter(None, lines):
+                    event = json.loads(line)
+                    if "t" in event:
+                        yield Delta(event["t"])
+                    elif "final" in event:
+                        yield GenerationRecord.model_validate(event["final"])
+                        return
+                    else:
+                        raise StageError(stage, event.get("error", "unknown stream event"))
+        except StageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken stream is that stage's failure
+            raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await chunks.aclose()
+
 
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]})
 class RAG:
@@ -102,8 +132,9 @@ class RAG:
         self.cfg = RagConfig.from_env()
         self.metrics = RagMetrics()
         self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
+        tiers = list(GenerationConfig.from_env().tiers)
         self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
-                                      BudgetProfile.from_env(), SafetyConfig.from_env())
+                                      BudgetProfile.from_env(), SafetyConfig.from_env(), tiers)
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:
@@ -119,10 +150,15 @@ class RAG:
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",
-                        tenant: str = "default") -> RagResponse:
-        """Answer a question from the index with the cheapest adequate model."""
+                        tenant: str = "default", stream: bool = False) -> RagResponse:
+        """Answer a question from the index with the cheapest adequate model.
+
+        With ``stream: true`` the answer comes as server-sent events while it is generated:
+        ``meta`` (route, sources, cache), ``token`` deltas, then ``done`` (the whole response)."""
         request_id = uuid.uuid4().hex[:12]
-        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant)  # type: ignore[arg-type]
+        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant, stream=stream)
+        if stream:
+            return await self._stream(req, request_id)  # type: ignore[return-value]
         try:
             response = await self.pipeline.run(req, request_id)
             self.metrics.observe(response)
@@ -130,6 +166,37 @@ class RAG:
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             return error_response(exc)  # type: ignore[return-value]
+
+    async def _stream(self, req: RagRequest, request_id: str):
+        from starlette.responses import StreamingResponse
+
+        events = self.pipeline.stream(req, request_id)
+        try:  # everything before the first token can still fail with a proper status code
+            first = await anext(events)
+        except RagrouteError as exc:
+            log.warning("request %s failed: %s", request_id, exc)
+            await events.aclose()
+            return error_response(exc)
+
+        async def sse() -> AsyncIterator[str]:
+            event = first
+            try:
+                while True:
+                    if event["event"] == "done":
+                        self.metrics.observe(RagResponse.model_validate(event["response"]))
+                    yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n"
+                    event = await anext(events)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - the status is sent: report the error as an event
+                log.warning("request %s: stream failed: %s", request_id, exc)
+                body = {"event": "error", "request_id": request_id, "error": str(exc)}
+                yield f"event: error\ndata: {json.dumps(body)}\n\n"
+            finally:
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
 
     # -- admin ---------------------------------------------------------------------------------------
     # With a ctx parameter, bentoml takes the status from ctx.response (even for a returned
@@ -183,5 +250,6 @@ class RAG:
 def generation_fingerprint() -> str:
     """Identifies everything that shapes an answer besides the question and the sources."""
     cfg = GenerationConfig.from_env()
-    tiers = sorted((t.name, t.engine, t.model, t.max_tokens, t.context_tokens) for t in cfg.tiers.values())
-    return content_id(repr(tiers), str(cfg.temperature), PROMPT_VERSION)
+    tiers = sorted((t.name, t.engine, t.model, t.revision, t.max_tokens, t.context_tokens, t.temperature, t.top_p)
+                   for t in cfg.tiers.values())
+    return content_id(repr(tiers), PROMPT_VERSION)

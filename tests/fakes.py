@@ -35,6 +35,7 @@ class FakeStages:
         self.budgets: list[float] = []
         self.embedded: list[str] = []
         self.route_features = None
+        self.stream_fail_after: int | None = None
 
     async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
@@ -73,3 +74,18 @@ class FakeStages:
         await self._enter(f"generate[{tier}]")
         return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
                           tokens_in=10, tokens_out=3, latency_ms=1.0)
+
+    async def generate_stream(self, tier, query, sources, budget_ms):
+        """Streams the answer word by word; ``stream_fail_after`` words, then a StageError."""
+        from pipelines.query.generate import Delta
+
+        self.budgets.append(budget_ms)
+        await self._enter(f"generate[{tier}]")
+        words = self.answer.split(" ")
+        for i, word in enumerate(words):
+            if self.stream_fail_after is not None and i == self.stream_fail_after:
+                raise StageError(f"generate[{tier}]", "injected failure mid-stream")
+            await asyncio.sleep(self.delays.get("token", 0))
+            yield Delta(word if i == 0 else " " + word)
+        yield Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
+                         tokens_in=10, tokens_out=len(words), latency_ms=1.0, cost_usd=1e-6)

@@ -27,14 +27,16 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from pipelines.budget import BudgetProfile, Deadline, StageReport
 from pipelines.config import RagConfig
-from pipelines.errors import StageError
+from pipelines.errors import BadRequest, StageError
+from pipelines.query.generate import Delta
 from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation, RouteDecision, ScoredChunk
@@ -46,6 +48,7 @@ from pipelines.text import content_id, query_hash
 log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 300
+CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
 T = TypeVar("T")
 
 
@@ -69,6 +72,24 @@ class Stages(Protocol):
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
         """``budget_ms``: the time the answer may take; the engine turns it into a token limit."""
         ...
+
+    def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
+                        budget_ms: float) -> AsyncIterator[Delta | Generation]:
+        """Text deltas, then the Generation record; failures raise StageError."""
+        ...
+
+
+@dataclass
+class _Prepared:
+    part: Partition
+    qhash: str
+    vector: np.ndarray | None
+    verdicts: tuple[str, ...]
+    write: bool
+    index_version: str
+    retrieved_version: str
+    ranked: list[ScoredChunk]
+    route: RouteDecision
 
 
 class _Request:
@@ -155,7 +176,8 @@ def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
 
 class QueryPipeline:
     def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
-                 budget: BudgetProfile | None = None, safety: SafetyConfig | None = None) -> None:
+                 budget: BudgetProfile | None = None, safety: SafetyConfig | None = None,
+                 tiers: Sequence[str] = ("small", "large")) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
         sampling): cached answers are only served to requests with the same one."""
         self.stages = stages
@@ -164,6 +186,7 @@ class QueryPipeline:
         self.fingerprint = fingerprint
         self.budget = budget or BudgetProfile.from_env(gpu=False)
         self.safety = safety or SafetyConfig()
+        self.tiers = list(tiers)  # configured tiers, cheapest first
 
     async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
@@ -195,8 +218,13 @@ class QueryPipeline:
         return self._respond(r, hit.payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
                                                        status="hit", verifier=list(verdicts)))
 
-    async def run(self, req: RagRequest, request_id: str = "-") -> RagResponse:
-        r = _Request(req, request_id, Deadline(self.budget))
+    def _validate(self, req: RagRequest) -> None:
+        if req.tier != "auto" and self.tiers and req.tier not in self.tiers:
+            raise BadRequest("tier", f"{req.tier!r} is not a configured tier; valid: auto, {', '.join(self.tiers)}")
+
+    async def _prepare(self, r: _Request) -> RagResponse | _Prepared:
+        """Everything before generation: a cached response, or what generation needs."""
+        req = r.req
         cache = self.cache
         read = cache is not None and req.cache == "use"
         write = cache is not None and req.cache in ("use", "refresh")
@@ -209,21 +237,21 @@ class QueryPipeline:
         qhash = query_hash(req.query)
         hit = await self._cache_call(r, "lookup", cache.get_exact, part, qhash) if read else None
         if hit:
-            log.info("request %s: exact cache hit (tenant %s)", request_id, req.tenant)
+            log.info("request %s: exact cache hit (tenant %s)", r.id, req.tenant)
             return self._from_cache(r, hit)
 
         vector: np.ndarray | None = None
         try:
             vector = await r.run("embed", lambda: self.stages.embed(req.query))
         except StageError as exc:
-            log.warning("request %s: %s; retrieving lexically", request_id, exc)
+            log.warning("request %s: %s; retrieving lexically", r.id, exc)
             r.degrade(f"{exc}; sources were found by keyword (BM25) search")
         if read and vector is not None and r.cache_status != "unavailable":
             lookup = await self._cache_call(r, "lookup", cache.get_semantic, part, req.query, vector)
             if lookup is not None:
                 verdicts = lookup.verdicts
                 if lookup.hit:
-                    log.info("request %s: semantic cache hit (%.3f)", request_id, lookup.hit.similarity)
+                    log.info("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
                     return self._from_cache(r, lookup.hit, verdicts)
 
         n = max(self.cfg.candidates, req.top_k)
@@ -237,14 +265,67 @@ class QueryPipeline:
         try:
             ranked = await r.run("rerank", lambda: self.stages.rerank(req.query, candidates, req.top_k))
         except StageError as exc:
-            log.warning("request %s: %s; using retrieval order", request_id, exc)
+            log.warning("request %s: %s; using retrieval order", r.id, exc)
             r.degrade(f"{exc}; sources are in retrieval order")
             ranked = candidates[: req.top_k]
 
         route = await self._route(r, vector, ranked)
-        generation = await self._generate(r, route.tier, ranked)
+        return _Prepared(part=part, qhash=qhash, vector=vector, verdicts=verdicts, write=write,
+                         index_version=index_version, retrieved_version=retrieved_version, ranked=ranked, route=route)
 
-        answer = generation.text if generation else extractive_answer(ranked)
+    async def run(self, req: RagRequest, request_id: str = "-") -> RagResponse:
+        self._validate(req)
+        r = _Request(req, request_id, Deadline(self.budget))
+        prep = await self._prepare(r)
+        if isinstance(prep, RagResponse):
+            return prep
+        generation = await self._generate(r, prep.route.tier, prep.ranked)
+        if generation is not None and generation.finish_reason in CUT:
+            r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit; "
+                      "answered with an extract of the best source")
+            generation = None
+        return await self._finish(r, prep, generation)
+
+    async def stream(self, req: RagRequest, request_id: str = "-") -> AsyncIterator[dict[str, Any]]:
+        """Events: ``meta`` (route, sources, cache) before the first token, ``token`` deltas, then
+        ``done`` with the whole response (usage, cost, timings, budget, safety). A cached answer
+        arrives as one token. Only a completed, good answer is cached."""
+        self._validate(req)
+        r = _Request(req, request_id, Deadline(self.budget))
+        prep = await self._prepare(r)
+        if isinstance(prep, RagResponse):
+            yield {"event": "meta", "request_id": request_id, "route": prep.route.model_dump(),
+                   "sources": [s.model_dump() for s in prep.sources], "cache": prep.cache.model_dump()}
+            yield {"event": "token", "text": prep.answer}
+            yield {"event": "done", "response": prep.model_dump()}
+            return
+        yield {"event": "meta", "request_id": request_id,
+               "route": {"tier": prep.route.tier, "score": None if prep.route.router == "request" else
+                         round(prep.route.score, 6), "reason": prep.route.reason},
+               "sources": [s.model_dump() for s in _sources(prep.ranked)],
+               "cache": CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts)).model_dump()}
+        generation: Generation | None = None
+        sent: list[str] = []
+        async for item in self._generate_stream(r, prep.route.tier, prep.ranked, sent):
+            if isinstance(item, Generation):
+                generation = item
+            else:
+                sent.append(item.text)
+                yield {"event": "token", "text": item.text}
+        if generation is not None and generation.finish_reason in CUT:
+            r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit")
+        if generation is None and not sent:
+            text = extractive_answer(prep.ranked)
+            yield {"event": "token", "text": text}
+        response = await self._finish(r, prep, generation, streamed="".join(sent).strip() if sent else None)
+        yield {"event": "done", "response": response.model_dump()}
+
+    async def _finish(self, r: _Request, prep: _Prepared, generation: Generation | None,
+                      streamed: str | None = None) -> RagResponse:
+        """Safety check, response, and the cache write (good answers only). ``streamed``: the
+        text the client already received, which is then the answer whatever happens."""
+        ranked = prep.ranked
+        answer = streamed if streamed is not None else generation.text if generation else extractive_answer(ranked)
         if generation and not answer:
             r.degrade("the model returned an empty answer; answered from the best source")
             answer = extractive_answer(ranked)
@@ -257,24 +338,31 @@ class QueryPipeline:
             answer=answer,
             sources=[s.model_dump() for s in _sources(ranked)],
             route=RouteInfo(
-                tier=generation.tier if generation else route.tier,
+                tier=generation.tier if generation else prep.route.tier,
                 model=generation.model if generation else "extractive",
-                score=None if route.router == "request" else round(route.score, 6),
-                reason=route.reason,
+                score=None if prep.route.router == "request" else round(prep.route.score, 6),
+                reason=prep.route.reason,
             ).model_dump(),
-            usage=Usage(tokens_in=generation.tokens_in if generation else 0,
-                        tokens_out=generation.tokens_out if generation else 0).model_dump(),
-            index_version=retrieved_version,
+            usage=Usage(
+                tokens_in=generation.tokens_in if generation else 0,
+                tokens_out=generation.tokens_out if generation else 0,
+                cost_usd=round(generation.cost_usd, 9) if generation else 0.0,
+                finish_reason=generation.finish_reason if generation else None,
+                logprob_mean=generation.logprob_mean if generation else None,
+                logprob_min=generation.logprob_min if generation else None,
+                ttft_ms=generation.ttft_ms if generation else None,
+            ).model_dump(),
+            index_version=prep.retrieved_version,
             safety=safety.model_dump(),
             degraded=r.degraded,
         )
         good = not r.degraded and safety.checked and not safety.problems
-        if write and good and retrieved_version == index_version and r.cache_status != "unavailable":
-            await self._cache_call(r, "store", cache.put, part, qhash, req.query, vector, payload,
-                                   [s.chunk.doc_id for s in ranked])
+        if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
+            await self._cache_call(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
+                                   payload, [s.chunk.doc_id for s in ranked])
         response = self._respond(r, {**payload, "degraded": r.degraded},
-                                 CacheInfo(hit=False, status=r.cache_status, verifier=list(verdicts)))
-        log.info("request %s: answered by %s in %.0f ms%s", request_id, response.route.model,
+                                 CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts)))
+        log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response
 
@@ -311,9 +399,14 @@ class QueryPipeline:
             return RouteDecision(tier=self.cfg.default_tier, score=0.0, threshold=0.0, router="fallback",  # type: ignore[arg-type]
                                  reason=f"router unavailable; default tier {self.cfg.default_tier!r}")
 
+    def _fallbacks(self, tier: str) -> list[str]:
+        """The requested tier, then the cheapest one (the first configured) if it is another."""
+        first = self.tiers[0] if self.tiers else "small"
+        return [tier] + ([first] if tier != first else [])
+
     async def _generate(self, r: _Request, tier: str, ranked: list[ScoredChunk]) -> Generation | None:
-        tiers = [tier] + (["small"] if tier == "large" else [])
         safety_ms = self.budget.stages_ms["safety"]
+        tiers = self._fallbacks(tier)
         for t in tiers:
             # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
             budget = r.deadline.budget_ms("generate", reserve_ms=safety_ms)
@@ -322,6 +415,46 @@ class QueryPipeline:
                                    reserve_ms=safety_ms)
             except StageError as exc:
                 log.warning("request %s: generate[%s]: %s", r.id, t, exc)
-                r.degrade(f"generate[{t}]: {exc}" + ("; fell back to the small tier" if t == "large" else ""))
+                r.degrade(f"generate[{t}]: {exc}" + (f"; fell back to the {tiers[-1]} tier" if t != tiers[-1] else ""))
         r.degrade("no tier could generate in time; answered with an extract of the best source")
         return None
+
+    async def _generate_stream(self, r: _Request, tier: str, ranked: list[ScoredChunk],
+                               sent: list[str]) -> AsyncIterator[Delta | Generation]:
+        """Like _generate, streamed: a tier that fails before its first token falls back; once
+        tokens are out, a failure or the deadline ends the answer there (flagged)."""
+        safety_ms = self.budget.stages_ms["safety"]
+        tiers = self._fallbacks(tier)
+        for t in tiers:
+            budget = r.deadline.budget_ms("generate", reserve_ms=safety_ms)
+            rep = r.report.setdefault("generate", StageReport(budget_ms=budget))
+            if budget <= 0:
+                rep.outcome, rep.detail = "skipped", "no time left in the total budget"
+                break
+            t0 = time.perf_counter()
+            deadline = time.monotonic() + budget / 1000
+            events = self.stages.generate_stream(t, r.req.query, ranked, budget)
+            try:
+                while True:
+                    try:
+                        item = await asyncio.wait_for(anext(events), max(0.001, deadline - time.monotonic()))
+                    except StopAsyncIteration:
+                        raise StageError(f"generate[{t}]", "the stream ended without a result") from None
+                    yield item
+                    if isinstance(item, Generation):
+                        return
+            except (StageError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    rep.outcome, rep.detail = "timeout", f"exceeded its {budget:.0f} ms budget"
+                    exc = StageError(f"generate[{t}]", rep.detail)
+                else:
+                    rep.outcome, rep.detail = "error", str(exc)
+                log.warning("request %s: generate[%s] (stream): %s", r.id, t, exc)
+                if sent:  # the client has part of an answer: end it there
+                    r.degrade(f"{exc}; the streamed answer is incomplete")
+                    return
+                r.degrade(f"{exc}" + (f"; fell back to the {tiers[-1]} tier" if t != tiers[-1] else ""))
+            finally:
+                rep.used_ms += (time.perf_counter() - t0) * 1000
+                await events.aclose()
+        r.degrade("no tier could generate in time; answered with an extract of the best source")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from pipelines.config import GenerationConfig
-from pipelines.query.generate import Generator
+from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import HybridReranker
 from pipelines.records import Chunk, ScoredChunk
 from tests.conftest import FIXTURE_CORPUS
@@ -51,18 +54,45 @@ def lighthouse() -> list[ScoredChunk]:
 
 @pytest.mark.parametrize("tier", ["small", "large"])
 def test_each_tier_answers_from_the_given_context(generator, tier):
-    out = generator.generate(tier, "Who designed the Zorvik lighthouse?", lighthouse())
+    out = asyncio.run(generator.generate(tier, "Who designed the Zorvik lighthouse?", lighthouse()))
     assert "Castellanos" in out.text  # a fictional fact: only the context can supply it
     assert out.tier == tier and out.engine == "llamacpp" and out.finish_reason == "stop"
     assert out.tokens_in > 100 and 0 < out.tokens_out <= generator.cfg.tiers[tier].max_tokens
     expected = {"small": "SmolLM2-135M", "large": "Qwen2.5-Coder-0.5B"}[tier]
     assert out.model.startswith(expected)
+    # Confidence from the model's own token log-probabilities; cost from the tier's prices.
+    assert out.logprob_min is not None and out.logprob_min <= out.logprob_mean < 0
+    cfg = generator.cfg.tiers[tier]
+    assert out.cost_usd == pytest.approx(cfg.cost_usd(out.tokens_in, out.tokens_out)) and out.cost_usd > 0
 
 
 def test_prompt_is_trimmed_to_the_context_limit(generator):
     tier = generator.cfg.tiers["large"]
     huge = [ScoredChunk(chunk=Chunk(id=f"h{i}", doc_id=f"h{i}", title="filler", text="lorem ipsum dolor " * 400),
                         score=1.0, dense_score=0.5) for i in range(6)]
-    out = generator.generate("large", "What is lorem ipsum?", [*lighthouse(), *huge])
+    out = asyncio.run(generator.generate("large", "What is lorem ipsum?", [*lighthouse(), *huge]))
     assert out.tokens_in <= tier.context_tokens - tier.max_tokens
     assert out.text
+
+
+def test_llamacpp_streams_deltas_and_stops_decoding_when_the_consumer_leaves(generator):
+    engine = generator.engines["large"]
+
+    async def scenario():
+        items = [i async for i in generator.stream("small", "Who designed the Zorvik lighthouse?", lighthouse())]
+        # Leave a long answer after 3 deltas: decoding must stop within a token or so, not run
+        # on for the ~150 tokens left (~4 s at 40 tok/s).
+        stream = generator.stream("large", "Write a long essay about lighthouses, tides and ships.", lighthouse())
+        got = [await anext(stream) for _ in range(3)]
+        await stream.aclose()
+        t0 = time.monotonic()
+        await asyncio.to_thread(engine._busy.acquire)  # the decoding thread has finished
+        engine._busy.release()
+        return items, got, time.monotonic() - t0
+
+    items, got, wait = asyncio.run(scenario())
+    deltas, final = items[:-1], items[-1]
+    assert len(deltas) > 1 and all(isinstance(d, Delta) for d in deltas)
+    assert "".join(d.text for d in deltas).strip() == final.text and final.ttft_ms < final.latency_ms
+    assert all(isinstance(d, Delta) for d in got)
+    assert wait < 0.5

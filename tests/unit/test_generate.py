@@ -1,51 +1,74 @@
-"""Generator logic with a fake engine: time budget -> token limit, refusal when it can't fit."""
+"""Generator logic with a fake engine: time budget -> token limit, refusal when it can't fit,
+queueing with the deadline, confidence and cost, and stopping an engine at the deadline."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
 import pytest
 
 from pipelines.config import GenerationConfig, TierConfig
-from pipelines.errors import StageError
-from pipelines.query.generate import EngineOutput, Generator
+from pipelines.engines import Chunk, Final
+from pipelines.errors import BadRequest, StageError
+from pipelines.query.generate import Delta, Generator, confidence
+from pipelines.records import Generation
 from tests.fakes import chunk
 
 
 class WordEngine:
+    """Streams ``words`` one per ``delay`` seconds with log-probabilities; one request at a time."""
+
     name, model = "fake", "fake-model"
 
-    def __init__(self) -> None:
+    def __init__(self, words: list[str] | None = None, delay: float = 0.0) -> None:
         self.max_tokens: list[int] = []
-        self.lock = threading.Lock()
+        self.words = words or ["ok", " [1]"]
+        self.delay = delay
+        self.concurrency = asyncio.Semaphore(1)
+        self.stopped_early = False
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def chat(self, messages, *, max_tokens, temperature):
-        self.max_tokens.append(max_tokens)
-        return EngineOutput("ok [1]", "stop", 10, 2)
+    async def stream(self, messages, sampling):
+        self.max_tokens.append(sampling.max_tokens)
+        sent = 0
+        try:
+            for i, word in enumerate(self.words[: sampling.max_tokens]):
+                await asyncio.sleep(self.delay)
+                sent += 1
+                yield Chunk(text=word, logprobs=(-0.5 * (i + 1),))
+            yield Chunk(final=Final("stop", 10, sent))
+        finally:
+            self.stopped_early = sent < len(self.words)
+
+    async def close(self) -> None:
+        pass
 
 
-def generator(**tier) -> tuple[Generator, WordEngine]:
+def generator(engine: WordEngine | None = None, **tier) -> tuple[Generator, WordEngine]:
     base = dict(name="small", engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048,
-                max_tokens=160, prefill_tok_s=100.0, decode_tok_s=50.0)
-    cfg = GenerationConfig(tiers={"small": TierConfig(**{**base, **tier})}, threads=1, temperature=0.0)
-    engine = WordEngine()
+                max_tokens=160, prefill_tok_s=100.0, decode_tok_s=50.0, price_in=2.0, price_out=10.0)
+    cfg = GenerationConfig(tiers={"small": TierConfig(**{**base, **tier})}, threads=1)
+    engine = engine or WordEngine()
     return Generator(cfg, engines={"small": engine}), engine
+
+
+def run(coro):
+    return asyncio.run(coro)
 
 
 def test_no_budget_means_the_tier_limit():
     g, engine = generator()
-    g.generate("small", "What is X?", [chunk(0, "X is a thing.")])
+    run(g.generate("small", "What is X?", [chunk(0, "X is a thing.")]))
     assert engine.max_tokens == [160]
 
 
 def test_budget_becomes_a_token_limit():
     g, engine = generator()
     sources = [chunk(0, " ".join(["word"] * 100))]
-    g.generate("small", "What is X?", sources, budget_ms=2000)
+    run(g.generate("small", "What is X?", sources, budget_ms=2000))
     # The prompt is ~140 words (source + system + question): ~1.4 s of prefill at 100 tok/s.
     (limit,) = engine.max_tokens
     assert 8 <= limit < 160 and limit == pytest.approx((2.0 - 1.4 - 0.2) * 50, abs=4)
@@ -54,24 +77,69 @@ def test_budget_becomes_a_token_limit():
 def test_too_little_time_is_refused_at_once():
     g, engine = generator()
     with pytest.raises(StageError, match="not enough for a"):
-        g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500)
+        run(g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500))
     assert engine.max_tokens == []
+
+
+def test_unknown_tier_is_a_bad_request_naming_the_valid_ones():
+    g, _ = generator()
+    with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: small"):
+        run(g.generate("xl", "What is X?", []))
 
 
 def test_a_request_that_waited_out_its_budget_is_dropped_without_generating():
     g, engine = generator()
-    engine.lock.acquire()  # another generation is running
-    t0 = time.monotonic()
-    with pytest.raises(StageError, match="stayed busy for the whole 300 ms budget"):
-        g.generate("small", "What is X?", [chunk(0, "X.")], budget_ms=300)
-    assert 0.25 < time.monotonic() - t0 < 0.6 and engine.max_tokens == []
+
+    async def scenario():
+        await engine.concurrency.acquire()  # another generation is running
+        t0 = time.monotonic()
+        with pytest.raises(StageError, match="stayed busy for the whole 300 ms budget"):
+            await g.generate("small", "What is X?", [chunk(0, "X.")], budget_ms=300)
+        return time.monotonic() - t0
+
+    assert 0.25 < run(scenario()) < 0.6 and engine.max_tokens == []
 
 
 def test_waiting_for_the_engine_shrinks_the_token_limit():
     g, engine = generator()
-    engine.lock.acquire()
-    threading.Timer(0.5, engine.lock.release).start()
-    g.generate("small", "What is X?", [chunk(0, "X is a thing.")], budget_ms=3000, received_at=time.monotonic())
+
+    async def scenario():
+        await engine.concurrency.acquire()
+        asyncio.get_running_loop().call_later(0.5, engine.concurrency.release)
+        await g.generate("small", "What is X?", [chunk(0, "X is a thing.")], budget_ms=3000,
+                         received_at=time.monotonic())
+
+    run(scenario())
     (limit,) = engine.max_tokens
     # ~2.5 s left after the wait, minus ~0.2 s prefill and 0.2 s margin: ~105 tokens at 50 tok/s
     assert 90 <= limit <= 115
+
+
+def test_stream_yields_deltas_then_a_record_with_confidence_and_cost():
+    g, _ = generator(WordEngine(["Paris", " is", " the", " capital", " [1]"]))
+
+    async def collect():
+        return [item async for item in g.stream("small", "Capital of France?", [chunk(0, "Paris.")])]
+
+    items = run(collect())
+    deltas, final = items[:-1], items[-1]
+    assert [d.text for d in deltas] == ["Paris", " is", " the", " capital", " [1]"]
+    assert all(isinstance(d, Delta) for d in deltas) and isinstance(final, Generation)
+    assert final.text == "Paris is the capital [1]" and final.finish_reason == "stop"
+    assert (final.tokens_in, final.tokens_out) == (10, 5)
+    assert final.logprob_mean == pytest.approx(-1.5) and final.logprob_min == pytest.approx(-2.5)
+    assert final.cost_usd == pytest.approx((10 * 2.0 + 5 * 10.0) / 1e6)
+    assert final.ttft_ms is not None and final.ttft_ms <= final.latency_ms
+
+
+def test_decoding_stops_at_the_deadline():
+    g, engine = generator(WordEngine(["w"] * 100, delay=0.05), decode_tok_s=1000.0)
+    t0 = time.monotonic()
+    out = run(g.generate("small", "Q?", [chunk(0, "X.")], budget_ms=1000))
+    assert out.finish_reason == "deadline" and 0.9 < time.monotonic() - t0 < 1.3
+    assert engine.stopped_early and 10 < out.tokens_out < 30
+
+
+def test_confidence_of_no_logprobs_is_unknown():
+    assert confidence([]) == (None, None)
+    assert confidence([-1.0, -3.0]) == (-2.0, -3.0)

@@ -25,7 +25,8 @@ def test_defaults_and_trimming():
     ({"query": "q", "top_k": 21}, "top_k"),
     ({"query": "q", "top_k": "4"}, "top_k"),
     ({"query": "q", "top_k": 2.5}, "top_k"),
-    ({"query": "q", "tier": "xl"}, "tier"),
+    ({"query": "q", "tier": "XL!"}, "tier"),
+        ({"query": "q", "stream": "yes"}, "stream"),
     ({"query": "q", "cache": "maybe"}, "cache"),
     ({"query": "q", "tenant": ""}, "tenant"),
     ({"query": "q", "tenant": "a b"}, "tenant"),
@@ -70,3 +71,31 @@ def test_cross_encoder_needs_a_model():
 def test_bad_generation_config_fails_at_start_up_naming_the_key(env, key):
     with pytest.raises(ConfigError, match=key):
         check_config(GenerationConfig.from_env(env))
+
+
+@pytest.mark.parametrize("env,key", [
+    ({"RAGROUTE_XL_ENGINE": "openai"}, "RAGROUTE_XL_ENGINE configures tier 'xl', which is not in RAGROUTE_TIERS"),
+    ({"RAGROUTE_LARGE_ENGINE": "openai"}, "RAGROUTE_LARGE_BASE_URL"),
+    ({"RAGROUTE_TIERS": "small"}, "RAGROUTE_TIERS"),
+    ({"RAGROUTE_TIERS": "small,large,XL"}, "RAGROUTE_TIERS"),
+    ({"RAGROUTE_GEN_PROFILE": "tpu"}, "RAGROUTE_GEN_PROFILE"),
+    ({"RAGROUTE_SMALL_PRICE_IN": "-1"}, "RAGROUTE_SMALL_PRICE_IN"),
+])
+def test_bad_tier_settings_name_the_key(env, key):
+    with pytest.raises(ConfigError, match=key):
+        GenerationConfig.from_env(env)
+
+
+def test_tier_profiles_and_extra_tiers():
+    cpu = GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu"})
+    assert [(t.engine, t.model) for t in cpu.tiers.values()] == [
+        ("llamacpp", "smollm2-135m-instruct"), ("llamacpp", "qwen2.5-coder-0.5b-instruct")]
+    gpu = GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu"})
+    assert {t.engine for t in gpu.tiers.values()} == {"vllm"} and gpu.tiers["large"].model.startswith("Qwen/")
+    hybrid = GenerationConfig.from_env({
+        "RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_TIERS": "small,large,xl", "RAGROUTE_XL_ENGINE": "openai",
+        "RAGROUTE_XL_MODEL": "gpt-4o-mini", "RAGROUTE_XL_BASE_URL": "https://api.example.com/v1",
+        "RAGROUTE_XL_PRICE_IN": "0.15", "RAGROUTE_XL_PRICE_OUT": "0.6"})
+    xl = hybrid.tiers["xl"]
+    assert list(hybrid.tiers) == ["small", "large", "xl"] and xl.engine == "openai"
+    assert xl.cost_usd(1000, 500) == pytest.approx((1000 * 0.15 + 500 * 0.6) / 1e6)

@@ -1,0 +1,116 @@
+"""llama.cpp engine: one request at a time per loaded model, streamed from a worker thread.
+
+Token log-probabilities come from a logits processor (llama-cpp-python only returns them
+with ``logits_all=True``, which keeps n_ctx x vocab floats: 1.2 GB for Qwen's vocabulary).
+The processor sees the raw logits of step t and, at step t+1, the token sampled at t, so
+it records log p(token) under the model's own distribution (before temperature). The
+last token of an answer cut by the length limit is not scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from pipelines import models
+from pipelines.config import TierConfig
+from pipelines.engines import Chunk, Final, Sampling
+
+log = logging.getLogger(__name__)
+
+
+class _TokenScorer:
+    """Logits processor that records log p of each sampled token; returns logits unchanged."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.steps = 0
+        self.pending: list[float] = []
+        self._prev: tuple[np.ndarray, float] | None = None
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        if self._prev is None:
+            self.prompt_tokens = len(input_ids)
+        else:
+            prev, lse = self._prev
+            self.pending.append(float(prev[input_ids[-1]] - lse))
+        top = float(logits.max())
+        self._prev = (logits.copy(), top + float(np.log(np.exp(logits - top).sum())))
+        self.steps += 1
+        return logits
+
+    def take(self) -> tuple[float, ...]:
+        out, self.pending = tuple(self.pending), []
+        return out
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, tier: TierConfig, threads: int) -> None:
+        from llama_cpp import Llama
+
+        path = models.verified_path(tier.model)
+        self.model = models.gguf_model(tier.model).display
+        self._llm = Llama(model_path=str(path), n_ctx=tier.context_tokens, n_threads=threads,
+                          n_gpu_layers=-1, verbose=False,
+                          chat_format=models.gguf_model(tier.model).chat_format)
+        self.concurrency = asyncio.Semaphore(1)  # admission: one request at a time, waiting with its deadline
+        self._busy = threading.Lock()  # held by the decoding thread, which may outlive an abandoned stream
+        # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
+        self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        log.info("llama.cpp loaded %s for tier %s (n_ctx %d)", path.name, tier.name, tier.context_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def _run(self, messages: list[dict[str, str]], sampling: Sampling, emit, stop: threading.Event) -> None:
+        from llama_cpp import LogitsProcessorList
+
+        scorer = _TokenScorer()
+        finish = "stop"
+        with self._busy:
+            try:
+                stream = self._llm.create_chat_completion(
+                    messages=messages, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                    top_p=sampling.top_p, stream=True, logits_processor=LogitsProcessorList([scorer]))
+                for part in stream:
+                    choice = part["choices"][0]
+                    text = choice["delta"].get("content") or ""
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    if text:
+                        emit(Chunk(text=text, logprobs=scorer.take()))
+                    if stop.is_set():
+                        finish = "cancelled"
+                        stream.close()  # stops decoding now, not at the token limit
+                        break
+                emit(Chunk(logprobs=scorer.take(), final=Final(finish, scorer.prompt_tokens, scorer.steps)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+                emit(exc)
+
+    async def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> AsyncIterator[Chunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+        loop.run_in_executor(None, self._run, messages, sampling,
+                             lambda item: loop.call_soon_threadsafe(queue.put_nowait, item), stop)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.final is not None:
+                    return
+        finally:
+            # The consumer may leave early (deadline, disconnect): stop decoding at the next token.
+            # The thread keeps self._busy until it has stopped, so the next request waits for it.
+            stop.set()
+
+    async def close(self) -> None:
+        self._llm.close()

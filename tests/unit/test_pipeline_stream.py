@@ -1,0 +1,98 @@
+"""Streaming pipeline with fake stages: event order, caching only of completed answers,
+fallback before the first token, a cut stream flagged, and cached answers as one token."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipelines.config import CacheConfig, RagConfig
+from pipelines.errors import BadRequest
+from pipelines.query.cache import InMemoryCache, SemanticCache
+from pipelines.query.pipeline import QueryPipeline
+from pipelines.schema import RagRequest, RagResponse
+from tests.fakes import FakeStages, unit
+
+CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
+ANSWER = "the text of chunk 5 is the text of the chunk [1]"
+
+
+def events(pipeline: QueryPipeline, **req) -> list[dict]:
+    async def collect():
+        return [e async for e in pipeline.stream(RagRequest(**req))]
+    return asyncio.run(collect())
+
+
+@pytest.fixture
+def stages() -> FakeStages:
+    return FakeStages(vectors={"what does with do": unit([1, 0, 0])}, answer=ANSWER)
+
+
+def cache() -> SemanticCache:
+    return SemanticCache(InMemoryCache(CFG.cache), CFG.cache.threshold, None)
+
+
+def test_meta_comes_first_then_tokens_then_done(stages):
+    out = events(QueryPipeline(stages, cache(), CFG), query="what does with do")
+    kinds = [e["event"] for e in out]
+    assert kinds[0] == "meta" and kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}
+    assert len(kinds) - 2 == len(ANSWER.split(" "))  # one event per streamed delta
+    meta, done = out[0], RagResponse.model_validate(out[-1]["response"])
+    assert meta["route"]["tier"] == "large" and [s["id"] for s in meta["sources"]] == ["c5", "c4", "c3", "c2"]
+    assert "".join(e["text"] for e in out[1:-1]) == ANSWER == done.answer
+    assert done.usage.tokens_out == len(ANSWER.split(" ")) and done.usage.cost_usd == pytest.approx(1e-6)
+    assert not done.degraded and done.safety.checked
+
+
+def test_a_completed_stream_is_cached_and_then_served_as_one_token(stages):
+    pipeline = QueryPipeline(stages, cache(), CFG)
+    events(pipeline, query="what does with do")
+    again = events(pipeline, query="what does with do")
+    assert [e["event"] for e in again] == ["meta", "token", "done"]
+    assert again[0]["cache"]["hit"] and again[1]["text"] == ANSWER
+    assert stages.calls.count("generate[large]") == 1
+
+
+def test_a_stream_cut_midway_is_flagged_and_never_cached(stages):
+    stages.stream_fail_after = 3
+    c = cache()
+    out = events(QueryPipeline(stages, c, CFG), query="what does with do")
+    done = RagResponse.model_validate(out[-1]["response"])
+    streamed = "".join(e["text"] for e in out if e["event"] == "token")
+    assert streamed == " ".join(ANSWER.split(" ")[:3]) == done.answer  # what the client saw
+    assert done.degraded and any("incomplete" in w for w in done.warnings)
+    assert stages.calls.count("generate[small]") == 0  # tokens were out: no fallback
+    assert len(c.backend) == 0
+
+
+def test_a_tier_failing_before_its_first_token_falls_back(stages):
+    stages.fail = {"generate[large]"}
+    out = events(QueryPipeline(stages, cache(), CFG), query="what does with do")
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert done.route.tier == "small" and done.answer == ANSWER and done.degraded
+
+
+def test_no_tier_in_time_streams_an_extractive_answer(stages):
+    stages.fail = {"generate[large]", "generate[small]"}
+    out = events(QueryPipeline(stages, cache(), CFG), query="what does with do")
+    tokens = [e for e in out if e["event"] == "token"]
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert len(tokens) == 1 and tokens[0]["text"] == done.answer and done.route.model == "extractive"
+
+
+def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
+    from pipelines.budget import BudgetProfile
+
+    stages.delays["token"] = 5.0
+    budget = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
+                                    "generate": 300, "safety": 100}, total_ms=2000)
+    out = events(QueryPipeline(stages, None, CFG, budget=budget), query="what does with do", tier="small")
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert done.degraded and done.budget["generate"].outcome == "timeout"
+    assert done.timings_ms["total"] < 1500
+
+
+def test_an_unconfigured_tier_is_a_bad_request(stages):
+    with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: auto, small, large"):
+        events(QueryPipeline(stages, None, CFG), query="q", tier="xl")
