@@ -95,10 +95,11 @@ class _RemoteStages:
                               budget_ms: float) -> AsyncIterator[Delta | GenerationRecord]:
         """The Generation service's NDJSON stream (chunks split anywhere) as deltas and a record."""
         stage = f"generate[{tier}]"
-        chunks = await self._call(stage, self.svc.generation.to_async.generate_stream,
-                                  tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
         buffer = ""
+        chunks = None
         try:
+            chunks = self.svc.generation.to_async.generate_stream(  # an async generator, not awaited
+                tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
             async for chunk in chunks:
                 buffer += chunk.decode() if isinstance(chunk, bytes) else str(chunk)
                 *lines, buffer = buffer.split("\n")
@@ -116,7 +117,8 @@ class _RemoteStages:
         except Exception as exc:  # noqa: BLE001 - a broken stream is that stage's failure
             raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
         finally:
-            await chunks.aclose()
+            if chunks is not None:
+                await chunks.aclose()
 
 
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]})

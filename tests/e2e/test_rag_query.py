@@ -66,7 +66,8 @@ def test_bypass_and_explicit_tier_generate_afresh(server, first):
     ({"query": "q", "top_k": 0}, "top_k"),
     ({"query": "q", "top_k": 21}, "top_k"),
     ({"query": "q", "top_k": "four"}, "top_k"),
-    ({"query": "q", "tier": "xl"}, "tier"),
+    ({"query": "q", "tier": "XL!"}, "tier"),
+    ({"query": "q", "stream": "yes"}, "stream"),
     ({"query": "q", "cache": "maybe"}, "cache"),
     ({"query": "q", "tenant": "acme corp"}, "tenant"),
     ({"query": "q", "unknown": 1}, "unknown"),
@@ -77,6 +78,12 @@ def test_bad_input_is_a_400_naming_the_field(server, body, field):
     resp = server.post(body)
     assert resp.status_code == 400, resp.text
     assert [d["loc"][0] for d in resp.json()["detail"]] == [field]
+
+
+def test_an_unconfigured_tier_is_a_400_listing_the_valid_ones(server):
+    resp = server.post({"query": "q", "tier": "xl"})
+    assert resp.status_code == 400 and resp.json() == {
+        "error": "tier: 'xl' is not a configured tier; valid: auto, small, large", "field": "tier"}
 
 
 def test_malformed_json_is_a_400(server):
@@ -117,3 +124,52 @@ def test_burst_of_dependency_calls_loses_no_request(server, first):
     failures = [r for r in results if r[0] != 200]
     assert failures == [], failures[:5]
     assert {kind for _, kind in results} == {"semantic"}
+
+
+def sse(server, body: dict, stop_after_tokens: int | None = None) -> list[tuple[float, dict]]:
+    """(arrival time, event) of a streamed rag_query, optionally hanging up after N tokens."""
+    import time
+
+    import httpx
+
+    out, tokens = [], 0
+    t0 = time.monotonic()
+    with httpx.stream("POST", f"{server.url}/rag_query", json={**body, "stream": True}, timeout=180) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                out.append((time.monotonic() - t0, event))
+                tokens += event["event"] == "token"
+                if stop_after_tokens is not None and tokens >= stop_after_tokens:
+                    break
+    return out
+
+
+def test_streamed_answer_arrives_token_by_token_with_meta_first_and_totals_last(server):
+    events = sse(server, {"query": "How do I raise an exception?", "cache": "bypass", "tier": "small"})
+    kinds = [e["event"] for _, e in events]
+    assert kinds[0] == "meta" and kinds[-1] == "done" and kinds.count("token") > 3, kinds
+    meta, done = events[0][1], events[-1][1]["response"]
+    assert meta["route"]["tier"] == "small" and len(meta["sources"]) == 4 and meta["cache"]["status"] == "bypass"
+    tokens = [(t, e["text"]) for t, e in events if e["event"] == "token"]
+    assert "".join(text for _, text in tokens).strip() == done["answer"]
+    # Streaming for real: the first token reached the client well before the last one.
+    assert tokens[-1][0] - tokens[0][0] > 0.3, tokens
+    assert done["usage"]["tokens_out"] > 0 and done["usage"]["cost_usd"] > 0
+    assert done["usage"]["logprob_mean"] < 0 and done["usage"]["ttft_ms"] > 0
+    assert done["request_id"] == meta["request_id"] and set(done["timings_ms"]) == STAGES - {"cache", "route"}
+
+
+def test_a_completed_stream_is_cached_and_a_cut_one_is_not(server):
+    question = "What is a generator expression?"
+    done = sse(server, {"query": question})[-1][1]["response"]
+    hit = server.post({"query": question}).json()
+    assert done["cache"]["status"] == "miss" and not done["degraded"]
+    assert hit["cache"]["kind"] == "exact" and hit["answer"] == done["answer"]
+
+    cut_question = "How do decorators work?"
+    events = sse(server, {"query": cut_question, "tier": "small"}, stop_after_tokens=2)
+    assert [e["event"] for _, e in events][-1] == "token"  # the client hung up mid-answer
+    after = server.post({"query": cut_question, "tier": "small"}).json()
+    assert after["cache"]["status"] == "miss" and not after["cache"]["hit"]
