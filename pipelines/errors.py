@@ -39,6 +39,7 @@ class StageError(RagrouteError):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage} stage failed: {message}")
         self.stage = stage
+        self.message = message
 
 
 class UpstreamError(StageError):

@@ -1,7 +1,8 @@
 """Generation service: tier -> engine + model (llama.cpp on CPU, vLLM on GPU, or a remote
 OpenAI-compatible endpoint), chosen per tier in config (pipelines/config.py, README).
 
-``generate`` returns one Generation record; ``generate_stream`` streams NDJSON lines: text
+``generate`` returns ``{"generation": <Generation>}`` or ``{"error": ..., "status": ...}`` (a
+stage failure, whose message a 5xx would hide); ``generate_stream`` streams NDJSON lines: text
 deltas ``{"t": "..."}``, then ``{"final": <Generation>}``, or ``{"error": ..., "status": ...}``.
 """
 
@@ -17,7 +18,7 @@ import bentoml
 from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import GenerationConfig
-from pipelines.errors import ConfigError, RagrouteError
+from pipelines.errors import ConfigError, RagrouteError, StageError
 from pipelines.records import ScoredChunk, Tier
 from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
 
@@ -57,9 +58,13 @@ class Generation:
         received = time.monotonic()  # taken on arrival, so queueing counts against the budget
         try:
             result = await self.generator.generate(tier, query, sources, budget_ms, received)
+        except StageError as exc:
+            # BentoML hides the message of a 5xx; the caller needs it (e.g. "upstream ... timed out").
+            log.warning("generate[%s] failed: %s", tier, exc)
+            return {"error": exc.message, "status": exc.status}
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
-        return result.model_dump()
+        return {"generation": result.model_dump()}
 
     @bentoml.api
     async def generate_stream(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
@@ -78,10 +83,10 @@ class Generation:
                     yield json.dumps({"t": item.text}) + "\n"
         except RagrouteError as exc:  # headers are sent already: the error travels in the stream
             log.warning("generate_stream[%s] failed: %s", tier, exc)
-            yield json.dumps({"error": str(exc), "status": exc.status}) + "\n"
+            yield json.dumps({"error": getattr(exc, "message", str(exc)), "status": exc.status}) + "\n"
         except Exception as exc:  # noqa: BLE001 - an engine failure: reported, the service stays up
             log.exception("generate_stream[%s]: engine error", tier)
-            yield json.dumps({"error": f"generate[{tier}] engine error: {type(exc).__name__}: {exc}",
+            yield json.dumps({"error": f"engine error: {type(exc).__name__}: {exc}",
                               "status": 503}) + "\n"
 
     @bentoml.api

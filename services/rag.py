@@ -89,7 +89,9 @@ class _RemoteStages:
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> GenerationRecord:
         out = await self._call(f"generate[{tier}]", self.svc.generation.to_async.generate,
                                tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
-        return GenerationRecord.model_validate(out)
+        if "error" in out:
+            raise StageError(f"generate[{tier}]", out["error"])
+        return GenerationRecord.model_validate(out["generation"])
 
     async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
                               budget_ms: float) -> AsyncIterator[Delta | GenerationRecord]:

@@ -56,3 +56,15 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory, model_cache):
+    """A real OpenAI-compatible server (llama.cpp's) on the small packaged model, with an API key."""
+    from evals.openai_server import OpenAIServer
+    from pipelines import models
+
+    server = OpenAIServer(models.verified_path("smollm2-135m-instruct", model_cache),
+                          tmp_path_factory.mktemp("openai"), api_key="test-key").start()
+    yield server
+    server.stop()

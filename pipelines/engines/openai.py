@@ -90,7 +90,7 @@ class OpenAIEngine:
             await asyncio.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
 
     async def _parse(self, resp: httpx.Response, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
-        finish, usage, out_tokens = "stop", None, 0
+        finish, usage, out_tokens, deltas = "stop", None, 0, 0
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -110,13 +110,14 @@ class OpenAIEngine:
                 content = (choice.get("logprobs") or {}).get("content") or []
                 lps = tuple(float(t["logprob"]) for t in content if t.get("logprob") is not None)
                 out_tokens += len(content)
+                deltas += bool(text)
                 if text or lps:
                     yield Chunk(text=text, logprobs=lps)
         if usage:
             tokens_in, tokens_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        else:  # a server without usage reporting: estimate
+        else:  # a server without usage reporting: estimate (a streamed delta is about one token)
             tokens_in = sum(self.count_tokens(m["content"]) for m in messages)
-            tokens_out = out_tokens
+            tokens_out = out_tokens or deltas
         yield Chunk(final=Final(finish, tokens_in, tokens_out))
 
     async def close(self) -> None:

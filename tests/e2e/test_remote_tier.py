@@ -1,0 +1,68 @@
+"""The hybrid deployment through `bentoml serve`: the large tier is a remote OpenAI-compatible
+endpoint (llama.cpp's server, started by the test). It answers, streams, and when it hangs
+the tier errors within its timeout, the request falls back to the small tier within the total
+budget (degraded, reported), and large answers resume when the endpoint is back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from evals.serving import serving
+from tests.e2e.test_rag_query import sse
+
+TOTAL_MS = 12_000
+MARGIN_MS = 2_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_cache, openai_server):
+    env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_CACHE": "off", "RAGROUTE_BUDGET_PROFILE": "cpu",
+           "RAGROUTE_BUDGET_TOTAL_MS": str(TOTAL_MS), "RAGROUTE_BUDGET_GENERATE_MS": "9000",
+           "RAGROUTE_LARGE_ENGINE": "openai", "RAGROUTE_LARGE_MODEL": openai_server.alias,
+           "RAGROUTE_LARGE_BASE_URL": openai_server.base_url, "RAGROUTE_LARGE_API_KEY": openai_server.api_key,
+           "RAGROUTE_LARGE_TIMEOUT_S": "2", "RAGROUTE_LARGE_RETRIES": "0",
+           "RAGROUTE_LARGE_PRICE_IN": "0.15", "RAGROUTE_LARGE_PRICE_OUT": "0.60"}
+    with serving(tmp_path_factory.mktemp("ragroute-remote"), env) as srv:
+        yield srv
+
+
+def ask(server, query: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    resp = server.post({"query": query, "top_k": 1, "tier": "large"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json(), (time.perf_counter() - t0) * 1000
+
+
+def test_the_remote_tier_answers_with_its_price(server, openai_server):
+    out, _ = ask(server, "What does the with statement do?")
+    assert not out["degraded"] and out["route"]["tier"] == "large" and out["route"]["model"] == openai_server.alias
+    usage = out["usage"]
+    assert usage["tokens_in"] > 0 and usage["tokens_out"] > 0
+    assert usage["cost_usd"] == pytest.approx((usage["tokens_in"] * 0.15 + usage["tokens_out"] * 0.60) / 1e6, rel=1e-3)
+
+
+def test_the_remote_tier_streams(server, openai_server):
+    events = sse(server, {"query": "How do I raise an exception?", "tier": "large", "top_k": 1})
+    tokens = [e for _, e in events if e["event"] == "token"]
+    done = events[-1][1]["response"]
+    assert len(tokens) > 3 and done["route"]["model"] == openai_server.alias and not done["degraded"]
+    assert "".join(t["text"] for t in tokens).strip() == done["answer"]
+
+
+def test_a_hung_remote_tier_falls_back_to_small_within_budget_then_recovers(server, openai_server):
+    openai_server.pause()
+    try:
+        out, elapsed = ask(server, "What does the yield statement do?")
+    finally:
+        openai_server.resume()
+    assert elapsed < TOTAL_MS + MARGIN_MS and out["degraded"]
+    assert out["route"]["tier"] == "small" and out["answer"]
+    assert any("generate[large]" in w and "timed out" in w for w in out["warnings"]), out["warnings"]
+    for _ in range(10):
+        again, _ = ask(server, "What does the assert statement do?")
+        if not again["degraded"]:
+            break
+        time.sleep(1)
+    assert again["route"]["model"] == openai_server.alias and not again["degraded"]
