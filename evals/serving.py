@@ -42,17 +42,20 @@ class Server:
         return httpx.post(f"{self.url}/rag_query", json=body, timeout=timeout)
 
 
-def start(home: Path, env_extra: dict[str, str] | None = None) -> Server:
-    """Run `bentoml serve` with RAGROUTE_HOME=home and wait until /readyz answers 200."""
+def start(home: Path, env_extra: dict[str, str] | None = None, target: str = "services.rag:RAG",
+          venv: Path | None = None) -> Server:
+    """Run `bentoml serve TARGET` with RAGROUTE_HOME=home and wait until /readyz answers 200.
+
+    ``venv``: run the bentoml of another virtualenv (the vLLM CPU lane's)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = home / "serve.log"
     env = {**os.environ, "RAGROUTE_HOME": str(home), "BENTOML_HOME": str(home / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "True", **(env_extra or {})}
-    bentoml = Path(sys.executable).with_name("bentoml")
+    bentoml = venv / "bin" / "bentoml" if venv else Path(sys.executable).with_name("bentoml")
     started = time.monotonic()
     with log.open("w") as out:
-        proc = subprocess.Popen([str(bentoml), "serve", "services.rag:RAG", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", home, log, proc)
     deadline = started + READY_TIMEOUT_S
@@ -83,8 +86,9 @@ def stop(server: Server) -> None:
 
 
 @contextmanager
-def serving(home: Path, env_extra: dict[str, str] | None = None):
-    server = start(home, env_extra)
+def serving(home: Path, env_extra: dict[str, str] | None = None, target: str = "services.rag:RAG",
+            venv: Path | None = None):
+    server = start(home, env_extra, target, venv)
     try:
         yield server
     finally:

@@ -129,7 +129,9 @@ class RAG:
     retrieval = bentoml.depends(Retrieval)
     reranking = bentoml.depends(Reranking)
     routing = bentoml.depends(Routing)
-    generation = bentoml.depends(Generation)
+    # RAGROUTE_GENERATION_URL: use a Generation service running elsewhere (a GPU machine, or the
+    # vLLM venv of the CPU test lane) instead of starting one here; give it the same RAGROUTE_* tiers.
+    generation = bentoml.depends(Generation, url=os.environ.get("RAGROUTE_GENERATION_URL") or None)
 
     def __init__(self) -> None:
         setup_logging()
