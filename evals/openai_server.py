@@ -37,7 +37,10 @@ class OpenAIServer:
     def start(self, timeout_s: float = 120.0) -> OpenAIServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--model_alias", self.alias,
-               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1"]
+               "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1",
+               # Its default interrupts a streaming request when another arrives (the first ends early,
+               # empty or cut, without an error): queue them instead, as a real deployment would.
+               "--interrupt_requests", "false"]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
         log = (self.workdir / "openai-server.log").open("a")

