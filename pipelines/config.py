@@ -232,7 +232,10 @@ class GenerationConfig:
 
         profile = _choice(env, "RAGROUTE_GEN_PROFILE", "auto", ("auto", *TIER_PROFILES))
         if profile == "auto":
-            profile = "gpu" if gpu_present() else "cpu"
+            # gpu only where vLLM can run it: a GPU machine without the `gpu` extra serves the cpu tiers.
+            import importlib.util
+
+            profile = "gpu" if gpu_present() and importlib.util.find_spec("vllm") is not None else "cpu"
         names = [t.strip() for t in _get(env, "RAGROUTE_TIERS", "small,large").split(",") if t.strip()]
         for name in names:
             if not re.match(TIER_NAME, name):

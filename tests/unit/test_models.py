@@ -31,3 +31,25 @@ def test_file_with_wrong_sha256_is_never_loaded(tmp_path):
 def test_unknown_model_lists_known_ones():
     with pytest.raises(ConfigError, match="smollm2-135m-instruct"):
         models.gguf_model("llama-70b")
+
+
+def test_a_converted_folder_whose_files_differ_from_its_manifest_is_refused(tmp_path):
+    import json as _json
+
+    from pipelines import models as m
+    from pipelines.errors import ArtifactError
+
+    folder = tmp_path / "smollm2-135m-instruct" / "hf"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    manifest = {"format": m.CONVERT_FORMAT, "source_sha256": m.GGUF_MODELS["smollm2-135m-instruct"].sha256,
+                "files": {"model.safetensors": m.sha256_file(folder / "model.safetensors")}}
+    (folder / m.HF_MANIFEST).write_text(_json.dumps(manifest))
+    assert m.verified_hf_dir("smollm2-135m-instruct", tmp_path) == folder
+    (folder / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        m.verified_hf_dir("smollm2-135m-instruct", tmp_path)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / m.HF_MANIFEST).write_text(_json.dumps({**manifest, "source_sha256": "0" * 64}))
+    with pytest.raises(ArtifactError, match="converted from another file"):
+        m.verified_hf_dir("smollm2-135m-instruct", tmp_path)
