@@ -73,7 +73,7 @@ class FakeStages:
         self.budgets.append(budget_ms)
         await self._enter(f"generate[{tier}]")
         return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
-                          tokens_in=10, tokens_out=3, latency_ms=1.0)
+                          tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6)
 
     async def generate_stream(self, tier, query, sources, budget_ms):
         """Streams the answer word by word; ``stream_fail_after`` words, then a StageError."""

@@ -28,6 +28,8 @@ def test_a_response_is_recorded_per_stage_tier_and_cache_result():
         "large": value("ragroute_route_decisions_total", tier="large", router="router"),
         "tokens_out": value("ragroute_tokens_total", tier="large", direction="out"),
         "embed_count": value("ragroute_stage_latency_seconds_count", stage="embed"),
+        "cost": value("ragroute_cost_usd_total", tier="large"),
+        "ttft_count": value("ragroute_generation_ttft_seconds_count", tier="large"),
     }
     metrics.observe(resp)
     assert value("ragroute_stage_outcomes_total", stage="rerank", outcome="error") == before["rerank_error"] + 1
@@ -35,3 +37,6 @@ def test_a_response_is_recorded_per_stage_tier_and_cache_result():
     assert value("ragroute_route_decisions_total", tier="large", router="router") == before["large"] + 1
     assert value("ragroute_tokens_total", tier="large", direction="out") == before["tokens_out"] + 3
     assert value("ragroute_stage_latency_seconds_count", stage="embed") == before["embed_count"] + 1
+    assert resp.usage.cost_usd == 2e-6
+    assert abs(value("ragroute_cost_usd_total", tier="large") - (before["cost"] + 2e-6)) < 1e-12
+    assert value("ragroute_generation_ttft_seconds_count", tier="large") == before["ttft_count"] + 1
