@@ -85,7 +85,7 @@ async def _measure(engine_name: str, runs: int, base_url: str) -> dict:
     cfg = GenerationConfig.from_env({**os.environ, **_engine_env(engine_name, base_url)})
     tier = cfg.tiers["small"]
     t0 = time.perf_counter()
-    engine = ENGINES[tier.engine].load(tier, cfg.threads)
+    engine = ENGINES[tier.engine](tier, cfg.threads)
     load_s = time.perf_counter() - t0
     gen = Generator(cfg, engines={"small": engine})
     source = [ScoredChunk(chunk=Chunk(id="l", doc_id="l", title="The Zorvik lighthouse", text=SOURCE.read_text()),

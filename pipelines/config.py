@@ -120,7 +120,6 @@ class RoutingConfig:
 
 
 TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
-ENGINE_NAMES = ("llamacpp", "vllm", "openai")
 
 
 @dataclass(frozen=True)
@@ -181,8 +180,10 @@ def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperatur
     key = f"RAGROUTE_{name.upper()}"
     b = {**TierConfig(name=name, engine="", model="", context_tokens=2048, max_tokens=160).__dict__, **base}
     engine = _get(env, f"{key}_ENGINE", str(b["engine"]))
-    if engine not in ENGINE_NAMES:
-        raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINE_NAMES)}")
+    from pipelines.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINES)}")
     model = _get(env, f"{key}_MODEL", str(b["model"]))
     if not model:
         raise ConfigError(f"{key}_MODEL is not set (tier {name!r} has no default model)")

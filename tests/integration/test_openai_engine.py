@@ -24,7 +24,7 @@ def remote_generator(base_url: str, key: str = "test-key", **extra: str) -> Gene
     cfg = GenerationConfig.from_env(env)
     from pipelines.engines import ENGINES
 
-    return Generator(cfg, engines={"large": ENGINES["openai"].load(cfg.tiers["large"], 1)})
+    return Generator(cfg, engines={"large": ENGINES["openai"](cfg.tiers["large"], 1)})
 
 
 def test_remote_tier_answers_and_streams(openai_server):

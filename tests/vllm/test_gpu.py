@@ -25,7 +25,7 @@ def engine(model_cache):
     cfg = GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu", "RAGROUTE_SMALL_MODEL": "smollm2-135m-instruct",
                                      "RAGROUTE_SMALL_CONTEXT_TOKENS": "2048", "RAGROUTE_SMALL_MAX_TOKENS": "128",
                                      "RAGROUTE_SMALL_GPU_MEMORY_UTILIZATION": "0.3"})
-    return ENGINES["vllm"].load(cfg.tiers["small"], 1)
+    return ENGINES["vllm"](cfg.tiers["small"], 1)
 
 
 def test_vllm_on_gpu_streams_with_logprobs(engine):
