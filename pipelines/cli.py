@@ -5,6 +5,10 @@
     ragroute index build --demo        # index the Python help topics (zero download)
     ragroute index build --source docs/ --out my-index
     ragroute index info my-index
+    ragroute router train --data labelled.jsonl --out my-router --quality 0.95
+    ragroute router calibrate my-router --data held-out.jsonl --large-share 0.3
+    ragroute router calibrate my-router --cascade --data small-answers.jsonl --quality 0.95
+    ragroute router info my-router
 """
 
 from __future__ import annotations
@@ -80,8 +84,87 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedder(model: str | None):
+    from pipelines.query.embed import SentenceTransformerEmbedder
+
+    cfg = config.EmbeddingConfig.from_env()
+    return SentenceTransformerEmbedder(config.EmbeddingConfig(model=model or cfg.model, device=cfg.device,
+                                                              batch_size=cfg.batch_size))
+
+
+def _cmd_router_train(args: argparse.Namespace) -> int:
+    from pipelines.routing import calibrate, train
+
+    rows = train.load_labeled(args.data)
+    embedder = _embedder(args.model)
+    vectors = embedder.encode([r.query for r in rows], progress=not args.quiet)
+    params = {k: v for k, v in (("k", args.k), ("alpha", args.alpha)) if v is not None} or None
+    artifact, cv = train.train(rows, vectors, method=args.method, params=params, embedding_model=embedder.model_id,
+                               data_path=args.data, seed=args.seed, cv_folds=args.folds)
+    if args.quality is not None or args.large_share is not None:
+        tiers = train.scores_of(rows)
+        if tiers is None:
+            raise SystemExit("ragroute router train: --quality/--large-share need small_score and large_score "
+                             "in the data")
+        artifact = calibrate.calibrate_router(artifact, cv, *tiers, large_share=args.large_share,
+                                              quality=args.quality, data=args.data,
+                                              scored=f"{args.folds}-fold cross-validated")
+    artifact.save(args.out)
+    m = artifact.manifest
+    print(f"router {m.method} {m.params} -> {args.out}: cross-validated {m.metrics['cross_validated']}, "
+          f"threshold {m.threshold:.4f}")
+    return 0
+
+
+def _cmd_router_calibrate(args: argparse.Namespace) -> int:
+    from pipelines.routing import calibrate, train
+    from pipelines.routing.artifact import RouterArtifact, RouterManifest
+
+    if args.router == "heuristic":
+        artifact = RouterArtifact(RouterManifest(router="heuristic"))
+    else:
+        artifact = RouterArtifact.load(args.directory, embedding_model=None)
+    if args.cascade:
+        rows = calibrate.load_cascade_rows(args.data)
+        artifact = calibrate.calibrate_cascade(artifact, rows, signal=args.signal, large_share=args.large_share,
+                                               quality=args.quality, data=args.data)
+        c = artifact.manifest.cascade
+        print(f"cascade: escalate when {c.signal} < {c.threshold:.4f}: {c.calibration['large_share']:.1%} escalated, "
+              f"quality {c.calibration['quality']:.4f} (large-only {c.calibration['large_only']:.4f})")
+    else:
+        from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
+
+        rows = train.load_labeled(args.data)
+        tiers = train.scores_of(rows)
+        if tiers is None:
+            raise SystemExit("ragroute router calibrate: the data needs small_score and large_score per query")
+        if artifact.manifest.router == "learned":
+            vectors = _embedder(artifact.manifest.embedding_model).encode([r.query for r in rows])
+            router = LearnedRouter(artifact)
+            scores = [router.score(r.query, QueryFeatures(query_vector=v.tolist())) for r, v in zip(rows, vectors)]
+        else:
+            router = HeuristicRouter()
+            scores = [router.score(r.query, QueryFeatures()) for r in rows]
+        artifact = calibrate.calibrate_router(artifact, scores, *tiers, large_share=args.large_share,
+                                              quality=args.quality, data=args.data, scored="held-out data")
+        cal = artifact.manifest.calibration
+        print(f"threshold {artifact.manifest.threshold:.4f}: {cal['large_share']:.1%} large calls, quality "
+              f"{cal['quality']:.4f} (large-only {cal['large_only']:.4f}, small-only {cal['small_only']:.4f})")
+    artifact.save(args.directory)
+    return 0
+
+
+def _cmd_router_info(args: argparse.Namespace) -> int:
+    from pipelines.routing.artifact import RouterArtifact
+
+    artifact = RouterArtifact.load(args.directory)
+    print(artifact.manifest.model_dump_json(indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ragroute", description="Prepare models and build indexes for the ragroute RAG service.")
+    p = argparse.ArgumentParser(prog="ragroute", description="Prepare models, build indexes and train routers for "
+                                "the ragroute RAG service.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -121,6 +204,47 @@ def parser() -> argparse.ArgumentParser:
     inf = isub.add_parser("info", help="print an index's manifest")
     inf.add_argument("directory", type=Path)
     inf.set_defaults(func=_cmd_index_info)
+
+    from pipelines.routing.train import DEFAULT_METHOD, METHODS
+
+    r = sub.add_parser("router", help="train and calibrate the complexity router (RAGROUTE_ROUTER_PATH)")
+    rsub = r.add_subparsers(dest="action", required=True)
+    t = rsub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="labelled queries -> learned router artifact (query embedding -> P(small is not enough))",
+                        description="Rows of a .jsonl/.csv: query (or prompt/text) and either small_score + "
+                        "large_score (quality of each tier's answer; label: large did better) or small_ok "
+                        "(true/false). Hyper-parameters are picked by cross-validation.")
+    t.add_argument("--data", type=Path, required=True, help="labelled queries (.jsonl or .csv)")
+    t.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    t.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="model over the query embedding")
+    t.add_argument("--k", type=int, default=None, help="kNN neighbours (default: chosen by cross-validation)")
+    t.add_argument("--alpha", type=float, default=None, help="ridge penalty (default: chosen by cross-validation)")
+    t.add_argument("--model", default=None, help="embedding model; must be the pipeline's "
+                   "(default: $RAGROUTE_EMBED_MODEL or all-MiniLM-L6-v2)")
+    t.add_argument("--seed", type=int, default=0, help="cross-validation fold seed")
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = rsub.add_parser("calibrate", help="set the router (or cascade) threshold for a target from labelled data",
+                        description="Router: rows like `router train` takes, not used for training. Cascade "
+                        "(--cascade): JSONL rows with the small tier's logprob_mean and logprob_min for a question "
+                        "and small_score, large_score (evals/routing_live.py writes them).")
+    c.add_argument("directory", type=Path, help="router artifact to update (created with --router heuristic)")
+    c.add_argument("--data", type=Path, required=True, help="labelled data (.jsonl or .csv)")
+    c.add_argument("--router", choices=("artifact", "heuristic"), default="artifact",
+                   help="heuristic: write a new artifact holding the heuristic router and its threshold")
+    c.add_argument("--cascade", action="store_true", help="calibrate the cascade's confidence threshold instead")
+    c.add_argument("--signal", choices=("logprob_mean", "logprob_min"), default="logprob_mean",
+                   help="cascade confidence signal")
+    for q in (t, c):
+        g = q.add_mutually_exclusive_group(required=q is c)
+        g.add_argument("--quality", type=float, default=None,
+                       help="fewest large calls reaching this fraction of large-only quality (e.g. 0.95)")
+        g.add_argument("--large-share", type=float, default=None, help="at most this share of large calls (e.g. 0.3)")
+    t.set_defaults(func=_cmd_router_train)
+    c.set_defaults(func=_cmd_router_calibrate)
+    ri = rsub.add_parser("info", help="verify a router artifact and print its manifest")
+    ri.add_argument("directory", type=Path)
+    ri.set_defaults(func=_cmd_router_info)
     return p
 
 

@@ -109,14 +109,63 @@ class RerankConfig:
 @dataclass(frozen=True)
 class RoutingConfig:
     router: str = "heuristic"
-    threshold: float = 0.5
+    router_set: bool = False
+    """RAGROUTE_ROUTER was given explicitly (it must then agree with the artifact)"""
+    artifact: Path | None = None
+    threshold: float | None = None
+    """None: the artifact's calibrated threshold, else 0.5"""
+    fallback: str = ""
+    """a router to use when the artifact is refused; empty = refuse to start"""
+    embed_model: str = DEFAULT_EMBED_MODEL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RoutingConfig:
+        raw_path = _get(env, "RAGROUTE_ROUTER_PATH", "")
+        router = _get(env, "RAGROUTE_ROUTER", "")
+        threshold = env.get("RAGROUTE_ROUTE_THRESHOLD", "").strip()
         return cls(
-            router=_get(env, "RAGROUTE_ROUTER", "heuristic"),
-            threshold=_num(env, "RAGROUTE_ROUTE_THRESHOLD", 0.5, float, 0.0, 1.0),
+            router=router or ("learned" if raw_path else "heuristic"),
+            router_set=bool(router),
+            artifact=Path(raw_path).expanduser() if raw_path else None,
+            threshold=_num(env, "RAGROUTE_ROUTE_THRESHOLD", 0.5, float, 0.0, 1.0) if threshold else None,
+            fallback=_choice(env, "RAGROUTE_ROUTER_FALLBACK", "", ("", "heuristic")),
+            embed_model=EmbeddingConfig.from_env(env).model,
         )
+
+
+# Escalate from the small tier when the mean token log-probability of its answer is below this.
+# Calibrated on SQuAD with the cpu tiers (evals/routing_live.py; README "Routing and cascades").
+DEFAULT_CASCADE_THRESHOLD = -1.0
+RESERVED_TIER_NAMES = ("auto", "cascade")
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    signal: str = "logprob_mean"
+    threshold: float = DEFAULT_CASCADE_THRESHOLD
+    source: str = "built-in default"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> CascadeConfig:
+        """RAGROUTE_CASCADE_SIGNAL / _THRESHOLD, else the router artifact's calibrated cascade
+        settings (RAGROUTE_ROUTER_PATH), else the built-in default."""
+        signal = _choice(env, "RAGROUTE_CASCADE_SIGNAL", "", ("", "logprob_mean", "logprob_min"))
+        raw = env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip()
+        if raw:
+            return cls(signal or "logprob_mean", _num(env, "RAGROUTE_CASCADE_THRESHOLD", 0.0, float, -100.0, 0.0),
+                       "RAGROUTE_CASCADE_THRESHOLD")
+        path = _get(env, "RAGROUTE_ROUTER_PATH", "")
+        if path:
+            from pipelines.errors import ArtifactError
+            from pipelines.routing.artifact import RouterArtifact
+
+            try:  # the Routing service verifies the artifact and refuses a bad one; only read it here
+                cascade = RouterArtifact.load(Path(path).expanduser()).manifest.cascade
+            except ArtifactError:
+                cascade = None
+            if cascade is not None and (not signal or signal == cascade.signal):
+                return cls(cascade.signal, cascade.threshold, f"calibrated, {path}")
+        return cls(signal or "logprob_mean", DEFAULT_CASCADE_THRESHOLD, "built-in default")
 
 
 TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
@@ -239,6 +288,8 @@ class GenerationConfig:
             profile = "gpu" if gpu_present() and importlib.util.find_spec("vllm") is not None else "cpu"
         names = [t.strip() for t in _get(env, "RAGROUTE_TIERS", "small,large").split(",") if t.strip()]
         for name in names:
+            if name in RESERVED_TIER_NAMES:
+                raise ConfigError(f"RAGROUTE_TIERS: {name!r} is reserved (a rag_query mode); name the tier otherwise")
             if not re.match(TIER_NAME, name):
                 raise ConfigError(f"RAGROUTE_TIERS: {name!r} is not a valid tier name (lowercase letters, digits, _)")
         if len(set(names)) != len(names) or not {"small", "large"} <= set(names):
@@ -295,6 +346,7 @@ class RagConfig:
     candidates: int = 20
     default_tier: str = "small"
     cache: CacheConfig = CacheConfig()
+    cascade: CascadeConfig = CascadeConfig()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RagConfig:
@@ -302,4 +354,5 @@ class RagConfig:
             candidates=_num(env, "RAGROUTE_CANDIDATES", 20, int, 1, 200),
             default_tier=_choice(env, "RAGROUTE_DEFAULT_TIER", "small", tuple(GenerationConfig.from_env(env).tiers)),
             cache=CacheConfig.from_env(env),
+            cascade=CascadeConfig.from_env(env),
         )

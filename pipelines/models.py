@@ -184,6 +184,26 @@ def packaged_embedder_path(name: str) -> Path | None:
     return root
 
 
+def embedder_dimension(name: str) -> int | None:
+    """The output dimension of a sentence-transformers model folder (packaged name or local
+    path) read from its config files, without loading it; None when it cannot be told."""
+    import json
+
+    root = packaged_embedder_path(name) if name in PACKAGED_EMBEDDERS else Path(name).expanduser()
+    if root is None or not (root / "modules.json").is_file():
+        return None
+    try:
+        dim = None
+        for module in json.loads((root / "modules.json").read_text()):
+            cfg = root / module.get("path", "") / "config.json"
+            if module.get("path") and cfg.is_file():
+                data = json.loads(cfg.read_text())
+                dim = data.get("out_features", data.get("word_embedding_dimension", dim))
+        return int(dim) if dim else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 # -- HF safetensors folders converted from the packaged GGUFs (for the vLLM engine) ---------------
 HF_MANIFEST = "ragroute-manifest.json"
 CONVERT_FORMAT = 1

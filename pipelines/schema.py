@@ -23,7 +23,8 @@ class RagRequest(BaseModel):
     query: Query = Field(description=f"the question; 1..{MAX_QUERY_CHARS} characters after trimming")
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = Field(4, description="number of sources to answer from")
     tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
-        "auto", description="auto = let the router choose; or a configured tier (small, large, ...)")
+        "auto", description="auto = the router picks the tier before generating; cascade = answer with the "
+                            "cheapest tier and escalate while it is not confident; or a configured tier (small, large, ...)")
     cache: Literal["use", "bypass", "refresh"] = Field(
         "use", description="bypass = neither read nor write the cache; refresh = skip the lookup, store the new answer")
     tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants")
@@ -42,11 +43,30 @@ class Source(_Out):
     score: float = Field(description="reranker score (higher is better)")
 
 
+class RouteStep(_Out):
+    tier: str
+    outcome: Literal["answered", "accepted", "escalated", "kept", "failed"] = Field(
+        description="answered: the routed/requested tier answered; accepted: confident enough (cascade); "
+                    "escalated: not confident, the next tier was asked; kept: not confident but no time "
+                    "to escalate, or the next tier failed; failed: the tier errored or ran out of time")
+    confidence: float | None = Field(None, description="the cascade's confidence signal for this answer")
+    threshold: float | None = Field(None, description="the cascade's escalation threshold")
+    latency_ms: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    reason: str = ""
+
+
 class RouteInfo(_Out):
+    mode: Literal["auto", "cascade", "fixed"] = Field(
+        "auto", description="auto: the router picked the tier; cascade: small first, escalate on low confidence; "
+                            "fixed: the request named the tier")
     tier: str
     model: str
     score: float | None = Field(description="router score; null when the tier was requested explicitly")
     reason: str
+    path: list[RouteStep] = Field(default_factory=list, description="every tier asked, in order, and what came of it")
 
 
 class CacheInfo(_Out):
@@ -60,9 +80,10 @@ class CacheInfo(_Out):
 
 
 class Usage(_Out):
-    tokens_in: int
+    tokens_in: int = Field(description="over every generation of the request (a cascade may ask two tiers)")
     tokens_out: int
-    cost_usd: float = Field(0.0, description="estimated: tokens x the tier's price per 1M input/output tokens")
+    cost_usd: float = Field(0.0, description="estimated, over every generation: tokens x the tier's price per "
+                                             "1M input/output tokens")
     finish_reason: str | None = Field(None, description="stop | length | deadline | cancelled; null if not generated")
     logprob_mean: float | None = Field(None, description="confidence: mean token log-probability of the answer")
     logprob_min: float | None = Field(None, description="lowest token log-probability of the answer")

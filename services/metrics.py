@@ -40,8 +40,12 @@ class RagMetrics:
         self.cache_hits = Counter(
             name="ragroute_cache_hits_total", documentation="cache hits by kind", labelnames=["kind"])
         self.routes = Counter(
-            name="ragroute_route_decisions_total", documentation="tier that answered a generated request",
-            labelnames=["tier", "router"])
+            name="ragroute_route_decisions_total", documentation="tier that answered a generated request, by "
+            "who chose it: router (tier auto), cascade, request (a fixed tier)", labelnames=["tier", "router"])
+        self.escalations = Counter(
+            name="ragroute_cascade_escalations_total", documentation="cascade answers judged not confident enough, "
+            "by tier and what followed: escalated, or kept (no time left, or the next tier failed)",
+            labelnames=["tier", "outcome"])
         self.tokens = Counter(
             name="ragroute_tokens_total", documentation="tokens processed by generation",
             labelnames=["tier", "direction"])
@@ -65,10 +69,13 @@ class RagMetrics:
         if resp.cache.hit:
             self.cache_hits.labels(kind=resp.cache.kind).inc()
             return  # route and tokens belong to the request that generated the cached answer
-        router = "request" if resp.route.score is None else "router"
+        router = {"auto": "router", "cascade": "cascade"}.get(resp.route.mode, "request")
         self.routes.labels(tier=resp.route.tier, router=router).inc()
-        self.tokens.labels(tier=resp.route.tier, direction="in").inc(resp.usage.tokens_in)
-        self.tokens.labels(tier=resp.route.tier, direction="out").inc(resp.usage.tokens_out)
-        self.cost.labels(tier=resp.route.tier).inc(resp.usage.cost_usd)
+        for step in resp.route.path:  # every generation counts, including a cascade's discarded answer
+            self.tokens.labels(tier=step.tier, direction="in").inc(step.tokens_in)
+            self.tokens.labels(tier=step.tier, direction="out").inc(step.tokens_out)
+            self.cost.labels(tier=step.tier).inc(step.cost_usd)
+            if step.outcome in ("escalated", "kept"):
+                self.escalations.labels(tier=step.tier, outcome=step.outcome).inc()
         if resp.usage.ttft_ms is not None:
             self.ttft.labels(tier=resp.route.tier).observe(resp.usage.ttft_ms / 1000)

@@ -16,14 +16,14 @@ import bentoml
 import numpy as np
 
 from pipelines.budget import BudgetProfile
-from pipelines.config import GenerationConfig, RagConfig
+from pipelines.config import GenerationConfig, RagConfig, RoutingConfig
 from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.prompt import PROMPT_VERSION
 from pipelines.query.safety import SafetyConfig
-from pipelines.query.route import QueryFeatures
+from pipelines.query.route import QueryFeatures, router_uses_retrieval
 from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse
@@ -138,9 +138,11 @@ class RAG:
         self.cfg = RagConfig.from_env()
         self.metrics = RagMetrics()
         self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
-        tiers = list(GenerationConfig.from_env().tiers)
+        gen_cfg = GenerationConfig.from_env()
         self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
-                                      BudgetProfile.from_env(), SafetyConfig.from_env(), tiers)
+                                      BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
+                                      tier_configs=dict(gen_cfg.tiers),
+                                      route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:
@@ -258,4 +260,15 @@ def generation_fingerprint() -> str:
     cfg = GenerationConfig.from_env()
     tiers = sorted((t.name, t.engine, t.model, t.revision, t.max_tokens, t.context_tokens, t.temperature, t.top_p)
                    for t in cfg.tiers.values())
-    return content_id(repr(tiers), PROMPT_VERSION)
+    # auto and cascade answers also depend on the router (and its threshold) and the cascade settings
+    routing, cascade = RoutingConfig.from_env(), RagConfig.from_env().cascade
+    router = (routing.router, routing.threshold, _file_digest(routing.artifact / "router.json") if routing.artifact
+              else "", cascade.signal, cascade.threshold)
+    return content_id(repr(tiers), repr(router), PROMPT_VERSION)
+
+
+def _file_digest(path) -> str:
+    try:
+        return content_id(path.read_text())
+    except OSError:
+        return "unreadable"

@@ -1,25 +1,36 @@
-"""Routing service: query complexity score -> tier, with a human-readable reason."""
+"""Routing service: query complexity score -> tier, with a human-readable reason.
+
+The router (RAGROUTE_ROUTER, RAGROUTE_ROUTER_PATH) is loaded and verified at start-up: a
+corrupt artifact, or one trained on another embedding model or dimension, stops the service
+with the reason, unless RAGROUTE_ROUTER_FALLBACK names a router to use instead.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import bentoml
 from annotated_types import MaxLen
 
 from pipelines.config import RoutingConfig
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging
+from pipelines.errors import RagrouteError
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+
+log = logging.getLogger(__name__)
 
 
 @bentoml.service(name="ragroute-routing", traffic={"timeout": TIMEOUT_S["routing"]},
                  runner_connection=RUNNER_CONNECTION)
 class Routing:
     def __init__(self) -> None:
-        from pipelines.query.route import make_router
+        from pipelines import models
+        from pipelines.query.route import load_router
 
         setup_logging()
         self.cfg = RoutingConfig.from_env()
-        self.router = make_router(self.cfg.router)
+        self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))
+        log.info("router: %s", self.loaded.source)
 
     @bentoml.api
     def route(self, query: Annotated[str, MaxLen(20_000)],
@@ -28,4 +39,14 @@ class Routing:
         from pipelines.query.route import QueryFeatures, decide
 
         features = QueryFeatures(query_vector=query_vector, retrieval_scores=tuple(retrieval_scores))
-        return decide(self.router, query, features, self.cfg.threshold).model_dump()
+        try:
+            return decide(self.loaded.router, query, features, self.loaded.threshold).model_dump()
+        except RagrouteError as exc:
+            raise to_bentoml(exc) from None
+
+    @bentoml.api
+    def info(self) -> dict:
+        """The router in use, its threshold and (for an artifact) its manifest without weights."""
+        artifact = self.loaded.artifact
+        return {"router": self.loaded.router.name, "threshold": self.loaded.threshold, "source": self.loaded.source,
+                "manifest": artifact.manifest.model_dump() if artifact is not None else None}

@@ -36,6 +36,8 @@ class FakeStages:
         self.embedded: list[str] = []
         self.route_features = None
         self.stream_fail_after: int | None = None
+        self.logprobs: dict[str, float] = {}  # tier -> logprob_mean (and min) of its answers
+        self.route_gate: asyncio.Event | None = None  # set when route starts (concurrency tests)
 
     async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
@@ -65,6 +67,8 @@ class FakeStages:
         return list(reversed(candidates))[:top_k]
 
     async def route(self, query, features):
+        if self.route_gate is not None:
+            self.route_gate.set()
         await self._enter("route")
         self.route_features = features
         return RouteDecision(tier="large", score=0.9, threshold=0.5, router="fake", reason="fake says large")
@@ -72,8 +76,10 @@ class FakeStages:
     async def generate(self, tier, query, sources, budget_ms):
         self.budgets.append(budget_ms)
         await self._enter(f"generate[{tier}]")
+        lp = self.logprobs.get(tier)
         return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
-                          tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6)
+                          tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6,
+                          logprob_mean=lp, logprob_min=None if lp is None else lp - 1)
 
     async def generate_stream(self, tier, query, sources, budget_ms):
         """Streams the answer word by word; ``stream_fail_after`` words, then a StageError."""

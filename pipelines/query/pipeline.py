@@ -3,7 +3,13 @@ rerank -> route -> generate -> respond.
 
 Stages are reached through the :class:`Stages` protocol (the RAG service implements it with
 calls to the other BentoML services; unit tests with plain fakes). The query embedding is
-computed once and reused by the semantic cache and the router.
+computed once and reused by the semantic cache and the router. Routing runs concurrently with
+retrieval and reranking (a router that reads retrieval scores: with reranking).
+
+Modes (``tier`` of the request): ``auto`` (the router picks the tier), ``cascade`` (the
+cheapest tier answers; while its confidence is below the calibrated threshold and the time
+left fits the next tier, the next tier answers instead: pipelines/query/cascade.py), or a
+configured tier. The response's ``route.path`` lists every tier asked and what came of it.
 
 Every stage runs within its latency budget (pipelines/budget.py): a :class:`Deadline` travels
 with the request, each stage gets min(its budget, what is left), and the response reports
@@ -34,15 +40,17 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from pipelines.budget import BudgetProfile, Deadline, StageReport
-from pipelines.config import RagConfig
+from pipelines.config import RagConfig, TierConfig
 from pipelines.errors import BadRequest, StageError
+from pipelines.query import cascade as cascading
 from pipelines.query.generate import Delta
 from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation, RouteDecision, ScoredChunk
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
-from pipelines.schema import CacheInfo, RagRequest, RagResponse, RouteInfo, SafetyInfo, Source, StageBudget, Usage
+from pipelines.schema import (CacheInfo, RagRequest, RagResponse, RouteInfo, RouteStep, SafetyInfo, Source,
+                              StageBudget, Usage)
 from pipelines.text import content_id, query_hash
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,21 @@ class _Request:
         self.warnings: list[str] = []
         self.degraded = False
         self.cache_status = "miss"
+        self.steps: list[RouteStep] = []  # every tier asked, in order
+        self.spent: list[Generation] = []  # every completed generation (usage counts them all)
+
+    def step(self, tier: str, outcome: str, gen: Generation | None = None, reason: str = "", *,
+             confidence: float | None = None, threshold: float | None = None) -> None:
+        if gen is not None:
+            self.spent.append(gen)
+        self.steps.append(RouteStep(tier=tier, outcome=outcome, confidence=confidence, threshold=threshold,
+                                    latency_ms=gen.latency_ms if gen else None,
+                                    tokens_in=gen.tokens_in if gen else 0, tokens_out=gen.tokens_out if gen else 0,
+                                    cost_usd=round(gen.cost_usd, 9) if gen else 0.0, reason=reason))
+
+    def amend_step(self, **changes: Any) -> None:
+        """Update the last step (the cascade's verdict on the answer just recorded)."""
+        self.steps[-1] = self.steps[-1].model_copy(update=changes)
 
     def degrade(self, warning: str) -> None:
         self.degraded = True
@@ -177,9 +200,12 @@ def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
 class QueryPipeline:
     def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
                  budget: BudgetProfile | None = None, safety: SafetyConfig | None = None,
-                 tiers: Sequence[str] = ("small", "large")) -> None:
+                 tiers: Sequence[str] = ("small", "large"), tier_configs: dict[str, TierConfig] | None = None,
+                 route_uses_retrieval: bool = True) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
-        sampling): cached answers are only served to requests with the same one."""
+        sampling): cached answers are only served to requests with the same one.
+        ``tier_configs``: the tiers' rates, for the cascade's "is there time to escalate" check.
+        ``route_uses_retrieval``: the router reads retrieval scores (route after retrieval)."""
         self.stages = stages
         self.cache = cache
         self.cfg = cfg
@@ -187,6 +213,8 @@ class QueryPipeline:
         self.budget = budget or BudgetProfile.from_env(gpu=False)
         self.safety = safety or SafetyConfig()
         self.tiers = list(tiers)  # configured tiers, cheapest first
+        self.tier_configs = dict(tier_configs or {})
+        self.route_uses_retrieval = route_uses_retrieval
 
     async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
@@ -219,8 +247,11 @@ class QueryPipeline:
                                                        status="hit", verifier=list(verdicts)))
 
     def _validate(self, req: RagRequest) -> None:
-        if req.tier != "auto" and self.tiers and req.tier not in self.tiers:
-            raise BadRequest("tier", f"{req.tier!r} is not a configured tier; valid: auto, {', '.join(self.tiers)}")
+        if req.tier not in ("auto", "cascade") and self.tiers and req.tier not in self.tiers:
+            raise BadRequest("tier", f"{req.tier!r} is not a configured tier; valid: auto, cascade, "
+                             f"{', '.join(self.tiers)}")
+        if req.tier == "cascade" and len(self.tiers) < 2:
+            raise BadRequest("tier", "cascade needs at least two configured tiers")
 
     async def _prepare(self, r: _Request) -> RagResponse | _Prepared:
         """Everything before generation: a cached response, or what generation needs."""
@@ -255,21 +286,32 @@ class QueryPipeline:
                     return self._from_cache(r, lookup.hit, verdicts)
 
         n = max(self.cfg.candidates, req.top_k)
-        if vector is not None:
-            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n),
-                                                        essential=True)
-        else:
-            candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve_text(req.query, n),
-                                                        essential=True)
-
+        # The router runs alongside retrieval (and reranking): it needs the query embedding, and
+        # the heuristic also the best retrieval scores.
+        routing: asyncio.Task[RouteDecision] | None = None
+        if req.tier == "auto" and not self.route_uses_retrieval:
+            routing = asyncio.create_task(self._route(r, vector, []))
         try:
-            ranked = await r.run("rerank", lambda: self.stages.rerank(req.query, candidates, req.top_k))
-        except StageError as exc:
-            log.warning("request %s: %s; using retrieval order", r.id, exc)
-            r.degrade(f"{exc}; sources are in retrieval order")
-            ranked = candidates[: req.top_k]
+            if vector is not None:
+                candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n),
+                                                            essential=True)
+            else:
+                candidates, retrieved_version = await r.run(
+                    "retrieve", lambda: self.stages.retrieve_text(req.query, n), essential=True)
+            if req.tier == "auto" and routing is None:
+                best = sorted(candidates, key=lambda c: -c.dense_score)[: req.top_k]
+                routing = asyncio.create_task(self._route(r, vector, best))
 
-        route = await self._route(r, vector, ranked)
+            try:
+                ranked = await r.run("rerank", lambda: self.stages.rerank(req.query, candidates, req.top_k))
+            except StageError as exc:
+                log.warning("request %s: %s; using retrieval order", r.id, exc)
+                r.degrade(f"{exc}; sources are in retrieval order")
+                ranked = candidates[: req.top_k]
+            route = await routing if routing is not None else self._requested(req.tier)
+        finally:
+            if routing is not None and not routing.done():
+                routing.cancel()
         return _Prepared(part=part, qhash=qhash, vector=vector, verdicts=verdicts, write=write,
                          index_version=index_version, retrieved_version=retrieved_version, ranked=ranked, route=route)
 
@@ -279,7 +321,14 @@ class QueryPipeline:
         prep = await self._prepare(r)
         if isinstance(prep, RagResponse):
             return prep
-        generation = await self._generate(r, prep.route.tier, prep.ranked)
+        if req.tier == "cascade":
+            generation, escalate_to = await self._cascade_head(r, prep.ranked)
+            if escalate_to is not None:
+                fallback = generation
+                generation = await self._generate(r, escalate_to, prep.ranked, fallbacks=False)
+                generation = self._keep_if_failed(r, generation, fallback, escalate_to)
+        else:
+            generation = await self._generate(r, prep.route.tier, prep.ranked)
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit; "
                       "answered with an extract of the best source")
@@ -299,19 +348,37 @@ class QueryPipeline:
             yield {"event": "token", "text": prep.answer}
             yield {"event": "done", "response": prep.model_dump()}
             return
+        # A cascade judges a whole answer before it can be shown: the tiers before the last one
+        # answer first (not streamed); an escalation to the last tier is streamed.
+        head: Generation | None = None
+        tier = prep.route.tier
+        if req.tier == "cascade":
+            head, escalate_to = await self._cascade_head(r, prep.ranked)
+            tier = escalate_to or (head.tier if head else tier)
         yield {"event": "meta", "request_id": request_id,
-               "route": {"tier": prep.route.tier, "score": None if prep.route.router == "request" else
-                         round(prep.route.score, 6), "reason": prep.route.reason},
+               "route": {"mode": self._mode(req), "tier": tier,
+                         "score": None if prep.route.router in ("request", "cascade") else round(prep.route.score, 6),
+                         "reason": prep.route.reason, "path": [s.model_dump() for s in r.steps]},
                "sources": [s.model_dump() for s in _sources(prep.ranked)],
                "cache": CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts)).model_dump()}
         generation: Generation | None = None
         sent: list[str] = []
-        async for item in self._generate_stream(r, prep.route.tier, prep.ranked, sent):
-            if isinstance(item, Generation):
-                generation = item
-            else:
-                sent.append(item.text)
-                yield {"event": "token", "text": item.text}
+        if req.tier == "cascade" and head is not None and r.steps[-1].outcome != "escalated":
+            generation = head  # accepted (or kept): the whole answer at once
+            sent.append(head.text)
+            yield {"event": "token", "text": head.text}
+        elif req.tier != "cascade" or escalate_to is not None:
+            async for item in self._generate_stream(r, tier, prep.ranked, sent, fallbacks=req.tier != "cascade"):
+                if isinstance(item, Generation):
+                    generation = item
+                else:
+                    sent.append(item.text)
+                    yield {"event": "token", "text": item.text}
+            if req.tier == "cascade" and not sent:
+                generation = self._keep_if_failed(r, generation, head, tier)
+                if generation is not None:
+                    sent.append(generation.text)
+                    yield {"event": "token", "text": generation.text}
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit")
         if generation is None and not sent:
@@ -338,15 +405,17 @@ class QueryPipeline:
             answer=answer,
             sources=[s.model_dump() for s in _sources(ranked)],
             route=RouteInfo(
+                mode=self._mode(r.req),
                 tier=generation.tier if generation else prep.route.tier,
                 model=generation.model if generation else "extractive",
-                score=None if prep.route.router == "request" else round(prep.route.score, 6),
+                score=None if prep.route.router in ("request", "cascade") else round(prep.route.score, 6),
                 reason=prep.route.reason,
+                path=r.steps,
             ).model_dump(),
             usage=Usage(
-                tokens_in=generation.tokens_in if generation else 0,
-                tokens_out=generation.tokens_out if generation else 0,
-                cost_usd=round(generation.cost_usd, 9) if generation else 0.0,
+                tokens_in=sum(g.tokens_in for g in r.spent),
+                tokens_out=sum(g.tokens_out for g in r.spent),
+                cost_usd=round(sum(g.cost_usd for g in r.spent), 9),
                 finish_reason=generation.finish_reason if generation else None,
                 logprob_mean=generation.logprob_mean if generation else None,
                 logprob_min=generation.logprob_min if generation else None,
@@ -385,10 +454,22 @@ class QueryPipeline:
         return SafetyInfo(checked=True, grounding=report.grounding, problems=list(report.problems),
                           action=self.safety.action)
 
+    @staticmethod
+    def _mode(req: RagRequest) -> str:
+        return req.tier if req.tier in ("auto", "cascade") else "fixed"
+
+    def _requested(self, tier: str) -> RouteDecision:
+        if tier == "cascade":
+            cfg = self.cfg.cascade
+            return RouteDecision(tier=self.tiers[0], score=0.0, threshold=cfg.threshold, router="cascade",
+                                 reason=f"cascade over {' -> '.join(self.tiers)}: escalate while {cfg.signal} < "
+                                        f"{cfg.threshold:.3f} ({cfg.source})")
+        return RouteDecision(tier=tier, score=0.0, threshold=0.0, router="request",
+                             reason=f"tier {tier!r} requested by the client")
+
     async def _route(self, r: _Request, vector: np.ndarray | None, ranked: list[ScoredChunk]) -> RouteDecision:
         if r.req.tier != "auto":
-            return RouteDecision(tier=r.req.tier, score=0.0, threshold=0.0, router="request",
-                                 reason=f"tier {r.req.tier!r} requested by the client")
+            return self._requested(r.req.tier)
         features = QueryFeatures(query_vector=None if vector is None else vector.tolist(),
                                  retrieval_scores=[s.dense_score for s in ranked])
         try:
@@ -399,37 +480,88 @@ class QueryPipeline:
             return RouteDecision(tier=self.cfg.default_tier, score=0.0, threshold=0.0, router="fallback",  # type: ignore[arg-type]
                                  reason=f"router unavailable; default tier {self.cfg.default_tier!r}")
 
-    def _fallbacks(self, tier: str) -> list[str]:
+    def _fallbacks(self, tier: str, fallbacks: bool = True) -> list[str]:
         """The requested tier, then the cheapest one (the first configured) if it is another."""
         first = self.tiers[0] if self.tiers else "small"
-        return [tier] + ([first] if tier != first else [])
+        return [tier] + ([first] if tier != first and fallbacks else [])
 
-    async def _generate(self, r: _Request, tier: str, ranked: list[ScoredChunk]) -> Generation | None:
+    async def _generate(self, r: _Request, tier: str, ranked: list[ScoredChunk], *,
+                        fallbacks: bool = True) -> Generation | None:
+        """``fallbacks=False``: no fallback tier, and no extractive answer is implied (a cascade
+        still has the previous tier's answer)."""
         safety_ms = self.budget.stages_ms["safety"]
-        tiers = self._fallbacks(tier)
+        tiers = self._fallbacks(tier, fallbacks)
         for t in tiers:
             # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
             budget = r.deadline.budget_ms("generate", reserve_ms=safety_ms)
             try:
-                return await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
-                                   reserve_ms=safety_ms)
+                gen = await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
+                                  reserve_ms=safety_ms)
             except StageError as exc:
                 log.warning("request %s: generate[%s]: %s", r.id, t, exc)
+                r.step(t, "failed", reason=str(exc))
                 r.degrade(f"generate[{t}]: {exc}" + (f"; fell back to the {tiers[-1]} tier" if t != tiers[-1] else ""))
-        r.degrade("no tier could generate in time; answered with an extract of the best source")
+                continue
+            r.step(t, "answered", gen)
+            return gen
+        if fallbacks:
+            r.degrade("no tier could generate in time; answered with an extract of the best source")
         return None
 
+    async def _cascade_head(self, r: _Request, ranked: list[ScoredChunk]) -> tuple[Generation | None, str | None]:
+        """Ask the tiers before the last one, cheapest first: (the answer to keep, None) once one
+        is confident enough (or there is no time to go on), else (the last answer, the tier to
+        escalate to). A tier that fails escalates."""
+        cfg, safety_ms = self.cfg.cascade, self.budget.stages_ms["safety"]
+        answer: Generation | None = None
+        for i, tier in enumerate(self.tiers[:-1]):
+            nxt = self.tiers[i + 1]
+            gen = await self._generate(r, tier, ranked, fallbacks=False)
+            if gen is None:
+                continue  # failed (recorded, degraded): the next tier answers
+            if gen.finish_reason in CUT:
+                r.amend_step(outcome="failed", reason=f"cut at the time limit ({gen.finish_reason})")
+                continue
+            verdict = cascading.judge(gen, cfg, self.tier_configs.get(nxt), nxt,
+                                      r.deadline.budget_ms("generate", reserve_ms=safety_ms))
+            r.amend_step(outcome=verdict.outcome, reason=verdict.reason, confidence=verdict.confidence,
+                         threshold=cfg.threshold)
+            log.info("request %s: cascade %s: %s", r.id, tier, verdict.reason)
+            if not verdict.escalate:
+                if verdict.outcome == "kept":
+                    r.warnings.append(f"cascade: {verdict.reason}")
+                return gen, None
+            answer = gen
+        return answer, self.tiers[-1]
+
+    def _keep_if_failed(self, r: _Request, generation: Generation | None, previous: Generation | None,
+                        tier: str) -> Generation | None:
+        """After an escalation to ``tier`` produced nothing, the previous tier's answer stands
+        (the failure is recorded and flagged by _generate)."""
+        if generation is not None:
+            return generation
+        if previous is None:
+            r.degrade("no tier could generate in time; answered with an extract of the best source")
+            return None
+        for i in range(len(r.steps) - 1, -1, -1):
+            if r.steps[i].tier == previous.tier and r.steps[i].outcome == "escalated":
+                r.steps[i] = r.steps[i].model_copy(update={
+                    "outcome": "kept", "reason": f"{r.steps[i].reason}; {tier} failed, so this answer was kept"})
+                break
+        return previous
+
     async def _generate_stream(self, r: _Request, tier: str, ranked: list[ScoredChunk],
-                               sent: list[str]) -> AsyncIterator[Delta | Generation]:
+                               sent: list[str], *, fallbacks: bool = True) -> AsyncIterator[Delta | Generation]:
         """Like _generate, streamed: a tier that fails before its first token falls back; once
         tokens are out, a failure or the deadline ends the answer there (flagged)."""
         safety_ms = self.budget.stages_ms["safety"]
-        tiers = self._fallbacks(tier)
+        tiers = self._fallbacks(tier, fallbacks)
         for t in tiers:
             budget = r.deadline.budget_ms("generate", reserve_ms=safety_ms)
             rep = r.report.setdefault("generate", StageReport(budget_ms=budget))
             if budget <= 0:
                 rep.outcome, rep.detail = "skipped", "no time left in the total budget"
+                r.step(t, "failed", reason="skipped: no time left in the total budget")
                 break
             t0 = time.perf_counter()
             deadline = time.monotonic() + budget / 1000
@@ -440,9 +572,11 @@ class QueryPipeline:
                         item = await asyncio.wait_for(anext(events), max(0.001, deadline - time.monotonic()))
                     except StopAsyncIteration:
                         raise StageError(f"generate[{t}]", "the stream ended without a result") from None
-                    yield item
                     if isinstance(item, Generation):
+                        r.step(t, "answered", item)
+                        yield item
                         return
+                    yield item
             except (StageError, TimeoutError) as exc:
                 if isinstance(exc, TimeoutError):
                     rep.outcome, rep.detail = "timeout", f"exceeded its {budget:.0f} ms budget"
@@ -450,6 +584,7 @@ class QueryPipeline:
                 else:
                     rep.outcome, rep.detail = "error", str(exc)
                 log.warning("request %s: generate[%s] (stream): %s", r.id, t, exc)
+                r.step(t, "failed", reason=str(exc))
                 if sent:  # the client has part of an answer: end it there
                     r.degrade(f"{exc}; the streamed answer is incomplete")
                     return
@@ -457,4 +592,5 @@ class QueryPipeline:
             finally:
                 rep.used_ms += (time.perf_counter() - t0) * 1000
                 await events.aclose()
-        r.degrade("no tier could generate in time; answered with an extract of the best source")
+        if fallbacks:
+            r.degrade("no tier could generate in time; answered with an extract of the best source")

@@ -1,20 +1,33 @@
 """Route stage: score query complexity, then one shared decision step picks the tier.
 
 A router's ``score`` estimates the probability that the small tier is NOT good enough;
-``decide`` compares it with the configured threshold. Routers are looked up by name in
-``ROUTERS`` (the learned router of a later issue registers there too).
+``decide`` compares it with the threshold (calibrated offline: ``ragroute router calibrate``).
+Routers are looked up by name in ``ROUTERS``; unknown names are refused listing the valid ones.
+
+- ``heuristic``: transparent features, no training;
+- ``learned``: trained on labelled queries (``ragroute router train``), scores the query
+  embedding the pipeline already computed. Loaded from an artifact whose manifest must match
+  the pipeline's embedding model and dimension (else the service refuses to start, unless
+  ``RAGROUTE_ROUTER_FALLBACK=heuristic``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
-from pipelines.errors import ConfigError
+import numpy as np
+
+from pipelines.config import RoutingConfig
+from pipelines.errors import ArtifactError, ConfigError, StageError
 from pipelines.records import RouteDecision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,8 @@ class QueryFeatures:
 
 class Router(Protocol):
     name: str
+    uses_retrieval: bool
+    """whether ``score`` reads ``features.retrieval_scores`` (else it can run alongside retrieval)"""
 
     def score(self, query: str, features: QueryFeatures) -> float: ...
 
@@ -49,6 +64,7 @@ class HeuristicRouter:
     """Transparent weighted features through a logistic; every weight is visible in ``explain``."""
 
     name = "heuristic"
+    uses_retrieval = True
     BIAS = -1.2
     WEIGHTS = {
         "long question": 0.9,  # per full 25 words beyond the first 10
@@ -83,20 +99,121 @@ class HeuristicRouter:
         return ", ".join(f"{name} ({value:+.2f})" for name, value in parts) or "no complexity markers"
 
 
-ROUTERS: dict[str, type] = {"heuristic": HeuristicRouter}
+class LearnedRouter:
+    """A model trained on labelled queries (pipelines/routing/train.py) over the query embedding.
+
+    Without a query embedding (the embed stage failed) it falls back to the heuristic's score
+    and says so in ``explain``."""
+
+    name = "learned"
+    uses_retrieval = False
+
+    def __init__(self, artifact) -> None:
+        m = artifact.manifest
+        self.artifact = artifact
+        self.method = m.method
+        self.dimension = m.dimension
+        self.arrays = artifact.arrays
+        self._heuristic = HeuristicRouter()
+
+    def _vector(self, features: QueryFeatures) -> np.ndarray | None:
+        if not features.query_vector:
+            return None
+        v = np.asarray(features.query_vector, dtype=np.float32)
+        if v.shape != (self.dimension,):
+            raise StageError("route", f"query embedding has dimension {v.size}; the learned router expects "
+                             f"{self.dimension}")
+        return v
+
+    def score(self, query: str, features: QueryFeatures) -> float:
+        from pipelines.routing.train import predict
+
+        v = self._vector(features)
+        if v is None:
+            return self._heuristic.score(query, features)
+        return float(predict(self.method, self.arrays, v)[0])
+
+    def explain(self, query: str, features: QueryFeatures) -> str:
+        if not features.query_vector:
+            return f"no query embedding; heuristic: {self._heuristic.explain(query, features)}"
+        params = ", ".join(f"{k}={v}" for k, v in self.artifact.manifest.params.items())
+        return f"{self.method} ({params}) on the query embedding"
+
+
+ROUTERS: dict[str, type] = {"heuristic": HeuristicRouter, "learned": LearnedRouter}
 
 
 def make_router(name: str) -> Router:
+    """A router that needs no artifact, by name."""
+    if name not in ROUTERS:
+        raise ConfigError(f"RAGROUTE_ROUTER={name!r} is not a known router; valid: {', '.join(sorted(ROUTERS))}")
+    if name == "learned":
+        raise ConfigError("RAGROUTE_ROUTER=learned needs RAGROUTE_ROUTER_PATH (an artifact from `ragroute router train`)")
+    return ROUTERS[name]()
+
+
+@dataclass
+class LoadedRouter:
+    router: Router
+    threshold: float
+    source: str
+    """where the router and its threshold came from (logged at start-up)"""
+    artifact: object | None = None
+
+
+def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRouter:
+    """The configured router with its threshold: RAGROUTE_ROUTE_THRESHOLD if set, else the
+    artifact's calibrated one, else 0.5. A corrupt or mismatched artifact raises ArtifactError
+    (the service refuses to start) unless ``cfg.fallback`` names a router to use instead."""
+    from pipelines.routing.artifact import RouterArtifact
+
+    if cfg.router not in ROUTERS:
+        raise ConfigError(f"RAGROUTE_ROUTER={cfg.router!r} is not a known router; valid: {', '.join(sorted(ROUTERS))}")
+    if cfg.artifact is None:
+        router = make_router(cfg.router)
+        threshold = 0.5 if cfg.threshold is None else cfg.threshold
+        return LoadedRouter(router, threshold, f"{router.name} (built in), threshold {threshold:.3f}")
     try:
-        return ROUTERS[name]()
-    except KeyError:
-        raise ConfigError(f"RAGROUTE_ROUTER={name!r} is not a known router; valid: {', '.join(sorted(ROUTERS))}") from None
+        artifact = RouterArtifact.load(Path(cfg.artifact), embedding_model=cfg.embed_model, dimension=dimension)
+        kind = artifact.manifest.router
+        if cfg.router_set and cfg.router != kind:
+            raise ConfigError(f"RAGROUTE_ROUTER={cfg.router!r} but {cfg.artifact} holds a {kind!r} router")
+    except ArtifactError as exc:
+        if not cfg.fallback:
+            raise
+        log.error("router artifact refused (%s); RAGROUTE_ROUTER_FALLBACK=%s is used instead", exc, cfg.fallback)
+        router = make_router(cfg.fallback)
+        threshold = 0.5 if cfg.threshold is None else cfg.threshold
+        return LoadedRouter(router, threshold, f"fallback {router.name}: the artifact was refused ({exc})")
+    router = LearnedRouter(artifact) if kind == "learned" else ROUTERS[kind]()
+    threshold = artifact.manifest.threshold if cfg.threshold is None else cfg.threshold
+    calibrated = artifact.manifest.calibration
+    how = f"calibrated for {calibrated['target']}={calibrated['value']}" if calibrated else "uncalibrated"
+    origin = "RAGROUTE_ROUTE_THRESHOLD" if cfg.threshold is not None else how
+    return LoadedRouter(router, threshold, f"{kind} from {cfg.artifact}, threshold {threshold:.3f} ({origin})", artifact)
 
 
-def decide(router: Router, query: str, features: QueryFeatures, threshold: float) -> RouteDecision:
-    """The one decision step shared by all routers: score >= threshold -> large."""
+def router_uses_retrieval(cfg: RoutingConfig) -> bool:
+    """Whether the configured router reads retrieval scores (then it runs after retrieval),
+    told without loading it. An unreadable artifact: the Routing service reports that."""
+    kind = cfg.router
+    if cfg.artifact is not None:
+        from pipelines.routing.artifact import MANIFEST
+
+        try:
+            import json
+
+            kind = json.loads((Path(cfg.artifact) / MANIFEST).read_text()).get("router", kind)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return bool(getattr(ROUTERS.get(kind), "uses_retrieval", True))
+
+
+def decide(router: Router, query: str, features: QueryFeatures, threshold: float,
+           tiers: tuple[str, str] = ("small", "large")) -> RouteDecision:
+    """The one decision step shared by all routers: score >= threshold -> the large tier."""
     score = router.score(query, features)
-    tier = "large" if score >= threshold else "small"
-    reason = f"{router.name} score {score:.2f} {'>=' if tier == 'large' else '<'} threshold {threshold:.2f}: " \
+    tier = tiers[1] if score >= threshold else tiers[0]
+    reason = f"{router.name} score {score:.2f} {'>=' if tier == tiers[1] else '<'} threshold {threshold:.2f}: " \
              f"{router.explain(query, features)}"
     return RouteDecision(tier=tier, score=score, threshold=threshold, router=router.name, reason=reason)

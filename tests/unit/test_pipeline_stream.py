@@ -94,5 +94,5 @@ def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
 
 
 def test_an_unconfigured_tier_is_a_bad_request(stages):
-    with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: auto, small, large"):
+    with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: auto, cascade, small, large"):
         events(QueryPipeline(stages, None, CFG), query="q", tier="xl")

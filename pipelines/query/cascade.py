@@ -1,0 +1,56 @@
+"""Cascade step: after a tier answered, keep its answer or escalate to the next tier.
+
+Escalate when the answer's confidence signal (mean or min token log-probability) is below the
+calibrated threshold (``ragroute router calibrate --cascade``) and the time left can fit the
+next tier's answer (estimated from its configured prefill/decode rates). An answer without a
+confidence signal (an engine that returns no log-probabilities) or an empty one escalates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.config import CascadeConfig, TierConfig
+from pipelines.records import Generation
+
+MARGIN_MS = 100.0  # request overhead on top of the estimate (the service call, prompt building)
+
+
+def confidence(gen: Generation, signal: str) -> float | None:
+    return gen.logprob_mean if signal == "logprob_mean" else gen.logprob_min
+
+
+def estimate_ms(tier: TierConfig | None, tokens_in: int, tokens_out: int) -> float:
+    """How long ``tier`` needs for a prompt and answer of these sizes (its configured rates)."""
+    if tier is None:
+        return 0.0
+    return (tokens_in / tier.prefill_tok_s + tokens_out / tier.decode_tok_s) * 1000 + MARGIN_MS
+
+
+@dataclass(frozen=True)
+class Verdict:
+    escalate: bool
+    outcome: str  # accepted | escalated | kept
+    confidence: float | None
+    reason: str
+
+
+def judge(gen: Generation, cfg: CascadeConfig, next_tier: TierConfig | None, next_name: str,
+          time_left_ms: float) -> Verdict:
+    """Keep ``gen`` or escalate to ``next_name``, given the time left for generation."""
+    conf = confidence(gen, cfg.signal)
+    if not gen.text.strip():
+        why = "empty answer"
+    elif conf is None:
+        why = f"no {cfg.signal} from the {gen.engine} engine"
+    elif conf >= cfg.threshold:
+        return Verdict(False, "accepted", conf, f"{cfg.signal} {conf:.3f} >= threshold {cfg.threshold:.3f}")
+    else:
+        why = f"{cfg.signal} {conf:.3f} < threshold {cfg.threshold:.3f}"
+    # the next tier writes an answer about as long as this one (its token limit caps it)
+    tokens_out = min(gen.tokens_out or 1, next_tier.max_tokens if next_tier else gen.tokens_out or 1)
+    need = estimate_ms(next_tier, gen.tokens_in, max(tokens_out, 8))
+    if time_left_ms < need:
+        return Verdict(False, "kept", conf, f"{why}, but {time_left_ms:.0f} ms left and {next_name} needs "
+                                            f"~{need:.0f} ms: not escalated")
+    return Verdict(True, "escalated", conf, f"{why}: escalated to {next_name}")

@@ -1,0 +1,69 @@
+"""The pipeline's stages in one process, over the real components (embedder, FAISS index,
+reranker, router, generator): for evals, benchmarks and integration tests that need the whole
+query path without starting BentoML services. The services do the same work behind HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from index.store import IndexStore
+from pipelines.errors import RagrouteError, StageError
+from pipelines.query.embed import Embedder
+from pipelines.query.generate import Delta, Generator
+from pipelines.query.rerank import Reranker
+from pipelines.query.route import QueryFeatures, Router, decide
+from pipelines.records import Generation, RouteDecision, ScoredChunk
+
+
+class LocalStages:
+    """:class:`pipelines.query.pipeline.Stages` with every stage in this process. CPU-bound
+    calls run in threads so the event loop (and the pipeline's timeouts) keep running."""
+
+    def __init__(self, embedder: Embedder, store: IndexStore, reranker: Reranker, router: Router,
+                 threshold: float, generator: Generator) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.reranker = reranker
+        self.router = router
+        self.threshold = threshold
+        self.generator = generator
+
+    async def index_version(self) -> str:
+        return self.store.manifest.index_version
+
+    async def embed(self, text: str) -> np.ndarray:
+        return (await asyncio.to_thread(self.embedder.encode, [text]))[0]
+
+    async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
+        return await asyncio.to_thread(self.store.search, vector, n), self.store.manifest.index_version
+
+    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
+        return await asyncio.to_thread(self.store.search_text, query, n), self.store.manifest.index_version
+
+    async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]:
+        return await asyncio.to_thread(self.reranker.rerank, query, candidates, top_k)
+
+    async def route(self, query: str, features: QueryFeatures) -> RouteDecision:
+        return decide(self.router, query, features, self.threshold)
+
+    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
+        try:
+            return await self.generator.generate(tier, query, sources, budget_ms)
+        except StageError:
+            raise
+        except RagrouteError as exc:
+            raise StageError(f"generate[{tier}]", str(exc)) from exc
+
+    async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
+                              budget_ms: float) -> AsyncIterator[Delta | Generation]:
+        try:
+            async for item in self.generator.stream(tier, query, sources, budget_ms):
+                yield item
+        except StageError:
+            raise
+        except RagrouteError as exc:
+            raise StageError(f"generate[{tier}]", str(exc)) from exc

@@ -1,0 +1,118 @@
+"""Threshold calibration: pick the router threshold (or the cascade's confidence threshold)
+that meets a target on labelled data, and write it into the router artifact.
+
+Targets (one of):
+- ``large_share``: at most this share of queries go to the large tier (a cost cap);
+- ``quality``: the fewest large calls whose quality reaches this fraction of large-only
+  quality (e.g. 0.95 = 95% of what always using the large tier achieves).
+
+Calibrate on data the router was not trained on (``ragroute router train --quality ...``
+uses the cross-validated scores of its own training data for that reason: a kNN router scores
+its training queries with themselves as neighbours).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import BadRequest
+from pipelines.routing import curves
+from pipelines.routing.artifact import CascadeSettings, RouterArtifact, sha256_path
+
+log = logging.getLogger(__name__)
+
+
+def _target(large_share: float | None, quality: float | None) -> tuple[str, float]:
+    if (large_share is None) == (quality is None):
+        raise BadRequest("target", "give exactly one of --large-share or --quality")
+    if large_share is not None:
+        if not 0.0 <= large_share <= 1.0:
+            raise BadRequest("large_share", f"{large_share} is not within [0, 1]")
+        return "large_share", large_share
+    assert quality is not None
+    if not 0.0 < quality <= 1.5:
+        raise BadRequest("quality", f"{quality} is not within (0, 1.5] (a fraction of large-only quality)")
+    return "quality", quality
+
+
+def pick(scores: Sequence[float], small: Sequence[float], large: Sequence[float], *,
+         large_share: float | None = None, quality: float | None = None) -> curves.Calibration:
+    target, value = _target(large_share, quality)
+    if target == "large_share":
+        return curves.threshold_for_share(scores, small, large, value)
+    return curves.threshold_for_quality(scores, small, large, value)
+
+
+def calibrate_router(artifact: RouterArtifact, scores: Sequence[float], small: Sequence[float],
+                     large: Sequence[float], *, large_share: float | None = None, quality: float | None = None,
+                     data: Path | None = None, scored: str = "") -> RouterArtifact:
+    """The artifact with its threshold set for the target on (scores, per-tier quality)."""
+    cal = pick(scores, small, large, large_share=large_share, quality=quality)
+    # the threshold is a score the router produced; keep it within the manifest's [0, 1]
+    threshold = float(min(1.0, max(0.0, cal.threshold)))
+    info = {**cal.as_dict(), "threshold": round(threshold, 6), "scored": scored,
+            "data": str(data) if data else "", "data_sha256": sha256_path(Path(data)) if data else ""}
+    log.info("router threshold %.4f: %.1f%% large calls, quality %.4f (large-only %.4f, small-only %.4f) on %d queries",
+             threshold, 100 * cal.large_share, cal.quality, cal.large_only, cal.small_only, cal.n)
+    return artifact.with_manifest(threshold=threshold, calibration=info)
+
+
+# -- cascade -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CascadeRow:
+    logprob_mean: float
+    logprob_min: float
+    small_score: float
+    large_score: float
+
+
+def load_cascade_rows(path: Path) -> list[CascadeRow]:
+    """JSONL: the small tier's confidence for each question and both tiers' quality on it."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadRequest("data", f"{path} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append(CascadeRow(*(float(row[k]) for k in ("logprob_mean", "logprob_min", "small_score",
+                                                                  "large_score"))))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise BadRequest(f"{path.name}:{i}", "needs numbers logprob_mean, logprob_min, small_score, "
+                                 f"large_score ({type(exc).__name__}: {exc})") from None
+    if len(rows) < 10:
+        raise BadRequest("data", f"{path} has {len(rows)} rows; at least 10 are needed")
+    return rows
+
+
+def escalation_scores(confidence: Sequence[float]) -> np.ndarray:
+    """Lower confidence escalates first: the curve's score is the negated confidence."""
+    return -np.asarray(confidence, dtype=np.float64)
+
+
+def calibrate_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow], *, signal: str = "logprob_mean",
+                      large_share: float | None = None, quality: float | None = None,
+                      data: Path | None = None) -> RouterArtifact:
+    """The artifact with cascade settings: escalate when ``signal`` < threshold."""
+    if signal not in ("logprob_mean", "logprob_min"):
+        raise BadRequest("signal", f"{signal!r} is not one of logprob_mean, logprob_min")
+    conf = [getattr(r, signal) for r in rows]
+    cal = pick(escalation_scores(conf), [r.small_score for r in rows], [r.large_score for r in rows],
+               large_share=large_share, quality=quality)
+    # escalate when confidence < threshold, i.e. -confidence > -threshold; the curve's cut-off
+    # sends scores >= cut, so the confidence threshold sits just above -cut
+    threshold = float(np.nextafter(-cal.threshold, np.inf))
+    info = {**cal.as_dict(), "threshold": threshold, "data": str(data) if data else "",
+            "data_sha256": sha256_path(Path(data)) if data else ""}
+    log.info("cascade threshold %s < %.4f: %.1f%% escalated, quality %.4f (large-only %.4f) on %d answers",
+             signal, threshold, 100 * cal.large_share, cal.quality, cal.large_only, cal.n)
+    return artifact.with_manifest(cascade=CascadeSettings(signal=signal, threshold=threshold, calibration=info))

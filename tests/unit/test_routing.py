@@ -1,0 +1,334 @@
+"""Router training, the artifact and its checks, loading, calibration and the decision step
+(synthetic embeddings; the real embedder is in tests/integration/test_router_training.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.config import CascadeConfig, RoutingConfig
+from pipelines.errors import ArtifactError, BadRequest, ConfigError
+from pipelines.query import cascade
+from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures, decide, load_router
+from pipelines.records import Generation
+from pipelines.routing import calibrate, curves, train
+from pipelines.routing.artifact import MANIFEST, WEIGHTS, RouterArtifact, RouterManifest
+from pipelines.routing.train import LabeledQuery
+
+
+# -- curves ---------------------------------------------------------------------------------------
+def test_curve_sends_the_highest_scores_large_first():
+    c = curves.curve([0.9, 0.1, 0.5, 0.7], small=[0, 1, 0, 1], large=[1, 1, 1, 0])
+    # order by score: q0 (+1), q3 (-1), q2 (+1), q1 (0)
+    assert c.quality.tolist() == [0.5, 0.75, 0.5, 0.75, 0.75]
+    assert c.small_only == 0.5 and c.large_only == 0.75
+    assert c.share_for(0.75) == 0.25 and c.share_for(0.9) is None
+
+
+def test_random_router_apgr_is_one_half_and_the_oracle_recovers_everything():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 2, 500).astype(float)
+    large = np.maximum(small, rng.integers(0, 2, 500))
+    assert curves.random_curve(small, large).apgr() == pytest.approx(0.5)
+    oracle = curves.curve(curves.oracle_scores(small, large), small, large)
+    gain = (large - small).sum() / len(small)
+    assert oracle.share_for(oracle.large_only) == pytest.approx(gain)  # exactly the queries large gets right alone
+    assert oracle.apgr() == pytest.approx(1 - gain / 2)  # PGR rises linearly to 1 at share=gain, then stays
+
+
+def test_threshold_for_share_never_exceeds_the_share_even_with_ties():
+    scores, small, large = [0.9, 0.8, 0.8, 0.1], [0, 1, 0, 1], [1, 1, 1, 0]
+    cal = curves.threshold_for_share(scores, small, large, 0.5)  # the two 0.8s go together: only 0.9 fits
+    assert cal.large_share == 0.25 and sum(s >= cal.threshold for s in scores) == 1
+    assert curves.threshold_for_share(scores, small, large, 0.75).large_share == 0.75
+
+
+def test_threshold_for_quality_takes_the_fewest_large_calls_that_reach_it():
+    scores, small, large = [0.9, 0.2, 0.6, 0.4], [0, 1, 0, 1], [1, 1, 1, 1]
+    cal = curves.threshold_for_quality(scores, small, large, 1.0)
+    assert cal.large_share == 0.5 and cal.quality == 1.0
+    assert sorted(s >= cal.threshold for s in scores) == [False, False, True, True]
+    assert curves.threshold_for_quality(scores, small, large, 0.5).large_share == 0.0
+
+
+def test_curves_refuse_mismatched_or_nan_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        curves.curve([0.1, 0.2], [1], [1])
+    with pytest.raises(ValueError, match="NaN"):
+        curves.curve([float("nan")], [1], [1])
+
+
+# -- training -------------------------------------------------------------------------------------
+def clusters(n: int = 120, dim: int = 8, seed: int = 0):
+    """Two clusters: queries near e0 need the large tier (it is right, small wrong), near e1 not."""
+    rng = np.random.default_rng(seed)
+    hard = rng.random(n) < 0.5
+    x = np.where(hard[:, None], np.eye(dim)[0], np.eye(dim)[1]) + 0.3 * rng.standard_normal((n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    rows = [LabeledQuery(f"q{i}", int(h), 0.0 if h else 1.0, 1.0) for i, h in enumerate(hard)]
+    return rows, x, hard
+
+
+@pytest.mark.parametrize("method", train.METHODS)
+def test_each_method_learns_which_queries_need_the_large_tier(method):
+    rows, x, hard = clusters()
+    artifact, cv = train.train(rows, x, method=method, embedding_model="test-model")
+    assert artifact.manifest.metrics["cross_validated"]["auc"] > 0.95
+    assert train.auc(cv, hard.astype(int)) > 0.95  # out-of-fold scores rank hard queries first
+    _, x_new, hard_new = clusters(40, seed=1)
+    scores = train.predict(method, artifact.arrays, x_new)
+    # easy queries: both tiers right, so going large gains nothing (0.5); hard ones gain (1.0)
+    assert ((scores >= 0.75) == hard_new).mean() > 0.9 and scores.min() >= 0 and scores.max() <= 1
+
+
+def test_training_picks_hyper_parameters_by_cross_validation_and_records_them():
+    rows, x, _ = clusters()
+    artifact, _ = train.train(rows, x, embedding_model="test-model")
+    m = artifact.manifest
+    assert m.method == "knn+ridge" and set(m.params) == {"k", "alpha"}
+    assert len(m.metrics["grid"]) == len(train.GRIDS["knn+ridge"])
+    assert m.training["n"] == 120 and m.training["target"] == "P(large beats small), ties half"
+    assert m.embedding_model == "test-model" and m.dimension == 8
+
+
+def test_the_target_is_the_gain_from_going_large():
+    assert LabeledQuery("q", 1, 0.0, 1.0).target == 1.0
+    assert LabeledQuery("q", 0, 1.0, 1.0).target == 0.5  # both right: large gains nothing
+    assert LabeledQuery("q", 0, 0.0, 0.0).target == 0.5  # both wrong: nor here
+    assert LabeledQuery("q", 0, 1.0, 0.0).target == 0.0
+    assert LabeledQuery("q", 1).target == 1.0  # small_ok=false
+
+
+def test_labelled_data_loads_from_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"query": f"q{i}", "small_score": i % 2, "large_score": 1}) + "\n"
+                             for i in range(12)))
+    rows = train.load_labeled(jsonl)
+    assert len(rows) == 12 and rows[0].label == 1 and rows[1].label == 0
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,small_ok\n" + "".join(f"q{i},{'true' if i % 3 else 'false'}\n" for i in range(12)))
+    rows = train.load_labeled(csv)
+    assert [r.label for r in rows[:3]] == [1, 0, 0] and train.scores_of(rows) is None
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"query": "q"}\n', "needs either small_score and large_score, or small_ok"),
+    ('{"small_ok": true}\n', "needs a non-empty 'query'"),
+    ("not json\n", "d.jsonl:1: not valid JSON"),
+    ('{"query": "q", "small_ok": "maybe"}\n', "'maybe' is not a boolean"),
+    ('{"query": "q", "small_score": "nan", "large_score": 1}\n', "is not a finite number"),
+    ('[1, 2]\n', "each line must be a JSON object"),
+])
+def test_bad_labelled_data_names_the_line(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(BadRequest, match=message):
+        train.load_labeled(path)
+
+
+def test_too_little_or_one_sided_data_is_refused(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"query": "q", "small_ok": true}\n' * 3)
+    with pytest.raises(BadRequest, match="at least 10"):
+        train.load_labeled(path)
+    path.write_text('{"query": "q", "small_ok": true}\n' * 12)
+    with pytest.raises(BadRequest, match="a router needs both kinds"):
+        train.load_labeled(path)
+
+
+def test_unknown_method_lists_the_valid_ones():
+    rows, x, _ = clusters(20)
+    with pytest.raises(BadRequest, match="valid: knn, ridge, knn\\+ridge"):
+        train.train(rows, x, method="svm", embedding_model="m")
+
+
+# -- the artifact ---------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    rows, x, _ = clusters()
+    artifact, _ = train.train(rows, x, embedding_model="test-model")
+    return artifact.save(tmp_path / "router"), x
+
+
+def test_artifact_round_trips_with_its_manifest(saved):
+    directory, x = saved
+    loaded = RouterArtifact.load(directory, embedding_model="test-model", dimension=8)
+    assert loaded.manifest.files[WEIGHTS] and loaded.manifest.created_at
+    router = LearnedRouter(loaded)
+    assert router.score("q", QueryFeatures(query_vector=x[0].tolist())) == pytest.approx(
+        float(train.predict("knn+ridge", loaded.arrays, x[0])[0]))
+
+
+def test_a_modified_weights_file_is_refused(saved):
+    directory, _ = saved
+    data = bytearray((directory / WEIGHTS).read_bytes())
+    data[-10] ^= 0xFF
+    (directory / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        RouterArtifact.load(directory)
+
+
+def test_an_artifact_for_another_embedding_model_or_dimension_is_refused(saved):
+    directory, _ = saved
+    with pytest.raises(ArtifactError, match="trained on query embeddings of 'test-model'.*'all-MiniLM-L6-v2'"):
+        RouterArtifact.load(directory, embedding_model="all-MiniLM-L6-v2")
+    with pytest.raises(ArtifactError, match="expects 8-dimensional query embeddings.*produces 384"):
+        RouterArtifact.load(directory, embedding_model="test-model", dimension=384)
+
+
+def test_missing_or_garbled_manifest_is_refused(tmp_path, saved):
+    with pytest.raises(ArtifactError, match="is not a router artifact"):
+        RouterArtifact.load(tmp_path / "nothing")
+    directory, _ = saved
+    (directory / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="is not a valid router manifest"):
+        RouterArtifact.load(directory)
+
+
+def test_weights_that_disagree_with_the_manifest_are_refused(tmp_path):
+    arrays = {"coef": np.zeros(4, np.float32), "intercept": np.zeros(1, np.float32)}
+    RouterArtifact(RouterManifest(router="learned", method="ridge", embedding_model="m", dimension=8),
+                   arrays).save(tmp_path / "r")
+    with pytest.raises(ArtifactError, match="coef has dimension 4, the manifest says 8"):
+        RouterArtifact.load(tmp_path / "r")
+
+
+# -- loading in the service -------------------------------------------------------------------------
+def cfg(**kw) -> RoutingConfig:
+    return RoutingConfig(**{"embed_model": "test-model", **kw})
+
+
+def test_load_router_uses_the_artifact_threshold_unless_overridden(saved):
+    directory, _ = saved
+    art = RouterArtifact.load(directory)
+    art.with_manifest(threshold=0.7).save(directory)
+    loaded = load_router(cfg(router="learned", artifact=directory), dimension=8)
+    assert loaded.router.name == "learned" and loaded.threshold == 0.7
+    assert load_router(cfg(router="learned", artifact=directory, threshold=0.2)).threshold == 0.2
+
+
+def test_a_refused_artifact_stops_start_up_unless_a_fallback_is_configured(saved):
+    directory, _ = saved
+    with pytest.raises(ArtifactError, match="trained on query embeddings of 'test-model'"):
+        load_router(cfg(router="learned", artifact=directory, embed_model="all-MiniLM-L6-v2"))
+    loaded = load_router(cfg(router="learned", artifact=directory, embed_model="all-MiniLM-L6-v2",
+                             fallback="heuristic"))
+    assert loaded.router.name == "heuristic" and "the artifact was refused" in loaded.source
+
+
+def test_router_name_and_artifact_must_agree(saved):
+    directory, _ = saved
+    with pytest.raises(ConfigError, match="RAGROUTE_ROUTER='heuristic' but .* holds a 'learned' router"):
+        load_router(cfg(router="heuristic", router_set=True, artifact=directory))
+
+
+def test_unknown_router_lists_the_valid_ones_and_learned_needs_an_artifact():
+    with pytest.raises(ConfigError, match="valid: heuristic, learned"):
+        load_router(cfg(router="bert"))
+    with pytest.raises(ConfigError, match="needs RAGROUTE_ROUTER_PATH"):
+        load_router(cfg(router="learned"))
+
+
+def test_routing_config_from_env():
+    c = RoutingConfig.from_env({"RAGROUTE_ROUTER_PATH": "/x/r"})
+    assert c.router == "learned" and not c.router_set and c.threshold is None and str(c.artifact) == "/x/r"
+    with pytest.raises(ConfigError, match="RAGROUTE_ROUTER_FALLBACK"):
+        RoutingConfig.from_env({"RAGROUTE_ROUTER_FALLBACK": "random"})
+
+
+def test_learned_router_without_an_embedding_falls_back_to_the_heuristic(saved):
+    directory, _ = saved
+    router = LearnedRouter(RouterArtifact.load(directory))
+    q = "Why does the with statement call __exit__, and how would I design one?"
+    assert router.score(q, QueryFeatures()) == HeuristicRouter().score(q, QueryFeatures())
+    assert router.explain(q, QueryFeatures()).startswith("no query embedding; heuristic:")
+
+
+def test_decision_step_is_shared_and_explains_itself(saved):
+    directory, x = saved
+    router = LearnedRouter(RouterArtifact.load(directory))
+    hard, easy = QueryFeatures(query_vector=x[0].tolist()), None
+    d = decide(router, "q", hard, 0.0)
+    assert d.tier == "large" and d.router == "learned" and "knn+ridge" in d.reason and ">= threshold 0.00" in d.reason
+    assert decide(router, "q", hard, 1.01).tier == "small"
+    del easy
+
+
+# -- calibration ----------------------------------------------------------------------------------
+def test_calibrate_router_writes_the_threshold_for_a_large_share(saved, tmp_path):
+    directory, x = saved
+    art = RouterArtifact.load(directory)
+    rows, x, _ = clusters()
+    scores = train.predict("knn+ridge", art.arrays, x)
+    small, large = train.scores_of(rows)
+    out = calibrate.calibrate_router(art, scores, small, large, large_share=0.3)
+    assert (scores >= out.manifest.threshold).mean() <= 0.3
+    assert out.manifest.calibration["target"] == "large_share" and out.manifest.calibration["value"] == 0.3
+    out.save(tmp_path / "cal")
+    assert RouterArtifact.load(tmp_path / "cal").manifest.threshold == out.manifest.threshold
+
+
+def test_calibrate_router_for_quality_reaches_it_on_the_data(saved):
+    directory, _ = saved
+    art = RouterArtifact.load(directory)
+    rows, x, _ = clusters()
+    scores = train.predict("knn+ridge", art.arrays, x)
+    small, large = train.scores_of(rows)
+    out = calibrate.calibrate_router(art, scores, small, large, quality=0.95)
+    to_large = scores >= out.manifest.threshold
+    assert np.where(to_large, large, small).mean() >= 0.95 * large.mean()
+    assert to_large.mean() < 0.8  # and it did not simply send everything large
+
+
+def test_calibration_needs_exactly_one_target():
+    with pytest.raises(BadRequest, match="exactly one"):
+        calibrate.pick([0.1], [0], [1])
+    with pytest.raises(BadRequest, match="not within"):
+        calibrate.pick([0.1], [0], [1], large_share=1.5)
+
+
+def test_calibrate_cascade_sets_a_confidence_threshold(tmp_path):
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(-3, 0, 200)
+    small = (conf > -1.5).astype(float)  # confident answers are right
+    rows = [calibrate.CascadeRow(c, c - 1, s, 1.0) for c, s in zip(conf, small)]
+    art = calibrate.calibrate_cascade(RouterArtifact(RouterManifest(router="heuristic")), rows, quality=1.0)
+    c = art.manifest.cascade
+    assert c.signal == "logprob_mean" and c.threshold == pytest.approx(-1.5, abs=0.05)
+    escalate = conf < c.threshold
+    assert np.where(escalate, 1.0, small).mean() == 1.0 and escalate.mean() < 0.6
+    art.save(tmp_path / "c")
+    loaded = CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": str(tmp_path / "c")})
+    assert loaded.threshold == c.threshold and loaded.source.startswith("calibrated")
+    assert CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": str(tmp_path / "c"),
+                                   "RAGROUTE_CASCADE_THRESHOLD": "-0.7"}).threshold == -0.7
+
+
+def test_cascade_rows_must_carry_all_four_numbers(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"logprob_mean": -1, "small_score": 1, "large_score": 1}\n')
+    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers logprob_mean, logprob_min"):
+        calibrate.load_cascade_rows(path)
+
+
+# -- the cascade's verdict ---------------------------------------------------------------------------
+def gen(text="an answer", mean=-0.2, tokens_in=100, tokens_out=20) -> Generation:
+    return Generation(text=text, tier="small", model="m", engine="llamacpp", finish_reason="stop",
+                      tokens_in=tokens_in, tokens_out=tokens_out, latency_ms=5.0, logprob_mean=mean,
+                      logprob_min=None if mean is None else mean - 1)
+
+
+def test_cascade_verdicts():
+    from pipelines.config import TierConfig
+
+    cfg = CascadeConfig("logprob_mean", -0.5)
+    large = TierConfig("large", "llamacpp", "l", 2048, 160, prefill_tok_s=100, decode_tok_s=10)  # 1 s + 2 s
+    assert cascade.judge(gen(mean=-0.2), cfg, large, "large", 10_000).outcome == "accepted"
+    v = cascade.judge(gen(mean=-0.8), cfg, large, "large", 10_000)
+    assert v.escalate and v.outcome == "escalated" and v.confidence == -0.8
+    v = cascade.judge(gen(mean=-0.8), cfg, large, "large", 2_000)
+    assert not v.escalate and v.outcome == "kept" and "2000 ms left and large needs ~3100 ms" in v.reason
+    assert cascade.judge(gen(mean=None), cfg, large, "large", 10_000).escalate
+    assert cascade.judge(gen(text="  ", mean=-0.1), cfg, large, "large", 10_000).reason.startswith("empty answer")
