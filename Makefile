@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install models vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache bento clean
+.PHONY: install models vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache eval-routing eval-routing-live bento clean
 
 $(STAMP): pyproject.toml scripts/bootstrap-system.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-system.sh
@@ -55,6 +55,16 @@ bench: models
 # Semantic-cache precision with/without the hit verifier (QQP, GPTCache); needs ../shared/data.
 eval-cache: install
 	$(BIN)/python -m evals.cache_verifier
+
+# Routers on RouteLLM's MMLU/GSM8K data (half split, 3 seeds): curves, APGR, strong share for
+# 95% quality, router overhead; JSON + PNG in evals/out/. Needs ../shared/data.
+eval-routing: install
+	$(BIN)/python -m evals.routing_offline
+
+# Our tiers on SQuAD: every question with every tier (cached; ~1 h on 2 cores the first time),
+# then small/large-only, heuristic, learned (CV) and cascade: F1 vs large share vs latency.
+eval-routing-live: models
+	$(BIN)/python -m evals.routing_live
 
 bento: install
 	$(BIN)/bentoml build .

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+from pathlib import Path
 
 from pipelines.errors import RagrouteError
 
@@ -53,3 +56,28 @@ def to_bentoml(exc: RagrouteError) -> Exception:
     err = BentoMLException(str(exc))
     err.error_code = HTTPStatus(exc.status)
     return err
+
+
+@contextlib.contextmanager
+def refuse_to_start(service: str):
+    """A bad setting or artifact found in ``__init__`` stops the whole `bentoml serve`.
+
+    bentoml 1.4.39 logs an ``__init__`` exception and keeps the server process up, never ready:
+    an orchestrator sees a live process, and a user a hanging start. Instead, log the reason
+    and ask the serve process (this worker's parent) to shut down: it exits, and the reason is
+    the last error in the log."""
+    try:
+        yield
+    except RagrouteError as exc:
+        logging.getLogger(f"services.{service}").critical("%s refuses to start: %s", service, exc)
+        if os.environ.get("RAGROUTE_EXIT_ON_STARTUP_ERROR", "1") != "0" and _parent_is_bentoml():
+            os.kill(os.getppid(), signal.SIGTERM)
+        raise
+
+
+def _parent_is_bentoml() -> bool:
+    """Only a `bentoml serve` parent is stopped (never, say, a test runner that built a service)."""
+    try:
+        return b"bentoml" in Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -9,7 +9,7 @@ import numpy as np
 from annotated_types import MaxLen
 
 from pipelines.config import EmbeddingConfig
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging
 
 
 @bentoml.service(name="ragroute-embedding", traffic={"timeout": TIMEOUT_S["embedding"]},
@@ -19,8 +19,9 @@ class Embedding:
         from pipelines.query.embed import SentenceTransformerEmbedder
 
         setup_logging()
-        self.cfg = EmbeddingConfig.from_env()
-        self.embedder = SentenceTransformerEmbedder(self.cfg)
+        with refuse_to_start("embedding"):
+            self.cfg = EmbeddingConfig.from_env()
+            self.embedder = SentenceTransformerEmbedder(self.cfg)
 
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=5000)
     def encode(self, texts: list[Annotated[str, MaxLen(20_000)]]) -> np.ndarray:

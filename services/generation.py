@@ -20,7 +20,7 @@ from annotated_types import Ge, Le, MaxLen
 from pipelines.config import GenerationConfig
 from pipelines.errors import ConfigError, RagrouteError, StageError
 from pipelines.records import ScoredChunk, Tier
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,13 @@ class Generation:
         from pipelines.query.generate import Generator, check_config
 
         setup_logging()
-        cfg = GenerationConfig.from_env()
-        check_config(cfg)
-        for tier in cfg.tiers.values():
-            if tier.engine == "llamacpp":
-                models.fetch(tier.model)  # once: later starts only verify the sha256
-        self.generator = Generator(cfg)
+        with refuse_to_start("generation"):
+            cfg = GenerationConfig.from_env()
+            check_config(cfg)
+            for tier in cfg.tiers.values():
+                if tier.engine == "llamacpp":
+                    models.fetch(tier.model)  # once: later starts only verify the sha256
+            self.generator = Generator(cfg)
 
     @bentoml.api
     async def generate(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],

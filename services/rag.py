@@ -28,7 +28,7 @@ from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse
 from pipelines.text import content_id
-from services._common import TIMEOUT_S, error_body, error_response, setup_logging
+from services._common import TIMEOUT_S, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
@@ -135,14 +135,15 @@ class RAG:
 
     def __init__(self) -> None:
         setup_logging()
-        self.cfg = RagConfig.from_env()
-        self.metrics = RagMetrics()
-        self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
-        gen_cfg = GenerationConfig.from_env()
-        self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
-                                      BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
-                                      tier_configs=dict(gen_cfg.tiers),
-                                      route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
+        with refuse_to_start("rag"):
+            self.cfg = RagConfig.from_env()
+            self.metrics = RagMetrics()
+            self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
+            gen_cfg = GenerationConfig.from_env()
+            self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
+                                          BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
+                                          tier_configs=dict(gen_cfg.tiers),
+                                          route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
 
     async def __is_ready__(self) -> bool:

@@ -9,7 +9,7 @@ from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import RerankConfig
 from pipelines.records import ScoredChunk
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging
 
 
 @bentoml.service(name="ragroute-reranking", traffic={"timeout": TIMEOUT_S["reranking"]},
@@ -19,7 +19,8 @@ class Reranking:
         from pipelines.query.rerank import make_reranker
 
         setup_logging()
-        self.reranker = make_reranker(RerankConfig.from_env())
+        with refuse_to_start("reranking"):
+            self.reranker = make_reranker(RerankConfig.from_env())
 
     @bentoml.api
     def rerank(self, query: Annotated[str, MaxLen(20_000)], candidates: Annotated[list[ScoredChunk], MaxLen(1000)],

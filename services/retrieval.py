@@ -9,7 +9,7 @@ from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import RetrievalConfig
 from pipelines.errors import RagrouteError
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 
 @bentoml.service(name="ragroute-retrieval", traffic={"timeout": TIMEOUT_S["retrieval"]},
@@ -20,7 +20,8 @@ class Retrieval:
 
         setup_logging()
         # Refuses to start (ArtifactError) on a manifest/model mismatch or a corrupt index.
-        self.store = open_index(RetrievalConfig.from_env())
+        with refuse_to_start("retrieval"):
+            self.store = open_index(RetrievalConfig.from_env())
 
     @bentoml.api
     def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20) -> dict:

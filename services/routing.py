@@ -15,7 +15,7 @@ from annotated_types import MaxLen
 
 from pipelines.config import RoutingConfig
 from pipelines.errors import RagrouteError
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, setup_logging, to_bentoml
+from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class Routing:
         from pipelines.query.route import load_router
 
         setup_logging()
-        self.cfg = RoutingConfig.from_env()
-        self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))
+        with refuse_to_start("routing"):
+            self.cfg = RoutingConfig.from_env()
+            self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))
         log.info("router: %s", self.loaded.source)
 
     @bentoml.api
