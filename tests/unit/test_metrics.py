@@ -40,3 +40,25 @@ def test_a_response_is_recorded_per_stage_tier_and_cache_result():
     assert resp.usage.cost_usd == 2e-6
     assert abs(value("ragroute_cost_usd_total", tier="large") - (before["cost"] + 2e-6)) < 1e-12
     assert value("ragroute_generation_ttft_seconds_count", tier="large") == before["ttft_count"] + 1
+
+
+def test_a_cascade_counts_its_escalation_and_both_tiers_costs():
+    from pipelines.config import CascadeConfig
+
+    metrics = RagMetrics()
+    stages = FakeStages()
+    stages.logprobs = {"small": -3.0}
+    cfg = RagConfig(candidates=6, cascade=CascadeConfig("logprob_mean", -1.0, "test"))
+    budget = BudgetProfile.from_env({"RAGROUTE_BUDGET_PROFILE": "cpu"})
+    resp = asyncio.run(QueryPipeline(stages, None, cfg, budget=budget).run(RagRequest(query="q", tier="cascade")))
+    before = {
+        "escalated": value("ragroute_cascade_escalations_total", tier="small", outcome="escalated"),
+        "small_cost": value("ragroute_cost_usd_total", tier="small"),
+        "large_cost": value("ragroute_cost_usd_total", tier="large"),
+        "cascade": value("ragroute_route_decisions_total", tier="large", router="cascade"),
+    }
+    metrics.observe(resp)
+    assert value("ragroute_cascade_escalations_total", tier="small", outcome="escalated") == before["escalated"] + 1
+    assert value("ragroute_route_decisions_total", tier="large", router="cascade") == before["cascade"] + 1
+    assert abs(value("ragroute_cost_usd_total", tier="small") - (before["small_cost"] + 2e-6)) < 1e-12
+    assert abs(value("ragroute_cost_usd_total", tier="large") - (before["large_cost"] + 2e-6)) < 1e-12
