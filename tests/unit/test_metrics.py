@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import REGISTRY
 
 from pipelines.budget import BudgetProfile
@@ -16,8 +17,12 @@ def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def test_a_response_is_recorded_per_stage_tier_and_cache_result():
-    metrics = RagMetrics()
+@pytest.fixture(scope="module")
+def metrics() -> RagMetrics:
+    return RagMetrics()  # registers its collectors once per process
+
+
+def test_a_response_is_recorded_per_stage_tier_and_cache_result(metrics):
     stages = FakeStages()
     stages.fail = {"rerank"}
     budget = BudgetProfile.from_env({"RAGROUTE_BUDGET_PROFILE": "cpu"})
@@ -42,10 +47,9 @@ def test_a_response_is_recorded_per_stage_tier_and_cache_result():
     assert value("ragroute_generation_ttft_seconds_count", tier="large") == before["ttft_count"] + 1
 
 
-def test_a_cascade_counts_its_escalation_and_both_tiers_costs():
+def test_a_cascade_counts_its_escalation_and_both_tiers_costs(metrics):
     from pipelines.config import CascadeConfig
 
-    metrics = RagMetrics()
     stages = FakeStages()
     stages.logprobs = {"small": -3.0}
     cfg = RagConfig(candidates=6, cascade=CascadeConfig("logprob_mean", -1.0, "test"))
