@@ -425,7 +425,9 @@ class QueryPipeline:
             safety=safety.model_dump(),
             degraded=r.degraded,
         )
-        good = not r.degraded and safety.checked and not safety.problems
+        # an answer the cascade judged unsure but kept (no time to escalate) is served, not cached
+        unsure = any(step.outcome == "kept" for step in r.steps)
+        good = not r.degraded and safety.checked and not safety.problems and not unsure
         if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
             await self._cache_call(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
                                    payload, [s.chunk.doc_id for s in ranked])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from pipelines.budget import BudgetProfile
@@ -79,6 +80,26 @@ def test_cascade_keeps_the_small_answer_when_the_large_tier_would_not_fit_in_the
     [step] = resp.route.path
     assert step.outcome == "kept" and "not escalated" in step.reason and "large needs" in step.reason
     assert resp.route.tier == "small" and any("cascade:" in w for w in resp.warnings)
+
+
+def test_an_unsure_answer_kept_for_lack_of_time_is_not_cached_but_an_accepted_one_is():
+    from pipelines.config import CacheConfig
+    from pipelines.query.cache import InMemoryCache, SemanticCache
+
+    stages = FakeStages(vectors={"what does with do": np.array([1.0, 0.0, 0.0], dtype=np.float32)},
+                        answer="the text of chunk 5 [1]")
+    stages.logprobs = {"small": -0.9}
+    cache = SemanticCache(InMemoryCache(CacheConfig()), 0.95, None)
+    slow_large = {**TIERS, "large": replace(TIERS["large"], prefill_tok_s=1.0)}
+    p = QueryPipeline(stages, cache, CFG, budget=GENEROUS, tier_configs=slow_large)
+    kept = asyncio.run(p.run(RagRequest(query="what does with do", tier="cascade")))
+    assert kept.route.path[0].outcome == "kept" and cache.stats()["entries"] == 0
+    stages.logprobs = {"small": -0.1}
+    accepted = asyncio.run(p.run(RagRequest(query="what does with do", tier="cascade")))
+    assert accepted.route.path[0].outcome == "accepted" and not accepted.cache.hit
+    assert cache.stats()["entries"] == 1
+    again = asyncio.run(p.run(RagRequest(query="what does with do", tier="cascade")))
+    assert again.cache.hit and again.route.path[0].outcome == "accepted"
 
 
 def test_cascade_keeps_the_small_answer_when_the_escalation_fails():
