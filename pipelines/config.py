@@ -157,10 +157,10 @@ class CascadeConfig:
         path = _get(env, "RAGROUTE_ROUTER_PATH", "")
         if path:
             from pipelines.errors import ArtifactError
-            from pipelines.routing.artifact import RouterArtifact
+            from pipelines.routing.artifact import read_manifest
 
-            try:  # the Routing service verifies the artifact and refuses a bad one; only read it here
-                cascade = RouterArtifact.load(Path(path).expanduser()).manifest.cascade
+            try:  # the Routing service verifies the whole artifact and refuses a bad one
+                cascade = read_manifest(Path(path).expanduser()).cascade
             except ArtifactError:
                 cascade = None
             if cascade is not None and (not signal or signal == cascade.signal):

@@ -140,7 +140,7 @@ class RAG:
             self.metrics = RagMetrics()
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
             gen_cfg = GenerationConfig.from_env()
-            self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(),
+            self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg),
                                           BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
                                           tier_configs=dict(gen_cfg.tiers),
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
@@ -256,13 +256,12 @@ class RAG:
             return self._fail(ctx, StageError("cache", f"stats failed: {exc}"))
 
 
-def generation_fingerprint() -> str:
+def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig) -> str:
     """Identifies everything that shapes an answer besides the question and the sources."""
-    cfg = GenerationConfig.from_env()
     tiers = sorted((t.name, t.engine, t.model, t.revision, t.max_tokens, t.context_tokens, t.temperature, t.top_p)
                    for t in cfg.tiers.values())
     # auto and cascade answers also depend on the router (and its threshold) and the cascade settings
-    routing, cascade = RoutingConfig.from_env(), RagConfig.from_env().cascade
+    routing, cascade = RoutingConfig.from_env(), rag.cascade
     router = (routing.router, routing.threshold, _file_digest(routing.artifact / "router.json") if routing.artifact
               else "", cascade.signal, cascade.threshold)
     return content_id(repr(tiers), repr(router), PROMPT_VERSION)

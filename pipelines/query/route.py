@@ -198,13 +198,11 @@ def router_uses_retrieval(cfg: RoutingConfig) -> bool:
     told without loading it. An unreadable artifact: the Routing service reports that."""
     kind = cfg.router
     if cfg.artifact is not None:
-        from pipelines.routing.artifact import MANIFEST
+        from pipelines.routing.artifact import read_manifest
 
         try:
-            import json
-
-            kind = json.loads((Path(cfg.artifact) / MANIFEST).read_text()).get("router", kind)
-        except (OSError, ValueError, AttributeError):
+            kind = read_manifest(Path(cfg.artifact)).router
+        except ArtifactError:
             pass
     return bool(getattr(ROUTERS.get(kind), "uses_retrieval", True))
 

@@ -101,17 +101,7 @@ class RouterArtifact:
              dimension: int | None = None) -> RouterArtifact:
         """Read and verify; ``embedding_model``/``dimension``: what the pipeline will send."""
         directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise ArtifactError(f"{directory} is not a router artifact (no {MANIFEST}); "
-                                "train one with `ragroute router train`")
-        try:
-            manifest = RouterManifest.model_validate(json.loads(path.read_text()))
-        except (ValueError, ValidationError) as exc:
-            raise ArtifactError(f"{path} is not a valid router manifest: {exc}") from None
-        if manifest.format_version != FORMAT_VERSION:
-            raise ArtifactError(f"{path} has format_version {manifest.format_version}; this ragroute reads "
-                                f"{FORMAT_VERSION}. Retrain with `ragroute router train`")
+        manifest = read_manifest(directory)
         for name, digest in manifest.files.items():
             file = directory / name
             if not file.is_file():
@@ -154,6 +144,22 @@ class RouterArtifact:
         if dimension is not None and dimension != m.dimension:
             raise ArtifactError(f"{directory} expects {m.dimension}-dimensional query embeddings, but the "
                                 f"pipeline's embedding model produces {dimension}; retrain the router")
+
+
+def read_manifest(directory: Path) -> RouterManifest:
+    """The parsed manifest alone (its files are checked by RouterArtifact.load)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not a router artifact (no {MANIFEST}); "
+                            "train one with `ragroute router train`")
+    try:
+        manifest = RouterManifest.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        raise ArtifactError(f"{path} is not a valid router manifest: {exc}") from None
+    if manifest.format_version != FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format_version {manifest.format_version}; this ragroute reads "
+                            f"{FORMAT_VERSION}. Retrain with `ragroute router train`")
+    return manifest
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
