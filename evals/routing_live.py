@@ -320,9 +320,10 @@ def plot(result: dict, c: dict, path: Path) -> None:
     ax1.set_ylabel("token F1")
     ax1.set_title(f"SQuAD, {result['questions']} questions: quality vs large-tier share")
     ax1.legend(fontsize=8)
-    for p in result["operating_points"]:
-        ax2.scatter(p["mean_latency_ms"], p["f1"])
-        ax2.annotate(f"{p['policy']}\n{p['large_share']:.0%} large", (p["mean_latency_ms"], p["f1"]), fontsize=7)
+    for p, marker in zip(result["operating_points"], "osD^vP"):
+        ax2.scatter(p["mean_latency_ms"], p["f1"], marker=marker, s=50,
+                    label=f"{p['policy']}: {p['large_share']:.0%} large, {p['f1_vs_large_only']:.0%} of large-only F1")
+    ax2.legend(fontsize=7, loc="lower right")
     ax2.set_xlabel("mean latency per question, ms (retrieval + routing + generation)")
     ax2.set_ylabel("token F1")
     ax2.set_title(f"operating points calibrated for {QUALITY_TARGET:.0%} of large-only F1 (5-fold CV)")
