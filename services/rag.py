@@ -49,11 +49,22 @@ class _RemoteStages:
         self.svc = svc
         self._index_version: str | None = None
 
-    async def _call(self, stage: str, method, *args, **kwargs):
-        try:
-            return await method(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
-            raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+    async def _call(self, stage: str, method, *args, retry: bool = True, **kwargs):
+        """``retry``: the call is idempotent, so a connection the dependency had already closed
+        (a pooled keep-alive connection reused after it timed out: "Broken pipe", "Server
+        disconnected") is retried once on a fresh one. Generation is not retried."""
+        import aiohttp
+
+        for attempt in (1, 2):
+            try:
+                return await method(*args, **kwargs)
+            except aiohttp.ClientConnectionError as exc:
+                if retry and attempt == 1:
+                    log.info("%s: %s: %s; retrying once on a new connection", stage, type(exc).__name__, exc)
+                    continue
+                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
+                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
 
     async def index_version(self) -> str:
         if self._index_version is None:
@@ -87,7 +98,7 @@ class _RemoteStages:
         return RouteDecision.model_validate(out)
 
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> GenerationRecord:
-        out = await self._call(f"generate[{tier}]", self.svc.generation.to_async.generate,
+        out = await self._call(f"generate[{tier}]", self.svc.generation.to_async.generate, retry=False,
                                tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
         if "error" in out:
             raise StageError(f"generate[{tier}]", out["error"])

@@ -1,0 +1,42 @@
+"""The RAG service's calls to its dependencies: a connection the dependency already closed is
+retried once for idempotent stages, never for generation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from pipelines.errors import StageError
+from services.rag import _RemoteStages
+
+
+class Flaky:
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    async def __call__(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise aiohttp.ClientOSError(32, "Broken pipe")
+        return {"ok": True}
+
+
+def test_a_stale_pooled_connection_is_retried_once():
+    stages, method = _RemoteStages(svc=None), Flaky(failures=1)
+    assert asyncio.run(stages._call("retrieve", method, n=3)) == {"ok": True} and method.calls == 2
+
+
+def test_a_dependency_that_stays_unreachable_fails_the_stage():
+    stages, method = _RemoteStages(svc=None), Flaky(failures=5)
+    with pytest.raises(StageError, match="retrieve stage failed: ClientOSError"):
+        asyncio.run(stages._call("retrieve", method))
+    assert method.calls == 2
+
+
+def test_generation_is_never_retried():
+    stages, method = _RemoteStages(svc=None), Flaky(failures=1)
+    with pytest.raises(StageError, match="generate\\[large\\] stage failed"):
+        asyncio.run(stages._call("generate[large]", method, retry=False))
+    assert method.calls == 1
