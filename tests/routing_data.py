@@ -25,3 +25,13 @@ def rows() -> list[dict]:
 def write(path: Path) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows()))
     return path
+
+
+def trained_router(tmp: Path) -> Path:
+    """A learned router artifact trained on these rows with `ragroute router train` (real embedder)."""
+    from pipelines.cli import main
+
+    data = write(tmp / "labelled.jsonl")
+    assert main(["router", "train", "--data", str(data), "--out", str(tmp / "router"), "--quiet",
+                 "--quality", "0.95"]) == 0
+    return tmp / "router"

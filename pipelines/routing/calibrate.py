@@ -13,7 +13,6 @@ its training queries with themselves as neighbours).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,18 +76,16 @@ def load_cascade_rows(path: Path) -> list[CascadeRow]:
     path = Path(path)
     if not path.is_file():
         raise BadRequest("data", f"{path} does not exist")
+    from pipelines.routing.train import jsonl_objects
+
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append(CascadeRow(*(float(row[k]) for k in ("logprob_mean", "logprob_min", "small_score",
-                                                                  "large_score"))))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise BadRequest(f"{path.name}:{i}", "needs numbers logprob_mean, logprob_min, small_score, "
-                                 f"large_score ({type(exc).__name__}: {exc})") from None
+    for where, row in jsonl_objects(path):
+        try:
+            rows.append(CascadeRow(*(float(row[k]) for k in ("logprob_mean", "logprob_min", "small_score",
+                                                              "large_score"))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRequest(where, "needs numbers logprob_mean, logprob_min, small_score, "
+                             f"large_score ({type(exc).__name__}: {exc})") from None
     if len(rows) < 10:
         raise BadRequest("data", f"{path} has {len(rows)} rows; at least 10 are needed")
     return rows

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,23 @@ def parse_row(row: dict, where: str) -> LabeledQuery:
     raise BadRequest(where, "needs either small_score and large_score, or small_ok")
 
 
+def jsonl_objects(path: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-empty line; a line that is not a JSON object is a
+    BadRequest naming it."""
+    with Path(path).open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{Path(path).name}:{i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadRequest(where, f"not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise BadRequest(where, "each line must be a JSON object")
+            yield where, row
+
+
 def load_labeled(path: Path) -> list[LabeledQuery]:
     """Rows of a .jsonl or .csv file; errors name the line."""
     path = Path(path)
@@ -117,17 +134,7 @@ def load_labeled(path: Path) -> list[LabeledQuery]:
             for i, row in enumerate(csv.DictReader(f), start=2):
                 rows.append(parse_row(row, f"{path.name}:{i}"))
     else:
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadRequest(f"{path.name}:{i}", f"not valid JSON: {exc.msg}") from None
-                if not isinstance(row, dict):
-                    raise BadRequest(f"{path.name}:{i}", "each line must be a JSON object")
-                rows.append(parse_row(row, f"{path.name}:{i}"))
+        rows = [parse_row(row, where) for where, row in jsonl_objects(path)]
     if len(rows) < 10:
         raise BadRequest("data", f"{path} has {len(rows)} labelled queries; at least 10 are needed")
     labels = {r.label for r in rows}

@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from evals.serving import serving
-from pipelines.cli import main
 from pipelines.routing.artifact import WEIGHTS
 from tests import routing_data
 from tests.e2e.conftest import GENEROUS_BUDGETS
@@ -21,11 +20,7 @@ EASY = "What is a lambda?"
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("router")
-    data = routing_data.write(tmp / "labelled.jsonl")
-    assert main(["router", "train", "--data", str(data), "--out", str(tmp / "router"), "--quiet",
-                 "--quality", "0.95"]) == 0
-    return tmp / "router"
+    return routing_data.trained_router(tmp_path_factory.mktemp("router"))
 
 
 @pytest.fixture(scope="module")

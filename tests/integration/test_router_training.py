@@ -22,10 +22,7 @@ UNSEEN_EASY = "What is a lighthouse?"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("router")
-    data = routing_data.write(tmp / "labelled.jsonl")
-    assert main(["router", "train", "--data", str(data), "--out", str(tmp / "router"), "--quiet",
-                 "--quality", "0.95"]) == 0
-    return tmp / "router", data
+    return routing_data.trained_router(tmp), tmp / "labelled.jsonl"
 
 
 def test_train_writes_a_verified_artifact_with_its_provenance(trained):
