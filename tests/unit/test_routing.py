@@ -249,20 +249,23 @@ def test_learned_router_without_an_embedding_falls_back_to_the_heuristic(saved):
 def test_decision_step_is_shared_and_explains_itself(saved):
     directory, x = saved
     router = LearnedRouter(RouterArtifact.load(directory))
-    hard, easy = QueryFeatures(query_vector=x[0].tolist()), None
+    hard = QueryFeatures(query_vector=x[0].tolist())
     d = decide(router, "q", hard, 0.0)
     assert d.tier == "large" and d.router == "learned" and "knn+ridge" in d.reason and ">= threshold 0.00" in d.reason
     assert decide(router, "q", hard, 1.01).tier == "small"
-    del easy
 
 
 # -- calibration ----------------------------------------------------------------------------------
-def test_calibrate_router_writes_the_threshold_for_a_large_share(saved, tmp_path):
-    directory, x = saved
-    art = RouterArtifact.load(directory)
+@pytest.fixture
+def scored(saved):
+    """The saved artifact and its scores of the training clusters, with both tiers' quality."""
+    art = RouterArtifact.load(saved[0])
     rows, x, _ = clusters()
-    scores = train.predict("knn+ridge", art.arrays, x)
-    small, large = train.scores_of(rows)
+    return art, train.predict("knn+ridge", art.arrays, x), *train.scores_of(rows)
+
+
+def test_calibrate_router_writes_the_threshold_for_a_large_share(scored, tmp_path):
+    art, scores, small, large = scored
     out = calibrate.calibrate_router(art, scores, small, large, large_share=0.3)
     assert (scores >= out.manifest.threshold).mean() <= 0.3
     assert out.manifest.calibration["target"] == "large_share" and out.manifest.calibration["value"] == 0.3
@@ -270,12 +273,8 @@ def test_calibrate_router_writes_the_threshold_for_a_large_share(saved, tmp_path
     assert RouterArtifact.load(tmp_path / "cal").manifest.threshold == out.manifest.threshold
 
 
-def test_calibrate_router_for_quality_reaches_it_on_the_data(saved):
-    directory, _ = saved
-    art = RouterArtifact.load(directory)
-    rows, x, _ = clusters()
-    scores = train.predict("knn+ridge", art.arrays, x)
-    small, large = train.scores_of(rows)
+def test_calibrate_router_for_quality_reaches_it_on_the_data(scored):
+    art, scores, small, large = scored
     out = calibrate.calibrate_router(art, scores, small, large, quality=0.95)
     to_large = scores >= out.manifest.threshold
     assert np.where(to_large, large, small).mean() >= 0.95 * large.mean()
