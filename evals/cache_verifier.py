@@ -67,61 +67,112 @@ def load_qqp(data: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-CUTS = {"entities": (0.0, 0.25, 0.5), "order": (0.0, 0.2, 0.5)}  # other rules take no cut-off
-MIN_FIRES = 10
+VETOES = {"antonyms": 0.0, "numbers": 0.0, "negation": 0.0}  # near misses rejected whatever QQP says
+L2_GRID = (300.0, 1000.0, 3000.0, 10000.0)  # on the 768 embedding interactions (the few named features: 1)
+L2_NAMED = 1.0
+SURE_GRID = (0.95, 0.96, 0.97, 0.98, 0.99)
 
 
-def train(tune: list[dict], sims: np.ndarray, data_hash: str) -> dict:
-    """Choose the active rules (and cut-offs) and the cosine threshold on the tune split."""
-    from pipelines.query.verify import RULES, _Question
+def features(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray]) -> np.ndarray:
+    """[named pair features, embedding interactions] per pair (what the scorer reads)."""
+    from pipelines.query.verify import embedding_features, pair_features
 
+    return np.array([np.concatenate([pair_features(p["a"], p["b"], float(s)),
+                                     embedding_features(vecs[p["a"]], vecs[p["b"]])])
+                     for p, s in zip(pairs, sims, strict=True)])
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression by Newton's method (x already standardised; ``l2``:
+    the penalty per column)."""
+    n, d = x.shape
+    a = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    reg = np.append(l2, 0.0)  # no penalty on the bias
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(a @ w)))
+        grad = a.T @ (p - y) + reg * w
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w[:-1], float(w[-1])
+
+
+def operating_point(prob: np.ndarray, y: np.ndarray, dup_total: int, target_recall: float) -> tuple[float, float]:
+    """(precision, probability cut) of the strictest cut whose hits still reach the recall target."""
+    order = np.argsort(-prob)
+    tp = np.cumsum(y[order])
+    reach = np.flatnonzero(tp / dup_total >= target_recall)
+    if not len(reach):
+        return float(tp[-1] / len(tp)), float(prob[order[-1]])
+    i = int(reach[0])
+    return float(tp[i] / (i + 1)), float(prob[order[i]])
+
+
+def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_hash: str, seed: int = 0) -> dict:
+    """Fit the learned duplicate check on the tune split, above the cosine floor, after the vetoes."""
+    from pipelines.query.verify import FEATURES, PairScorer
+
+    verifier = HitVerifier(VETOES, TRAIN_FLOOR)
     floor = sims >= TRAIN_FLOOR
     cand = [p for p, k in zip(tune, floor) if k]
-    y = np.array([p["duplicate"] for p in cand])
-    qs = [(_Question.of(p["a"]), _Question.of(p["b"])) for p in cand]
-    base = float(y.mean())
-    rules: dict[str, float] = {}
-    stats = {}
-    for name, rule in RULES.items():
-        best = None
-        for cut in CUTS.get(name, (0.0,)):
-            fired = np.array([rule(a, b, cut) is not None for a, b in qs])
-            if not fired.any():
-                continue
-            row = {"cut": cut, "fires": int(fired.sum()), "duplicate_rate_when_fired": round(float(y[fired].mean()), 4),
-                   "precision_without_fired": round(float(y[~fired].mean()), 4)}
-            if best is None or row["duplicate_rate_when_fired"] < best["duplicate_rate_when_fired"]:
-                best = row
-        stats[name] = best
-        # Keep a rule when the pairs it rejects are duplicates less often than average: then
-        # rejecting them raises precision, however rarely the rule fires (enable/disable).
-        if best and best["fires"] >= MIN_FIRES and best["duplicate_rate_when_fired"] < base:
-            rules[name] = best["cut"]
-    log.info("rules kept: %s (base duplicate rate above %.2f: %.3f)", rules, TRAIN_FLOOR, base)
-    verifier = HitVerifier(rules, 0.0)
-    passed = np.array([not verifier.reasons(p["a"], p["b"]) for p in cand])
-    cand_sims = sims[floor]
-    dup_total = sum(p["duplicate"] for p in tune)
-    op = (0.0, 0.95)
-    for t in np.arange(0.80, 0.96, 0.01):
-        hit = passed & (cand_sims >= t)
-        if hit.any() and y[hit].sum() / dup_total >= TARGET_RECALL and y[hit].mean() > op[0]:
-            op = (float(y[hit].mean()), round(float(t), 2))
-    log.info("operating point on tune: precision %.3f at cosine >= %.2f", *op)
-    model = {"rules": rules, "vector_threshold": op[1]}
+    y = np.array([p["duplicate"] for p in cand], dtype=float)
+    vetoed = np.array([bool(verifier.reasons(p["a"], p["b"])) for p in cand])
+    x = features(cand, sims[floor], vecs)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / scale
+    dup_total = int(sum(p["duplicate"] for p in tune))
+    keep = ~vetoed
+
+    def penalty(l2: float) -> np.ndarray:
+        return np.r_[np.full(len(FEATURES), L2_NAMED), np.full(z.shape[1] - len(FEATURES), l2)]
+
+    log.info("tune: %d pairs above cosine %.2f, %d vetoed by %s (duplicate rate among them %.3f vs %.3f)",
+             len(cand), TRAIN_FLOOR, int(vetoed.sum()), sorted(VETOES), y[vetoed].mean(), y.mean())
+    # choose the L2 strength by 5-fold CV precision at the recall target
+    rng = np.random.default_rng(seed)
+    folds = np.array_split(rng.permutation(len(y)), 5)
+    grid = {}
+    for l2 in L2_GRID:
+        oof = np.zeros(len(y))
+        for fold in folds:
+            rest = np.setdiff1d(np.arange(len(y)), fold)
+            w, b = fit_logistic(z[rest], y[rest], penalty(l2))
+            oof[fold] = 1 / (1 + np.exp(-(z[fold] @ w + b)))
+        prec, cut = operating_point(np.where(keep, oof, -1.0), y, dup_total, TARGET_RECALL)
+        grid[l2] = (prec, cut)
+        log.info("l2=%g: cross-validated precision %.4f at tune recall %.2f (P >= %.3f)", l2, prec, TARGET_RECALL, cut)
+    l2 = max(grid, key=lambda k: grid[k][0])
+    prec, cut = grid[l2]
+    w, b = fit_logistic(z, y, penalty(l2))
+    # Near-identical wording is accepted on the cosine alone (after the vetoes) from the lowest
+    # cosine whose pairs are at least as precise as the learned check's accepted ones.
+    cos = sims[floor]
+    sure = next((c for c in SURE_GRID if (m := keep & (cos >= c)).any() and y[m].mean() >= prec), 1.0)
+    log.info("cosine alone accepts from %.2f (tune precision above it: %s)", sure,
+             f"{y[keep & (cos >= sure)].mean():.3f}" if (keep & (cos >= sure)).any() else "-")
+    scorer = PairScorer(mean, scale, w, b, round(cut, 4), sure)
+    model = {"rules": VETOES, "vector_threshold": TRAIN_FLOOR, "scorer": scorer.to_json()}
     body = json.dumps(model, sort_keys=True).encode()
+    named = dict(zip(FEATURES, np.round(w[: len(FEATURES)], 3).tolist(), strict=True))
     return {
         "manifest": {
             "format_version": FORMAT_VERSION,
             "embedding_model": "all-MiniLM-L6-v2",
+            "dimension": int(len(next(iter(vecs.values())))),
             "training_data": "qqp-pairs.jsonl (tune half)",
             "training_data_sha256": data_hash,
             "split_salt": SPLIT_SALT,
             "train_floor": TRAIN_FLOOR,
             "tune_pairs_above_floor": len(cand),
+            "vetoed_on_tune": int(vetoed.sum()),
             "target_recall": TARGET_RECALL,
-            "tune_precision_at_operating_point": round(op[0], 4),
-            "rule_stats": stats,
+            "l2": {"named_features": L2_NAMED, "embedding_interactions": l2},
+            "cross_validated": {str(k): {"precision": round(v[0], 4), "accept_probability": round(v[1], 4)}
+                                for k, v in grid.items()},
+            "named_feature_weights": named,
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model_sha256": hashlib.sha256(body).hexdigest(),
         },
@@ -129,20 +180,44 @@ def train(tune: list[dict], sims: np.ndarray, data_hash: str) -> dict:
     }
 
 
-def qqp_table(pairs: list[dict], sims: np.ndarray, verifier: HitVerifier | None) -> list[dict]:
+def qqp_table(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], verifier: HitVerifier | None,
+              thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict]:
     dup = np.array([p["duplicate"] for p in pairs])
     accepted = np.ones(len(pairs), dtype=bool)
     if verifier is not None:
-        candidates = sims >= min(THRESHOLDS)
+        candidates = sims >= min(thresholds)
         for i in np.flatnonzero(candidates):
-            accepted[i] = verifier.check(pairs[i]["a"], pairs[i]["b"], float(sims[i])).accept
+            a, b = pairs[i]["a"], pairs[i]["b"]
+            accepted[i] = verifier.check(a, b, float(sims[i]), vecs[a], vecs[b]).accept
     rows = []
-    for t in THRESHOLDS:
+    for t in thresholds:
         hit = (sims >= t) & accepted
         tp, fp = int((hit & dup).sum()), int((hit & ~dup).sum())
         rows.append({"threshold": t, "verifier": verifier is not None, "hits": tp + fp,
                      "precision": round(tp / max(1, tp + fp), 4), "recall": round(tp / max(1, dup.sum()), 4),
                      "false_hit_rate": round(fp / max(1, (~dup).sum()), 4)})
+    return rows
+
+
+def equal_recall(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], verifier: HitVerifier,
+                 recalls: tuple[float, ...] = (0.30, 0.40, 0.50)) -> list[dict]:
+    """Precision of a plain cosine threshold and of threshold + verifier at the same recall:
+    the plain one sweeps the cosine, the verifier its acceptance probability (above its floor;
+    the pairs it accepts on the cosine alone count as accepted first)."""
+    dup = np.array([p["duplicate"] for p in pairs], dtype=float)
+    prob = np.full(len(pairs), -1.0)
+    for i in np.flatnonzero(sims >= verifier.vector_threshold):
+        a, b = pairs[i]["a"], pairs[i]["b"]
+        v = verifier.check(a, b, float(sims[i]), vecs[a], vecs[b])
+        if v.probability is not None:  # None: vetoed
+            prob[i] = v.probability + (sims[i] >= verifier.scorer.sure_cosine)  # near-identical wording first
+    total = int(dup.sum())
+    rows = []
+    for r in recalls:
+        plain, cos_cut = operating_point(sims, dup, total, r)
+        ver, p_cut = operating_point(prob, dup, total, r)
+        rows.append({"recall": r, "plain_precision": round(plain, 4), "plain_cosine": round(cos_cut, 4),
+                     "verifier_precision": round(ver, 4), "verifier_probability": round(p_cut, 4)})
     return rows
 
 
@@ -159,7 +234,8 @@ def gptcache_table(data: Path, cache_dir: Path, verifier: HitVerifier | None) ->
                 sims = store @ vecs[p["similar"]]
                 best = int(np.argmax(sims))
                 ok = sims[best] >= t and (not use_verifier or
-                                          verifier.check(origins[best], p["similar"], float(sims[best])).accept)
+                                          verifier.check(origins[best], p["similar"], float(sims[best]),
+                                                        store[best], vecs[p["similar"]]).accept)
                 if not ok:
                     miss += 1
                 elif origins[best] == p["origin"]:
@@ -191,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     test_pairs = [q for q, t in zip(pairs, test) if t]
     if args.train:
         data_hash = hashlib.sha256((args.data / "cache" / "qqp-pairs.jsonl").read_bytes()).hexdigest()
-        artifact = train(tune_pairs, sims[~test], data_hash)
+        artifact = train(tune_pairs, sims[~test], vecs, data_hash)
         WEIGHTS_FILE.write_text(json.dumps(artifact, indent=2) + "\n")
         log.info("wrote %s", WEIGHTS_FILE)
     verifier = HitVerifier.load()
@@ -200,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {"qqp_pairs": len(pairs), "test_pairs": len(test_pairs), "tune_pairs": len(tune_pairs),
                  "split": f"sha256('{SPLIT_SALT}'|a|b) first byte odd -> test",
                  "verifier_rules": verifier.rules, "verifier_vector_threshold": verifier.vector_threshold,
+                 "verifier_accept_probability": verifier.scorer.accept_probability if verifier.scorer else None,
                  "embedding_model": "all-MiniLM-L6-v2"},
-        "qqp_test": qqp_table(test_pairs, sims[test], None) + qqp_table(test_pairs, sims[test], verifier),
+        "qqp_test": qqp_table(test_pairs, sims[test], vecs, None) +
+        qqp_table(test_pairs, sims[test], vecs, verifier),
+        "qqp_test_at_equal_recall": equal_recall(test_pairs, sims[test], vecs, verifier),
         "gptcache": gptcache_table(args.data, cache_dir, verifier),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["qqp_test"]:
         log.info("QQP test  t=%.2f verifier=%-5s hits=%5d precision=%.3f recall=%.3f false-hit-rate=%.4f",
                  row["threshold"], row["verifier"], row["hits"], row["precision"], row["recall"], row["false_hit_rate"])
+    for row in result["qqp_test_at_equal_recall"]:
+        log.info("QQP test  recall %.2f: plain cosine precision %.3f, with verifier %.3f", row["recall"],
+                 row["plain_precision"], row["verifier_precision"])
     for row in result["gptcache"]:
         log.info("GPTCache  t=%.2f verifier=%-5s correct=%4d wrong=%3d miss=%4d", row["threshold"], row["verifier"],
                  row["correct_hits"], row["wrong_hits"], row["misses"])

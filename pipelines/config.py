@@ -317,7 +317,8 @@ class GenerationConfig:
 class CacheConfig:
     backend: str = "memory"
     redis_url: str = ""
-    threshold: float = 0.95
+    threshold: float | None = None
+    """None: the verifier's tuned cosine floor (0.80), or 0.95 with the verifier off"""
     verifier: bool = True
     ttl_s: float = 3600.0
     sliding_ttl: bool = False
@@ -331,7 +332,7 @@ class CacheConfig:
         return cls(
             backend=_choice(env, "RAGROUTE_CACHE", "memory", ("memory", "off")),
             redis_url=_get(env, "REDIS_URL", ""),
-            threshold=_num(env, "RAGROUTE_CACHE_THRESHOLD", 0.95, float, 0.0, 1.0),
+            threshold=_num(env, "RAGROUTE_CACHE_THRESHOLD", None, float, 0.0, 1.0),  # type: ignore[arg-type]
             verifier=_choice(env, "RAGROUTE_CACHE_VERIFIER", "on", ("on", "off")) == "on",
             ttl_s=_num(env, "RAGROUTE_CACHE_TTL_S", 3600.0, float, 1.0, 30 * 86400.0),
             sliding_ttl=_choice(env, "RAGROUTE_CACHE_SLIDING_TTL", "off", ("on", "off")) == "on",

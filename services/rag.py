@@ -16,7 +16,7 @@ import bentoml
 import numpy as np
 
 from pipelines.budget import BudgetProfile
-from pipelines.config import GenerationConfig, RagConfig, RoutingConfig
+from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig
 from pipelines.errors import BadRequest, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
@@ -149,7 +149,8 @@ class RAG:
         with refuse_to_start("rag"):
             self.cfg = RagConfig.from_env()
             self.metrics = RagMetrics()
-            self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc())
+            self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
+                                    embedding_model=EmbeddingConfig.from_env().model)
             gen_cfg = GenerationConfig.from_env()
             self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg),
                                           BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),

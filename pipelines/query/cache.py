@@ -48,6 +48,7 @@ class Candidate:
     query: str
     similarity: float
     payload: dict[str, Any]
+    vector: np.ndarray | None = None  # the cached question's embedding (the verifier's learned check reads it)
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,14 @@ class SemanticCache:
     """The cache as the pipeline sees it: a backend plus the threshold and the verifier."""
 
     CANDIDATES = 3
+    PLAIN_THRESHOLD = 0.95  # the cosine threshold without a verifier (unless configured)
 
-    def __init__(self, backend: CacheBackend, threshold: float, verifier: HitVerifier | None) -> None:
+    def __init__(self, backend: CacheBackend, threshold: float | None, verifier: HitVerifier | None) -> None:
         self.backend = backend
         self.blocking = backend.blocking
-        self.threshold = threshold
+        # unset: the cosine floor the verifier was tuned with, or a strict plain threshold without it
+        self.threshold = threshold if threshold is not None else \
+            verifier.vector_threshold if verifier is not None else self.PLAIN_THRESHOLD
         self.verifier = verifier
 
     def get_exact(self, part: Partition, qhash: str) -> CacheHit | None:
@@ -108,7 +112,7 @@ class SemanticCache:
         for cand in self.backend.candidates(part, vector, self.CANDIDATES, self.threshold):
             if self.verifier is None:
                 return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity), ())
-            verdict = self.verifier.check(cand.query, query, cand.similarity)
+            verdict = self.verifier.check(cand.query, query, cand.similarity, cand.vector, vector)
             line = f"{cand.query!r} (cosine {cand.similarity:.3f}) {verdict.reason}"
             verdicts.append(line)
             if verdict.accept:
@@ -123,8 +127,10 @@ class SemanticCache:
         return self.backend.purge(tenant=tenant, doc_ids=doc_ids)
 
     def stats(self) -> dict[str, Any]:
+        scorer = self.verifier.scorer if self.verifier else None
         return {**self.backend.stats(), "threshold": self.threshold,
-                "verifier_rules": sorted(self.verifier.rules) if self.verifier else []}
+                "verifier_rules": sorted(self.verifier.rules) if self.verifier else [],
+                "verifier_accept_probability": scorer.accept_probability if scorer else None}
 
 
 @dataclass
@@ -186,7 +192,7 @@ class InMemoryCache:
                     break
                 if self._live(entries[i]):
                     self._touch(entries[i])
-                    out.append(Candidate(entries[i].query, float(sims[i]), entries[i].payload))
+                    out.append(Candidate(entries[i].query, float(sims[i]), entries[i].payload, entries[i].vector))
             return out
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
@@ -217,12 +223,12 @@ class InMemoryCache:
         return {"backend": "memory", "entries": len(self._entries)}
 
 
-def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str], None] | None = None
-               ) -> SemanticCache | None:
+def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str], None] | None = None,
+               embedding_model: str | None = None) -> SemanticCache | None:
     """The configured cache: Redis when ``REDIS_URL`` is set, else in-process; None if off."""
     if cfg.backend == "off":
         return None
-    verifier = HitVerifier.load() if cfg.verifier else None
+    verifier = HitVerifier.load(embedding_model=embedding_model) if cfg.verifier else None
     if cfg.redis_url:
         from pipelines.query.cache_redis import RedisCache
 

@@ -172,14 +172,19 @@ class RedisCache:
 
         def run():
             rows = self._with_index(len(vec), lambda index: index.query(query), [])
-            out = []
+            rows = [r for r in rows if 1.0 - float(r["vector_distance"]) >= min_similarity]
+            if not rows:
+                return []
+            # the candidates' embeddings (for the verifier), in one round trip
+            pipe = self.client.pipeline(transaction=False)
             for row in rows:
-                similarity = 1.0 - float(row["vector_distance"])
-                if similarity >= min_similarity:
-                    out.append(Candidate(row["query"], similarity, json.loads(row["answer_json"])))
-                    if self.cfg.sliding_ttl:
-                        self.client.expire(row["id"], int(self.cfg.ttl_s))
-            return out
+                pipe.hget(row["id"], "embedding")
+                if self.cfg.sliding_ttl:
+                    pipe.expire(row["id"], int(self.cfg.ttl_s))
+            replies = pipe.execute()[:: 2 if self.cfg.sliding_ttl else 1]
+            return [Candidate(row["query"], 1.0 - float(row["vector_distance"]), json.loads(row["answer_json"]),
+                              None if blob is None else np.frombuffer(blob, dtype=np.float32))
+                    for row, blob in zip(rows, replies, strict=True)]
 
         return self._call("lookup", run)
 

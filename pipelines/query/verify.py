@@ -2,11 +2,22 @@
 
 A cached question can be close in embedding space and still need another answer: "enable
 2FA" vs "disable 2FA", "top 5" vs "top 10", "import from A to B" vs "from B to A", "in
-Python" vs "in Java". The verifier runs named near-miss rules over the two questions; any
-rule that fires rejects the candidate and says why. Which rules are active, their cut-offs
-and the cosine threshold they pair with come from ``verifier.json``, chosen on labelled
-question pairs (QQP tune split) by evals/cache_verifier.py: a rule is kept only if the
-pairs it fires on are duplicates less often than average, i.e. if it raises precision.
+Python" vs "in Java". The verifier runs in two steps, and says which one decided:
+
+1. **Near-miss rules** (``vetoes``): named checks that reject a candidate outright, with the
+   reason: antonyms, different numbers, one side negated. These are product decisions (the
+   answer to "top 5" is not the answer to "top 10"), not learnt.
+2. **A learned duplicate check**: logistic regression on the pair: the cosine, named lexical
+   features (word overlap, different names, word order, question type, ...) and the two
+   embeddings' interactions (|u - v| and u * v, as in Sentence-BERT's classifier head). It
+   estimates P(same question); the candidate is accepted when that is at least
+   ``accept_probability``, or when the cosine alone is at least ``sure_cosine`` (near-identical
+   wording, as precise on the tune split as the model's accepted pairs). The reason lists the
+   probability and the features that weighed most for or against.
+
+Weights, vetoes, the cosine floor and the acceptance probability are in ``verifier.json``,
+fitted on the QQP tune split by ``python -m evals.cache_verifier --train`` (the test split
+is only used for the reported numbers), with a manifest checked at load time.
 
     >>> v = HitVerifier.load()                                   # doctest: +SKIP
     >>> v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.93).reason   # doctest: +SKIP
@@ -17,16 +28,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.errors import ArtifactError
 from pipelines.text import STOPWORDS
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_FILE = Path(__file__).with_name("verifier.json")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*|\.[A-Za-z]+|\d+(?:[.,]\d+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
@@ -138,22 +154,127 @@ RULES: dict[str, Callable[[_Question, _Question, float], str | None]] = {
 }
 
 
+
+# -- the learned duplicate check -------------------------------------------------------------------
+# Named pair features (each in [0, 1] but the cosine): what the reason string quotes.
+FEATURES: dict[str, str] = {
+    "cosine": "cosine",
+    "word_overlap": "shared words",
+    "extra_words": "words only in one",
+    "length_gap": "length difference",
+    "numbers": "different numbers",
+    "negation": "negation",
+    "antonyms": "antonyms",
+    "entities": "different names",
+    "order": "word order",
+    "question_type": "question type",
+    "non_ascii": "non-ASCII terms",
+}
+EMBEDDING_GROUP = "meaning (embeddings)"
+
+
+def pair_features(cached: str, query: str, similarity: float) -> np.ndarray:
+    """The named features of a pair, in ``FEATURES`` order."""
+    a, b = _Question.of(cached), _Question.of(query)
+    ca, cb = set(a.content), set(b.content)
+    ea, eb = _entities(a), _entities(b)
+    return np.array([
+        similarity,
+        len(ca & cb) / max(1, len(ca | cb)),
+        min(1.0, len(ca ^ cb) / 10),
+        abs(len(a.lower) - len(b.lower)) / max(1, len(a.lower), len(b.lower)),
+        float(_numbers(a) != _numbers(b)),
+        float(_negated(a) != _negated(b)),
+        float(_rule_antonyms(a, b, 0.0) is not None),
+        1 - len(ea & eb) / len(ea | eb) if ea | eb else 0.0,
+        _discordance(a.content, b.content),
+        float(_rule_question_type(a, b, 0.0) is not None),
+        float(_rule_non_ascii(a, b, 0.0) is not None),
+    ], dtype=np.float64)
+
+
+def embedding_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Symmetric interactions of two unit embeddings: |u - v| and u * v."""
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    return np.concatenate([np.abs(u - v), u * v], axis=-1)
+
+
+@dataclass(frozen=True)
+class PairScorer:
+    """Logistic regression over standardised [named features, embedding interactions]."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    accept_probability: float
+    sure_cosine: float = 1.0  # from this cosine on, the wording is near-identical: accepted without the model
+
+    def __post_init__(self) -> None:
+        n = len(FEATURES)
+        if not (self.mean.shape == self.scale.shape == self.weights.shape) or self.weights.ndim != 1 \
+                or self.weights.shape[0] <= n or (self.weights.shape[0] - n) % 2:
+            raise ArtifactError(f"verifier weights have shape {self.weights.shape}; expected {n} named features "
+                                "plus 2 x the embedding dimension")
+
+    @property
+    def dimension(self) -> int:
+        return (self.weights.shape[0] - len(FEATURES)) // 2
+
+    def contributions(self, named: np.ndarray, emb: np.ndarray) -> tuple[float, dict[str, float]]:
+        """P(same question) and each named feature's (and the embeddings') share of the logit."""
+        x = (np.concatenate([named, emb]) - self.mean) / self.scale
+        parts = x * self.weights
+        n = len(FEATURES)
+        logit = float(parts.sum() + self.bias)
+        named_parts = dict(zip(FEATURES, parts[:n].tolist(), strict=True))
+        return 1 / (1 + np.exp(-logit)), named_parts | {EMBEDDING_GROUP: float(parts[n:].sum())}
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
+                "bias": self.bias, "accept_probability": self.accept_probability, "sure_cosine": self.sure_cosine,
+                "features": list(FEATURES)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> PairScorer:
+        if d.get("features") != list(FEATURES):
+            raise ArtifactError(f"verifier was trained on features {d.get('features')}, this code computes "
+                                f"{list(FEATURES)}; retune with `python -m evals.cache_verifier --train`")
+        return cls(np.array(d["mean"]), np.array(d["scale"]), np.array(d["weights"]), float(d["bias"]),
+                   float(d["accept_probability"]), float(d["sure_cosine"]))
+
+
+def _model_name(name: str) -> str:
+    """'sentence-transformers/all-MiniLM-L6-v2' and 'all-MiniLM-L6-v2' name the same model."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def _explain(parts: dict[str, float], k: int = 3) -> str:
+    top = sorted(parts.items(), key=lambda kv: -abs(kv[1]))[:k]
+    return ", ".join(f"{FEATURES.get(name, name)} {value:+.1f}" for name, value in top)
+
+
 @dataclass(frozen=True)
 class Verdict:
     accept: bool
     reason: str
+    probability: float | None = None  # P(same question) from the learned check, when it ran
 
 
 class HitVerifier:
-    def __init__(self, rules: dict[str, float], vector_threshold: float) -> None:
+    def __init__(self, rules: dict[str, float], vector_threshold: float, scorer: PairScorer | None = None) -> None:
         unknown = set(rules) - set(RULES)
         if unknown:
             raise ArtifactError(f"unknown verifier rules {sorted(unknown)}; known: {', '.join(RULES)}")
-        self.rules = rules  # active rule -> cut-off
-        self.vector_threshold = vector_threshold  # the cosine threshold the rules were tuned with
+        self.rules = rules  # near-miss rules that veto (rule -> cut-off)
+        self.vector_threshold = vector_threshold  # the cosine floor the verifier was tuned with
+        self.scorer = scorer
 
     @classmethod
-    def load(cls, path: Path = WEIGHTS_FILE) -> HitVerifier:
+    def load(cls, path: Path = WEIGHTS_FILE, embedding_model: str | None = None) -> HitVerifier:
+        """The shipped (or given) settings, checked against their manifest. With
+        ``embedding_model`` other than the one the learned check was fitted on, that check is
+        left out (its weights mean nothing for other embeddings) and only the rules run."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -165,15 +286,45 @@ class HitVerifier:
         body = json.dumps(data.get("model"), sort_keys=True).encode()
         if hashlib.sha256(body).hexdigest() != manifest.get("model_sha256"):
             raise ArtifactError(f"{path}: settings do not match the sha256 in its manifest")
-        return cls(data["model"]["rules"], data["model"]["vector_threshold"])
+        model = data["model"]
+        scorer = PairScorer.from_json(model["scorer"]) if model.get("scorer") else None
+        trained_on = manifest.get("embedding_model")
+        if scorer is not None and embedding_model and _model_name(embedding_model) != _model_name(trained_on or ""):
+            log.warning("cache verifier: the learned check was fitted on %s embeddings, the pipeline uses %s; "
+                        "running the near-miss rules only (retune: python -m evals.cache_verifier --train)",
+                        trained_on, embedding_model)
+            scorer = None
+        return cls(model["rules"], model["vector_threshold"], scorer)
 
     def reasons(self, cached: str, query: str) -> list[str]:
         a, b = _Question.of(cached), _Question.of(query)
         return [r for name, cut in self.rules.items() if (r := RULES[name](a, b, cut))]
 
-    def check(self, cached: str, query: str, similarity: float) -> Verdict:
+    def check(self, cached: str, query: str, similarity: float, cached_vector: np.ndarray | None = None,
+              query_vector: np.ndarray | None = None) -> Verdict:
         found = self.reasons(cached, query)
         if found:
             return Verdict(False, "rejected: " + "; ".join(found))
-        return Verdict(True, f"accepted: cosine {similarity:.3f}, no near-miss rule fired "
-                             f"(checked: {', '.join(self.rules)})")
+        rules = f"no near-miss rule fired (checked: {', '.join(self.rules) or 'none'})"
+        if self.scorer is None:
+            return Verdict(True, f"accepted: cosine {similarity:.3f}, {rules}")
+        sure = similarity >= self.scorer.sure_cosine
+        if cached_vector is None or query_vector is None or len(cached_vector) != self.scorer.dimension \
+                or len(query_vector) != self.scorer.dimension:
+            if sure:
+                return Verdict(True, f"accepted: cosine {similarity:.3f} >= {self.scorer.sure_cosine:.2f} "
+                                     f"(near-identical wording), {rules}")
+            # No usable embeddings (another embedding model): the rules alone cannot vouch for it.
+            return Verdict(False, f"rejected: the learned check needs both {self.scorer.dimension}-d embeddings; "
+                                  f"{rules}")
+        p, parts = self.scorer.contributions(pair_features(cached, query, similarity),
+                                             embedding_features(cached_vector, query_vector))
+        cut = self.scorer.accept_probability
+        if sure:
+            return Verdict(True, f"accepted: cosine {similarity:.3f} >= {self.scorer.sure_cosine:.2f} (near-identical "
+                                 f"wording; P(same question) {p:.2f}), {rules}", p)
+        if p >= cut:
+            return Verdict(True, f"accepted: P(same question) {p:.2f} >= {cut:.2f} (cosine {similarity:.3f}; "
+                                 f"{_explain(parts)}); {rules}", p)
+        return Verdict(False, f"rejected: P(same question) {p:.2f} < {cut:.2f} (cosine {similarity:.3f}; "
+                              f"{_explain(parts)})", p)

@@ -46,6 +46,7 @@ def test_exact_and_semantic_lookups(make_backend):
     (cand,) = b.candidates(P, vec(1, 0.1), 3, 0.95)
     assert cand.query == "What does the with statement do?" and cand.payload == {"answer": "A"}
     assert abs(cand.similarity - 0.995) < 1e-3
+    np.testing.assert_array_equal(cand.vector, vec(1, 0))  # the stored embedding, for the verifier
     assert b.candidates(P, vec(1, 1), 3, 0.95) == []  # cosine 0.71
 
 

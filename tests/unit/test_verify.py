@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pipelines.errors import ArtifactError
-from pipelines.query.verify import RULES, WEIGHTS_FILE, HitVerifier
+from pipelines.query.verify import FEATURES, RULES, WEIGHTS_FILE, HitVerifier, PairScorer
 
 ALL = {name: 0.0 for name in RULES} | {"order": 0.5}
 
@@ -39,7 +40,7 @@ def test_paraphrases_pass_every_rule(cached, query):
 
 def test_shipped_settings_load_and_reject_the_classic_near_miss():
     v = HitVerifier.load()
-    assert v.rules and 0.5 < v.vector_threshold < 1
+    assert {"antonyms", "numbers", "negation"} <= set(v.rules) and 0.5 < v.vector_threshold < 1
     assert not v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.93).accept
 
 
@@ -55,3 +56,56 @@ def test_tampered_or_foreign_settings_are_refused(tmp_path):
         HitVerifier.load(tmp_path / "v.json")
     with pytest.raises(ArtifactError, match="unknown verifier rules"):
         HitVerifier({"telepathy": 0.0}, 0.9)
+
+
+# -- the learned duplicate check ------------------------------------------------------------------
+def toy_scorer(dim: int = 2, accept: float = 0.5, sure: float = 0.99) -> PairScorer:
+    """P(same) rises with the cosine and falls with words only in one question; embeddings: no say."""
+    n = len(FEATURES)
+    weights = np.zeros(n + 2 * dim)
+    weights[list(FEATURES).index("cosine")] = 20.0
+    weights[list(FEATURES).index("extra_words")] = -10.0
+    return PairScorer(np.zeros(n + 2 * dim), np.ones(n + 2 * dim), weights, -18.0, accept, sure)
+
+
+def test_learned_check_accepts_or_rejects_with_its_probability_and_main_reasons():
+    v = HitVerifier({"antonyms": 0.0}, 0.8, toy_scorer())
+    u = np.array([1.0, 0.0])
+    ok = v.check("How can I catch an exception?", "How do I catch an exception?", 0.95, u, u)
+    assert ok.accept and ok.probability == pytest.approx(1 / (1 + np.exp(-(20 * 0.95 - 18))))
+    assert ok.reason.startswith("accepted: P(same question) 0.73 >= 0.50 (cosine 0.950; cosine +19.0")
+    far = v.check("How do I reverse a list?", "How do I reverse a list of strings in place quickly?", 0.95, u, u)
+    assert not far.accept and far.probability < 0.5 and "words only in one -" in far.reason
+    # a near-miss rule still vetoes before the model is asked
+    veto = v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.999, u, u)
+    assert not veto.accept and veto.probability is None and "antonyms differ" in veto.reason
+
+
+def test_near_identical_wording_is_accepted_on_the_cosine_and_missing_embeddings_are_not_trusted():
+    v = HitVerifier({}, 0.8, toy_scorer(sure=0.97))
+    u = np.array([1.0, 0.0])
+    assert v.check("What does with do?", "What does with do exactly?", 0.98, None, None).accept
+    assert "near-identical wording" in v.check("a b", "a b c", 0.98, u, u).reason
+    lacking = v.check("What does with do?", "What does with do exactly?", 0.96, None, u)
+    assert not lacking.accept and "needs both 2-d embeddings" in lacking.reason
+    assert not v.check("What does with do?", "What does with do exactly?", 0.96, np.ones(3), u).accept
+
+
+def test_learned_weights_for_other_features_or_another_embedder_are_not_used(caplog):
+    d = toy_scorer().to_json()
+    with pytest.raises(ArtifactError, match="retune"):
+        PairScorer.from_json(d | {"features": d["features"][:-1]})
+    with pytest.raises(ArtifactError, match="expected 11 named features"):
+        PairScorer(np.zeros(12), np.ones(12), np.zeros(12), 0.0, 0.5)
+    assert HitVerifier.load(embedding_model="sentence-transformers/all-MiniLM-L6-v2").scorer is not None
+    with caplog.at_level("WARNING"):
+        assert HitVerifier.load(embedding_model="BAAI/bge-small-en-v1.5").scorer is None
+    assert "running the near-miss rules only" in caplog.text
+
+
+def test_shipped_verifier_has_the_learned_check_and_a_manifest_that_matches_it():
+    data = json.loads(WEIGHTS_FILE.read_text())
+    v = HitVerifier.load()
+    assert v.scorer is not None and v.scorer.dimension == data["manifest"]["dimension"] == 384
+    assert 0.5 < v.scorer.accept_probability < 1 and v.vector_threshold < v.scorer.sure_cosine <= 1
+    assert data["manifest"]["embedding_model"] == "all-MiniLM-L6-v2"

@@ -1,0 +1,55 @@
+"""The shipped hit verifier on real embeddings (all-MiniLM-L6-v2): paraphrases pass, near
+misses that the cosine alone would let through above the verifier's floor do not."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import CacheConfig
+from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
+from pipelines.query.verify import HitVerifier
+
+P = Partition("acme", "idx-v1", "fp1")
+
+
+@pytest.fixture(scope="module")
+def verifier():
+    return HitVerifier.load(embedding_model="all-MiniLM-L6-v2")
+
+
+@pytest.mark.parametrize("cached,query", [
+    ("How can I improve my English speaking skills?", "What can I do to speak English better?"),
+    ("How do I lose weight fast?", "What is the fastest way to lose weight?"),
+])
+def test_paraphrases_with_other_words_pass_the_learned_check(embedder, verifier, cached, query):
+    a, b = embedder.encode([cached, query])
+    sim = float(a @ b)
+    assert verifier.vector_threshold <= sim < verifier.scorer.sure_cosine  # the model decides, not the cosine
+    verdict = verifier.check(cached, query, sim, a, b)
+    assert verdict.accept and verdict.reason.startswith("accepted: P(same question)")
+
+
+@pytest.mark.parametrize("cached,query", [
+    ("How do I reverse a list in Python?", "How do I reverse a string in Python?"),
+    ("How do I read a file line by line?", "How do I write a file line by line?"),
+])
+def test_near_misses_above_the_floor_are_rejected_with_the_probability(embedder, verifier, cached, query):
+    a, b = embedder.encode([cached, query])
+    sim = float(a @ b)
+    assert sim >= verifier.vector_threshold and not verifier.reasons(cached, query)  # no rule catches them
+    verdict = verifier.check(cached, query, sim, a, b)
+    assert not verdict.accept and verdict.probability < verifier.scorer.accept_probability
+    assert verdict.reason.startswith("rejected: P(same question)")
+
+
+def test_semantic_cache_uses_the_verifier_floor_and_the_stored_embeddings(embedder, verifier):
+    cache = SemanticCache(InMemoryCache(CacheConfig()), CacheConfig().threshold, verifier)
+    assert cache.threshold == verifier.vector_threshold  # unset threshold: the verifier's floor
+    for q in ("How do I reverse a list in Python?", "How can I improve my English speaking skills?"):
+        cache.put(P, q, q, embedder.encode([q])[0], {"answer": q}, ["doc"])
+    miss = cache.get_semantic(P, "How do I reverse a string in Python?",
+                              embedder.encode(["How do I reverse a string in Python?"])[0])
+    assert miss.hit is None and "rejected: P(same question)" in miss.verdicts[0]
+    hit = cache.get_semantic(P, "What can I do to speak English better?",
+                             embedder.encode(["What can I do to speak English better?"])[0])
+    assert hit.hit is not None and hit.hit.payload == {"answer": "How can I improve my English speaking skills?"}
