@@ -226,7 +226,7 @@ def analyze(questions: list[dict]) -> dict:
                                          embedding_model=EmbeddingConfig().model, seed=SEED)
         last_artifact = artifact
         router = LearnedRouter(artifact)
-        learned_cv[test] = [router.score("", feats[i]) for i in test]
+        learned_cv[test] = [router.score(d["queries"][i], feats[i]) for i in test]
         # thresholds calibrated on the training folds only
         cal = calibrate.pick(inner_cv, small_f1[tr], large_f1[tr], quality=QUALITY_TARGET)
         decisions["learned"][test] = learned_cv[test] >= cal.threshold

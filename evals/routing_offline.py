@@ -1,6 +1,6 @@
 """Routers against RouteLLM's published data (../shared/data/routing/routellm/), offline.
 
-    python -m evals.routing_offline                # both benchmarks, splits with seeds 0, 1, 2
+    python -m evals.routing_offline                # both benchmarks, 10 splits (seeds 0-9)
     python -m evals.routing_offline --seeds 7      # one other split
     make eval-routing
 
@@ -158,7 +158,7 @@ def _timed(fn, items) -> dict[str, float]:
 def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -> tuple[dict, dict]:
     from pipelines.config import EmbeddingConfig
     from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
-    from pipelines.routing import calibrate, curves, train
+    from pipelines.routing import calibrate, curves, features, train
     from pipelines.routing.train import LabeledQuery
 
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -181,6 +181,7 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
         operating[name] = {"threshold": round(cal.threshold, 6), "strong_share": round(float(to_strong.mean()), 4),
                            "accuracy": round(acc, 4), "of_strong_only": round(acc / s.mean(), 4)}
 
+    text_feats = features.matrix([r["prompt"] for r in rows])
     heuristic = HeuristicRouter()
     h_all = np.array([heuristic.score(r["prompt"], QueryFeatures()) for r in rows])
     scores["heuristic"] = h_all[te]
@@ -189,7 +190,7 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
         artifact, cv = train.train([labelled[i] for i in tr], vectors[tr], method=method, seed=seed,
                                    embedding_model=EmbeddingConfig.from_env().model)
         models[method] = artifact
-        scores[f"learned {method}"] = train.predict(method, artifact.arrays, vectors[te])
+        scores[f"learned {method}"] = train.predict(method, artifact.arrays, vectors[te], text_feats[te])
         operate(f"learned {method}", cv, scores[f"learned {method}"])
     if benchmark == "gsm8k":
         feats = np.array([self_check_features(r["prompt"], r["response"]) for r in rows])
@@ -284,7 +285,7 @@ def _aggregate(per_seed: dict[int, dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="split seeds (default 0-9)")
     p.add_argument("--benchmarks", nargs="+", choices=("mmlu", "gsm8k"), default=["mmlu", "gsm8k"])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

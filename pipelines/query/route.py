@@ -115,6 +115,15 @@ class LearnedRouter:
         self.dimension = m.dimension
         self.arrays = artifact.arrays
         self._heuristic = HeuristicRouter()
+        self.reads_text = "feat_mean" in self.arrays
+        if self.reads_text:
+            from pipelines.routing import features
+
+            version = int(self.arrays["feat_version"][0])
+            if version != features.VERSION or self.arrays["feat_mean"].shape != (len(features.NAMES),):
+                raise ArtifactError(f"router artifact was trained on text features v{version} "
+                                    f"({self.arrays['feat_mean'].shape[0]} of them); this code computes "
+                                    f"v{features.VERSION} ({len(features.NAMES)}): retrain it with `ragroute router train`")
 
     def _vector(self, features: QueryFeatures) -> np.ndarray | None:
         if not features.query_vector:
@@ -131,13 +140,18 @@ class LearnedRouter:
         v = self._vector(features)
         if v is None:
             return self._heuristic.score(query, features)
-        return float(predict(self.method, self.arrays, v)[0])
+        feats = None
+        if self.reads_text:
+            from pipelines.routing.features import text_features
+
+            feats = text_features(query)
+        return float(predict(self.method, self.arrays, v, feats)[0])
 
     def explain(self, query: str, features: QueryFeatures) -> str:
         if not features.query_vector:
             return f"no query embedding; heuristic: {self._heuristic.explain(query, features)}"
         params = ", ".join(f"{k}={v}" for k, v in self.artifact.manifest.params.items())
-        return f"{self.method} ({params}) on the query embedding"
+        return f"{self.method} ({params}) on the query embedding" + (" and text features" if self.reads_text else "")
 
 
 ROUTERS: dict[str, type] = {"heuristic": HeuristicRouter, "learned": LearnedRouter}

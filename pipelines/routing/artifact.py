@@ -130,10 +130,11 @@ class RouterArtifact:
         missing = [k for k in need if k not in self.arrays]
         if missing:
             raise ArtifactError(f"{directory}: {m.method} weights lack {', '.join(missing)}")
-        for name in ("bank", "coef"):
-            if name in need and self.arrays[name].shape[-1] != m.dimension:
+        text = self.arrays["feat_mean"].shape[-1] if "feat_mean" in self.arrays else 0  # ridge's text features
+        for name, extra in (("bank", 0), ("coef", text)):
+            if name in need and self.arrays[name].shape[-1] != m.dimension + extra:
                 raise ArtifactError(f"{directory}: {name} has dimension {self.arrays[name].shape[-1]}, the manifest "
-                                    f"says {m.dimension}")
+                                    f"says {m.dimension}" + (f" (+ {extra} text features)" if extra else ""))
         if "bank" in need and len(self.arrays["bank"]) != len(self.arrays["labels"]):
             raise ArtifactError(f"{directory}: {len(self.arrays['bank'])} kNN vectors but "
                                 f"{len(self.arrays['labels'])} labels")

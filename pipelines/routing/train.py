@@ -14,12 +14,14 @@ that way. The scores are kept, so calibration can target a share of large-tier q
 
 The score is a probability: with both scores, P(large beats small) with ties counted half,
 i.e. (1 + E[large - small]) / 2 for 1/0 correctness (0.5 = going large gains nothing);
-with small_ok, P(the small tier fails). Methods (``--method``), all over the query embedding:
-- ``knn``: the mean target of the k most similar training queries (cosine). Keeps the training
-  embeddings (n x dim float32) in the artifact.
-- ``ridge``: ridge regression of the target on the embedding (closed form), clipped to [0, 1].
-- ``knn+ridge`` (default): the mean of the two. On RouteLLM's MMLU half split it needs fewer
-  large calls for 95% quality than either alone (evals/routing_offline.py, README).
+with small_ok, P(the small tier fails). Methods (``--method``):
+- ``knn``: the mean target of the k most similar training queries (cosine over the query
+  embedding). Keeps the training embeddings (n x dim float32) in the artifact.
+- ``ridge``: ridge regression of the target on the embedding and the query's standardised
+  text features (pipelines/routing/features.py: length, quantities, sentences, ...), closed
+  form, clipped to [0, 1].
+- ``knn+ridge`` (default): the mean of the two. On RouteLLM's MMLU data it needs fewer large
+  calls for 95% quality than either alone (evals/routing_offline.py, README).
 Hyper-parameters (k, alpha) are picked by cross-validated APGR on the training data (AUC when
 only small_ok is given). Serving is numpy only: a dot product and a top-k over the bank.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import BadRequest
-from pipelines.routing import curves
+from pipelines.routing import curves, features
 from pipelines.routing.artifact import RouterArtifact, RouterManifest, sha256_path
 
 log = logging.getLogger(__name__)
@@ -157,8 +159,20 @@ def _check_method(method: str) -> None:
         raise BadRequest("method", f"{method!r} is not a known method; valid: {', '.join(METHODS)}")
 
 
-def fit(method: str, x: np.ndarray, t: np.ndarray, params: dict[str, float]) -> dict[str, np.ndarray]:
-    """The arrays of a trained router (what the artifact stores); ``t``: targets in [0, 1]."""
+def _ridge_inputs(arrays: dict[str, np.ndarray], x: np.ndarray, feats: np.ndarray | None) -> np.ndarray:
+    """The ridge part's inputs: the embedding, plus the standardised text features when the
+    router was trained with them (artifacts from before text features have none)."""
+    if "feat_mean" not in arrays:
+        return x
+    if feats is None:
+        raise ValueError("this router reads the query text's features; pass the queries")
+    return np.hstack([x, ((feats - arrays["feat_mean"]) / arrays["feat_scale"]).astype(np.float32)])
+
+
+def fit(method: str, x: np.ndarray, t: np.ndarray, params: dict[str, float],
+        feats: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a trained router (what the artifact stores); ``t``: targets in [0, 1];
+    ``feats``: the queries' text features (pipelines/routing/features.py) for the ridge part."""
     _check_method(method)
     x = np.asarray(x, dtype=np.float32)
     t = np.asarray(t, dtype=np.float64)
@@ -167,17 +181,23 @@ def fit(method: str, x: np.ndarray, t: np.ndarray, params: dict[str, float]) -> 
         arrays |= {"bank": np.ascontiguousarray(x), "labels": t.astype(np.float32),
                    "k": np.array([int(params["k"])], dtype=np.int64)}
     if "ridge" in method:
-        mean_x, mean_t = x.mean(axis=0, dtype=np.float64), t.mean()
-        xc = x.astype(np.float64) - mean_x
-        gram = xc.T @ xc + float(params["alpha"]) * np.eye(x.shape[1])
+        if feats is not None:
+            arrays |= {"feat_mean": feats.mean(axis=0), "feat_scale": feats.std(axis=0) + 1e-6,
+                       "feat_version": np.array([features.VERSION], dtype=np.int64)}
+        z = _ridge_inputs(arrays, x, feats)
+        mean_x, mean_t = z.mean(axis=0, dtype=np.float64), t.mean()
+        xc = z.astype(np.float64) - mean_x
+        gram = xc.T @ xc + float(params["alpha"]) * np.eye(z.shape[1])
         coef = np.linalg.solve(gram, xc.T @ (t - mean_t))
         arrays |= {"coef": coef.astype(np.float32),
                    "intercept": np.array([mean_t - mean_x @ coef], dtype=np.float32)}
     return arrays
 
 
-def predict(method: str, arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1] for rows of ``x`` (L2-normalised query embeddings)."""
+def predict(method: str, arrays: dict[str, np.ndarray], x: np.ndarray, feats: np.ndarray | None = None
+            ) -> np.ndarray:
+    """Scores in [0, 1] for rows of ``x`` (L2-normalised query embeddings) and, when the router
+    reads them, ``feats`` (the same queries' text features)."""
     x = np.atleast_2d(np.asarray(x, dtype=np.float32))
     parts = []
     if "knn" in method:
@@ -187,7 +207,8 @@ def predict(method: str, arrays: dict[str, np.ndarray], x: np.ndarray) -> np.nda
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         parts.append(labels[top].mean(axis=1).astype(np.float64))
     if "ridge" in method:
-        parts.append(np.clip((x @ arrays["coef"]).astype(np.float64) + float(arrays["intercept"][0]), 0.0, 1.0))
+        z = _ridge_inputs(arrays, x, None if feats is None else np.atleast_2d(feats))
+        parts.append(np.clip((z @ arrays["coef"]).astype(np.float64) + float(arrays["intercept"][0]), 0.0, 1.0))
     return np.mean(parts, axis=0)
 
 
@@ -213,12 +234,14 @@ def folds(n: int, k: int, seed: int) -> list[np.ndarray]:
 
 
 def cross_val_scores(method: str, x: np.ndarray, t: np.ndarray, params: dict[str, float], k: int = 5,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, feats: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold scores: every query scored by a model that did not see it."""
     out = np.zeros(len(t), dtype=np.float64)
     for test in folds(len(t), k, seed):
         train = np.setdiff1d(np.arange(len(t)), test)
-        out[test] = predict(method, fit(method, x[train], t[train], params), x[test])
+        sub = None if feats is None else feats[train]
+        out[test] = predict(method, fit(method, x[train], t[train], params, sub), x[test],
+                            None if feats is None else feats[test])
     return out
 
 
@@ -244,11 +267,12 @@ def train(rows: Sequence[LabeledQuery], vectors: np.ndarray, *, method: str = DE
     if x.ndim != 2 or x.shape[0] != len(y):
         raise ValueError(f"{x.shape} vectors for {len(y)} queries")
     tiers = scores_of(rows)
+    feats = features.matrix([r.query for r in rows])
     grid = [params] if params else GRIDS[method]
     tried: dict[str, dict[str, float]] = {}
     best: tuple[float, dict[str, float], np.ndarray] | None = None
     for p in grid:
-        cv = cross_val_scores(method, x, t, p, cv_folds, seed)
+        cv = cross_val_scores(method, x, t, p, cv_folds, seed, feats)
         m = _quality(cv, y, tiers)
         name = ",".join(f"{k}={v:g}" for k, v in p.items())
         tried[name] = m
@@ -257,7 +281,7 @@ def train(rows: Sequence[LabeledQuery], vectors: np.ndarray, *, method: str = DE
             best = (key, p, cv)
     assert best is not None
     _, chosen, cv = best
-    arrays = fit(method, x, t, chosen)
+    arrays = fit(method, x, t, chosen, feats)
     chosen_name = ",".join(f"{k}={v:g}" for k, v in chosen.items())
     manifest = RouterManifest(
         router="learned", method=method, embedding_model=embedding_model, dimension=int(x.shape[1]),

@@ -13,7 +13,7 @@ from pipelines.errors import ArtifactError, BadRequest, ConfigError
 from pipelines.query import cascade
 from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures, decide, load_router
 from pipelines.records import Generation
-from pipelines.routing import calibrate, curves, train
+from pipelines.routing import calibrate, curves, features, train
 from pipelines.routing.artifact import MANIFEST, WEIGHTS, RouterArtifact, RouterManifest
 from pipelines.routing.train import LabeledQuery
 
@@ -78,7 +78,7 @@ def test_each_method_learns_which_queries_need_the_large_tier(method):
     assert artifact.manifest.metrics["cross_validated"]["auc"] > 0.95
     assert train.auc(cv, hard.astype(int)) > 0.95  # out-of-fold scores rank hard queries first
     _, x_new, hard_new = clusters(40, seed=1)
-    scores = train.predict(method, artifact.arrays, x_new)
+    scores = train.predict(method, artifact.arrays, x_new, features.matrix([f"q{i}" for i in range(40)]))
     # easy queries: both tiers right, so going large gains nothing (0.5); hard ones gain (1.0)
     assert ((scores >= 0.75) == hard_new).mean() > 0.9 and scores.min() >= 0 and scores.max() <= 1
 
@@ -158,7 +158,36 @@ def test_artifact_round_trips_with_its_manifest(saved):
     assert loaded.manifest.files[WEIGHTS] and loaded.manifest.created_at
     router = LearnedRouter(loaded)
     assert router.score("q", QueryFeatures(query_vector=x[0].tolist())) == pytest.approx(
-        float(train.predict("knn+ridge", loaded.arrays, x[0])[0]))
+        float(train.predict("knn+ridge", loaded.arrays, x[0], features.text_features("q"))[0]))
+
+
+def test_ridge_reads_the_query_text_features_where_the_embedding_says_nothing():
+    """Same embedding for every query; only the number of quantities in the text tells which
+    queries the small tier gets wrong. knn cannot see it, ridge on the text features can."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 8, 200)
+    queries = [f"Tom has {' and '.join(str(n) for n in rng.integers(2, 99, c)) or 'no'} apples. How many?"
+               for c in counts]
+    hard = counts >= 4
+    rows = [LabeledQuery(q, int(h), 0.0 if h else 1.0, 1.0) for q, h in zip(queries, hard)]
+    x = np.tile(np.eye(8, dtype=np.float32)[0], (200, 1))
+    artifact, cv = train.train(rows, x, method="ridge", embedding_model="test-model")
+    assert int(artifact.arrays["feat_version"][0]) == features.VERSION
+    assert train.auc(cv, hard.astype(int)) > 0.9
+    router = LearnedRouter(artifact)
+    vec = QueryFeatures(query_vector=x[0].tolist())
+    assert router.score("Tom has 3 and 5 and 8 and 13 and 21 apples. How many?", vec) > \
+        router.score("Tom has 3 apples. How many?", vec)
+    assert "text features" in router.explain("q", vec)
+    with pytest.raises(ValueError, match="pass the queries"):
+        train.predict("ridge", artifact.arrays, x[:1])
+
+
+def test_an_artifact_with_other_text_features_is_refused(saved):
+    art = RouterArtifact.load(saved[0])
+    stale = RouterArtifact(art.manifest, art.arrays | {"feat_version": np.array([features.VERSION + 1])})
+    with pytest.raises(ArtifactError, match="text features v2.*retrain"):
+        LearnedRouter(stale)
 
 
 def test_a_modified_weights_file_is_refused(saved):
@@ -261,7 +290,8 @@ def scored(saved):
     """The saved artifact and its scores of the training clusters, with both tiers' quality."""
     art = RouterArtifact.load(saved[0])
     rows, x, _ = clusters()
-    return art, train.predict("knn+ridge", art.arrays, x), *train.scores_of(rows)
+    return art, train.predict("knn+ridge", art.arrays, x, features.matrix([r.query for r in rows])), \
+        *train.scores_of(rows)
 
 
 def test_calibrate_router_writes_the_threshold_for_a_large_share(scored, tmp_path):
