@@ -210,13 +210,16 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("router", help="train and calibrate the complexity router (RAGROUTE_ROUTER_PATH)")
     rsub = r.add_subparsers(dest="action", required=True)
     t = rsub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                        help="labelled queries -> learned router artifact (query embedding -> P(small is not enough))",
+                        help="labelled queries -> learned router artifact "
+                        "(query embedding + text features -> P(small is not enough))",
                         description="Rows of a .jsonl/.csv: query (or prompt/text) and either small_score + "
                         "large_score (quality of each tier's answer; label: large did better) or small_ok "
                         "(true/false). Hyper-parameters are picked by cross-validation.")
     t.add_argument("--data", type=Path, required=True, help="labelled queries (.jsonl or .csv)")
     t.add_argument("--out", type=Path, required=True, help="artifact directory to write")
-    t.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD, help="model over the query embedding")
+    t.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="knn: nearest training queries (embedding); ridge: regression on the embedding and "
+                   "text features; knn+ridge: their mean")
     t.add_argument("--k", type=int, default=None, help="kNN neighbours (default: chosen by cross-validation)")
     t.add_argument("--alpha", type=float, default=None, help="ridge penalty (default: chosen by cross-validation)")
     t.add_argument("--model", default=None, help="embedding model; must be the pipeline's "
