@@ -114,6 +114,7 @@ def operating_point(prob: np.ndarray, y: np.ndarray, dup_total: int, target_reca
 def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_hash: str, seed: int = 0) -> dict:
     """Fit the learned duplicate check on the tune split, above the cosine floor, after the vetoes."""
     from pipelines.query.verify import FEATURES, PairScorer
+    from pipelines.routing.train import folds
 
     verifier = HitVerifier(VETOES, TRAIN_FLOOR)
     floor = sims >= TRAIN_FLOOR
@@ -132,12 +133,10 @@ def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_
     log.info("tune: %d pairs above cosine %.2f, %d vetoed by %s (duplicate rate among them %.3f vs %.3f)",
              len(cand), TRAIN_FLOOR, int(vetoed.sum()), sorted(VETOES), y[vetoed].mean(), y.mean())
     # choose the L2 strength by 5-fold CV precision at the recall target
-    rng = np.random.default_rng(seed)
-    folds = np.array_split(rng.permutation(len(y)), 5)
     grid = {}
     for l2 in L2_GRID:
         oof = np.zeros(len(y))
-        for fold in folds:
+        for fold in folds(len(y), 5, seed):
             rest = np.setdiff1d(np.arange(len(y)), fold)
             w, b = fit_logistic(z[rest], y[rest], penalty(l2))
             oof[fold] = 1 / (1 + np.exp(-(z[fold] @ w + b)))
@@ -180,17 +179,17 @@ def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_
     }
 
 
-def qqp_table(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], verifier: HitVerifier | None,
-              thresholds: tuple[float, ...] = THRESHOLDS) -> list[dict]:
+def qqp_table(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], verifier: HitVerifier | None
+              ) -> list[dict]:
     dup = np.array([p["duplicate"] for p in pairs])
     accepted = np.ones(len(pairs), dtype=bool)
     if verifier is not None:
-        candidates = sims >= min(thresholds)
+        candidates = sims >= min(THRESHOLDS)
         for i in np.flatnonzero(candidates):
             a, b = pairs[i]["a"], pairs[i]["b"]
             accepted[i] = verifier.check(a, b, float(sims[i]), vecs[a], vecs[b]).accept
     rows = []
-    for t in thresholds:
+    for t in THRESHOLDS:
         hit = (sims >= t) & accepted
         tp, fp = int((hit & dup).sum()), int((hit & ~dup).sum())
         rows.append({"threshold": t, "verifier": verifier is not None, "hits": tp + fp,

@@ -154,7 +154,6 @@ RULES: dict[str, Callable[[_Question, _Question, float], str | None]] = {
 }
 
 
-
 # -- the learned duplicate check -------------------------------------------------------------------
 # Named pair features (each in [0, 1] but the cosine): what the reason string quotes.
 FEATURES: dict[str, str] = {
@@ -175,7 +174,10 @@ EMBEDDING_GROUP = "meaning (embeddings)"
 
 def pair_features(cached: str, query: str, similarity: float) -> np.ndarray:
     """The named features of a pair, in ``FEATURES`` order."""
-    a, b = _Question.of(cached), _Question.of(query)
+    return _pair_features(_Question.of(cached), _Question.of(query), similarity)
+
+
+def _pair_features(a: _Question, b: _Question, similarity: float) -> np.ndarray:
     ca, cb = set(a.content), set(b.content)
     ea, eb = _entities(a), _entities(b)
     return np.array([
@@ -297,32 +299,33 @@ class HitVerifier:
         return cls(model["rules"], model["vector_threshold"], scorer)
 
     def reasons(self, cached: str, query: str) -> list[str]:
-        a, b = _Question.of(cached), _Question.of(query)
+        return self._reasons(_Question.of(cached), _Question.of(query))
+
+    def _reasons(self, a: _Question, b: _Question) -> list[str]:
         return [r for name, cut in self.rules.items() if (r := RULES[name](a, b, cut))]
 
     def check(self, cached: str, query: str, similarity: float, cached_vector: np.ndarray | None = None,
               query_vector: np.ndarray | None = None) -> Verdict:
-        found = self.reasons(cached, query)
+        a, b = _Question.of(cached), _Question.of(query)
+        found = self._reasons(a, b)
         if found:
             return Verdict(False, "rejected: " + "; ".join(found))
         rules = f"no near-miss rule fired (checked: {', '.join(self.rules) or 'none'})"
         if self.scorer is None:
             return Verdict(True, f"accepted: cosine {similarity:.3f}, {rules}")
-        sure = similarity >= self.scorer.sure_cosine
-        if cached_vector is None or query_vector is None or len(cached_vector) != self.scorer.dimension \
-                or len(query_vector) != self.scorer.dimension:
-            if sure:
-                return Verdict(True, f"accepted: cosine {similarity:.3f} >= {self.scorer.sure_cosine:.2f} "
-                                     f"(near-identical wording), {rules}")
-            # No usable embeddings (another embedding model): the rules alone cannot vouch for it.
-            return Verdict(False, f"rejected: the learned check needs both {self.scorer.dimension}-d embeddings; "
-                                  f"{rules}")
-        p, parts = self.scorer.contributions(pair_features(cached, query, similarity),
-                                             embedding_features(cached_vector, query_vector))
-        cut = self.scorer.accept_probability
-        if sure:
+        dim = self.scorer.dimension
+        p = parts = None
+        if cached_vector is not None and query_vector is not None and len(cached_vector) == len(query_vector) == dim:
+            p, parts = self.scorer.contributions(_pair_features(a, b, similarity),
+                                                 embedding_features(cached_vector, query_vector))
+        if similarity >= self.scorer.sure_cosine:
+            known = "" if p is None else f"; P(same question) {p:.2f}"
             return Verdict(True, f"accepted: cosine {similarity:.3f} >= {self.scorer.sure_cosine:.2f} (near-identical "
-                                 f"wording; P(same question) {p:.2f}), {rules}", p)
+                                 f"wording{known}), {rules}", p)
+        if p is None:
+            # No usable embeddings (another embedding model): the rules alone cannot vouch for it.
+            return Verdict(False, f"rejected: the learned check needs both {dim}-d embeddings; {rules}")
+        cut = self.scorer.accept_probability
         if p >= cut:
             return Verdict(True, f"accepted: P(same question) {p:.2f} >= {cut:.2f} (cosine {similarity:.3f}; "
                                  f"{_explain(parts)}); {rules}", p)
