@@ -13,11 +13,13 @@
    version), so a re-run only generates what is missing.
 2. Policies, all judged on the same answers (quality = token F1):
    small-only, large-only; the heuristic router; the learned router (5-fold cross-validated:
-   trained and calibrated on four folds, scoring the fifth); the cascade (escalate when the
-   small answer's mean token log-probability is below a threshold calibrated on the other
-   folds); plus the random and oracle routers for reference. Operating points target 95% of
-   large-only F1. Mean latency = retrieval path + router (measured) + the tiers that ran.
-3. Writes evals/out/routing_live.json, evals/out/routing_live.png, and the labelled data the
+   trained and calibrated on four folds, scoring the fifth); the cascade on each confidence
+   signal (escalate when the small answer's mean or lowest token log-probability, or the share
+   of its words found in its sources, is below a threshold calibrated on the other folds); plus
+   the random and oracle routers for reference. Operating points target 95% of large-only F1.
+   Mean latency = retrieval path + router (measured) + the tiers that ran.
+3. Writes evals/out/routing_live.json, evals/out/routing_live.png, routing_live/sources.jsonl
+   (the reranked sources of each question; re-computed when missing), and the labelled data the
    CLI takes: routing_live/labeled.jsonl (ragroute router train/calibrate) and
    routing_live/cascade.jsonl (ragroute router calibrate --cascade).
 """
@@ -43,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RAGROUTE_SQUAD_DIR", ROOT.parent / "shared" / "data" / "qa" / "squad-dev-subset"))
 OUT = ROOT / "evals" / "out"
 WORK = OUT / "routing_live"
+SOURCES = WORK / "sources.jsonl"
 QUALITY_TARGET = 0.95
 TOP_K = 4
 CANDIDATES = 20
@@ -117,14 +120,17 @@ async def generate_all(questions: list[dict], tiers: list[str] | None) -> None:
     answers_path, features_path = WORK / "answers.jsonl", WORK / "features.jsonl"
     done = {(a["id"], a["tier"], a["model"], a["prompt_version"]) for a in _jsonl(answers_path)}
     have_features = {f["id"] for f in _jsonl(features_path)}
+    have_sources = {f["id"] for f in _jsonl(SOURCES)}
     try:
-        with answers_path.open("a") as answers, features_path.open("a") as features:
+        with answers_path.open("a") as answers, features_path.open("a") as features, SOURCES.open("a") as sources:
             for n, q in enumerate(questions, 1):
                 t0 = time.perf_counter()
                 vector = embedder.encode([q["text"]])[0]
                 candidates = store.search(vector, CANDIDATES)
                 ranked = reranker.rerank(q["text"], candidates, TOP_K)
                 pre_ms = (time.perf_counter() - t0) * 1000
+                if q["_id"] not in have_sources:
+                    sources.write(_sources_row(q["_id"], ranked))
                 if q["_id"] not in have_features:
                     features.write(json.dumps({
                         "id": q["_id"], "query": q["text"], "answers": q["answers"], "pre_ms": round(pre_ms, 3),
@@ -145,10 +151,40 @@ async def generate_all(questions: list[dict], tiers: list[str] | None) -> None:
                     }) + "\n")
                     answers.flush()
                 features.flush()
+                sources.flush()
                 if n % 10 == 0:
                     log.info("%d/%d questions answered", n, len(questions))
     finally:
         await generator.close()
+
+
+def _sources_row(qid: str, ranked) -> str:
+    return json.dumps({"id": qid, "sources": [c.model_dump(mode="json") for c in ranked]}) + "\n"
+
+
+def ensure_sources(d: dict) -> list[list]:
+    """The reranked sources each question was answered from (``routing_live/sources.jsonl``; runs
+    from before that file existed get them re-computed: the same embedding, index and reranker
+    give the same sources), as ScoredChunk lists in the order of ``d["ids"]``."""
+    from pipelines.config import RerankConfig
+    from pipelines.query.rerank import make_reranker
+    from pipelines.records import ScoredChunk
+
+    have = {r["id"]: r["sources"] for r in _jsonl(SOURCES)}
+    missing = [i for i, qid in enumerate(d["ids"]) if qid not in have]
+    if missing:
+        from pipelines.config import EmbeddingConfig
+        from pipelines.query.embed import SentenceTransformerEmbedder
+
+        log.info("re-computing the sources of %d questions (%s)", len(missing), SOURCES)
+        store = ensure_index(SentenceTransformerEmbedder(EmbeddingConfig(device="cpu")))
+        reranker = make_reranker(RerankConfig())
+        with SOURCES.open("a") as f:
+            for i in missing:
+                ranked = reranker.rerank(d["queries"][i], store.search(d["vectors"][i], CANDIDATES), TOP_K)
+                f.write(_sources_row(d["ids"][i], ranked))
+                have[d["ids"][i]] = [c.model_dump(mode="json") for c in ranked]
+    return [[ScoredChunk.model_validate(c) for c in have[qid]] for qid in d["ids"]]
 
 
 # -- analysis -------------------------------------------------------------------------------------
@@ -186,6 +222,7 @@ def _router_overhead(fn, inputs, repeat: int = 3) -> dict[str, float]:
 def analyze(questions: list[dict]) -> dict:
     from pipelines.config import EmbeddingConfig
     from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
+    from pipelines.query.safety import grounding
     from pipelines.routing import calibrate, curves, train
     from pipelines.routing.train import LabeledQuery
 
@@ -197,16 +234,20 @@ def analyze(questions: list[dict]) -> dict:
     large_ms = np.array([a["latency_ms"] for a in d["large"]])
     small_cost = np.array([a["cost_usd"] for a in d["small"]])
     large_cost = np.array([a["cost_usd"] for a in d["large"]])
-    conf = np.array([a["logprob_mean"] if a["logprob_mean"] is not None else -99.0 for a in d["small"]])
-    conf_min = np.array([a["logprob_min"] if a["logprob_min"] is not None else -99.0 for a in d["small"]])
+    # the small answer's confidence signals, as the cascade computes them (pipelines/query/cascade.py)
+    signals = {
+        "logprob_mean": np.array([a["logprob_mean"] if a["logprob_mean"] is not None else -99.0 for a in d["small"]]),
+        "logprob_min": np.array([a["logprob_min"] if a["logprob_min"] is not None else -99.0 for a in d["small"]]),
+        "grounded": np.array([grounding(a["text"], src) for a, src in zip(d["small"], ensure_sources(d))]),
+    }
 
     WORK.mkdir(parents=True, exist_ok=True)
     with (WORK / "labeled.jsonl").open("w") as f:
         for q, s, l in zip(d["queries"], small_f1, large_f1):
             f.write(json.dumps({"query": q, "small_score": float(s), "large_score": float(l)}) + "\n")
     with (WORK / "cascade.jsonl").open("w") as f:
-        for c, cm, s, l in zip(conf, conf_min, small_f1, large_f1):
-            f.write(json.dumps({"logprob_mean": float(c), "logprob_min": float(cm), "small_score": float(s),
+        for i, (s, l) in enumerate(zip(small_f1, large_f1)):
+            f.write(json.dumps({**{k: float(v[i]) for k, v in signals.items()}, "small_score": float(s),
                                 "large_score": float(l)}) + "\n")
 
     heuristic = HeuristicRouter()
@@ -216,8 +257,8 @@ def analyze(questions: list[dict]) -> dict:
     rows = [LabeledQuery(q, int(l > s), float(s), float(l)) for q, s, l in zip(d["queries"], small_f1, large_f1)]
     fold_ids = train.folds(n, FOLDS, SEED)
     learned_cv = np.zeros(n)
-    decisions = {"heuristic": np.zeros(n, bool), "learned": np.zeros(n, bool), "cascade": np.zeros(n, bool),
-                 "cascade_min": np.zeros(n, bool)}
+    decisions = {"heuristic": np.zeros(n, bool), "learned": np.zeros(n, bool),
+                 **{f"cascade ({k})": np.zeros(n, bool) for k in signals}}
     thresholds: dict[str, list[float]] = {k: [] for k in decisions}
     last_artifact = None
     for test in fold_ids:
@@ -234,7 +275,8 @@ def analyze(questions: list[dict]) -> dict:
         cal = calibrate.pick(h_scores[tr], small_f1[tr], large_f1[tr], quality=QUALITY_TARGET)
         decisions["heuristic"][test] = h_scores[test] >= cal.threshold
         thresholds["heuristic"].append(cal.threshold)
-        for key, signal in (("cascade", conf), ("cascade_min", conf_min)):
+        for name, signal in signals.items():
+            key = f"cascade ({name})"
             cal = calibrate.pick(calibrate.escalation_scores(signal[tr]), small_f1[tr], large_f1[tr],
                                  quality=QUALITY_TARGET)
             decisions[key][test] = -signal[test] >= cal.threshold
@@ -267,21 +309,21 @@ def analyze(questions: list[dict]) -> dict:
         point("large-only", np.ones(n, bool)),
         point("heuristic router", decisions["heuristic"], router="heuristic"),
         point("learned router (5-fold CV)", decisions["learned"], router="learned"),
-        point("cascade (logprob_mean)", decisions["cascade"], cascade=True),
-        point("cascade (logprob_min)", decisions["cascade_min"], cascade=True),
+        *(point(f"cascade ({k})", decisions[f"cascade ({k})"], cascade=True) for k in signals),
     ]
     c = {
         "random": curves.random_curve(small_f1, large_f1),
         "oracle": curves.curve(curves.oracle_scores(small_f1, large_f1), small_f1, large_f1),
         "heuristic": curves.curve(h_scores, small_f1, large_f1),
         "learned (CV)": curves.curve(learned_cv, small_f1, large_f1),
-        "cascade (logprob_mean)": curves.curve(calibrate.escalation_scores(conf), small_f1, large_f1),
-        "cascade (logprob_min)": curves.curve(calibrate.escalation_scores(conf_min), small_f1, large_f1),
+        **{f"cascade ({k})": curves.curve(calibrate.escalation_scores(v), small_f1, large_f1)
+           for k, v in signals.items()},
     }
     summary = {name: {"apgr": round(cv.apgr(), 4),
                       "large_share_for_95pct": cv.share_for(QUALITY_TARGET * cv.large_only)} for name, cv in c.items()}
-    # the cascade threshold over all answers (what DEFAULT_CASCADE_THRESHOLD is set from)
-    full = calibrate.pick(calibrate.escalation_scores(conf), small_f1, large_f1, quality=QUALITY_TARGET)
+    # each signal's cascade threshold over all answers (what DEFAULT_CASCADE_THRESHOLDS are set from)
+    full = {k: calibrate.pick(calibrate.escalation_scores(v), small_f1, large_f1, quality=QUALITY_TARGET)
+            for k, v in signals.items()}
     result = {
         "dataset": str(DATA), "questions": n, "tiers": {"small": d["small"][0]["model"], "large": d["large"][0]["model"]},
         "quality": "SQuAD token F1 (exact match also reported)", "target": f"{QUALITY_TARGET:.0%} of large-only F1",
@@ -294,8 +336,9 @@ def analyze(questions: list[dict]) -> dict:
         "operating_points": points,
         "curves": {name: {**summary[name], "points": cv.points(51)} for name, cv in c.items()},
         "cv_thresholds": {k: [round(float(x), 4) for x in v] for k, v in thresholds.items()},
-        "cascade_threshold_all_data": {"signal": "logprob_mean", "threshold": round(float(np.nextafter(-full.threshold, np.inf)), 4),
-                                       "escalated": round(full.large_share, 4), "f1": round(full.quality, 4)},
+        "cascade_thresholds_all_data": {k: {"threshold": round(float(np.nextafter(-cal.threshold, np.inf)), 4),
+                                            "escalated": round(cal.large_share, 4), "f1": round(cal.quality, 4)}
+                                        for k, cal in full.items()},
         "router_overhead_ms": overhead,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
     }
@@ -320,7 +363,7 @@ def plot(result: dict, c: dict, path: Path) -> None:
     ax1.set_ylabel("token F1")
     ax1.set_title(f"SQuAD, {result['questions']} questions: quality vs large-tier share")
     ax1.legend(fontsize=8)
-    for p, marker in zip(result["operating_points"], "osD^vP"):
+    for p, marker in zip(result["operating_points"], "osD^vPX"):
         ax2.scatter(p["mean_latency_ms"], p["f1"], marker=marker, s=50,
                     label=f"{p['policy']}: {p['large_share']:.0%} large, {p['f1_vs_large_only']:.0%} of large-only F1")
     ax2.legend(fontsize=7, loc="lower right")

@@ -229,15 +229,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     c = rsub.add_parser("calibrate", help="set the router (or cascade) threshold for a target from labelled data",
                         description="Router: rows like `router train` takes, not used for training. Cascade "
-                        "(--cascade): JSONL rows with the small tier's logprob_mean and logprob_min for a question "
-                        "and small_score, large_score (evals/routing_live.py writes them).")
+                        "(--cascade): JSONL rows with the small tier's confidence signals for a question (logprob_mean, "
+                        "logprob_min, grounded) and small_score, large_score (evals/routing_live.py writes them).")
     c.add_argument("directory", type=Path, help="router artifact to update (created with --router heuristic)")
     c.add_argument("--data", type=Path, required=True, help="labelled data (.jsonl or .csv)")
     c.add_argument("--router", choices=("artifact", "heuristic"), default="artifact",
                    help="heuristic: write a new artifact holding the heuristic router and its threshold")
     c.add_argument("--cascade", action="store_true", help="calibrate the cascade's confidence threshold instead")
-    c.add_argument("--signal", choices=("logprob_mean", "logprob_min"), default="logprob_mean",
-                   help="cascade confidence signal")
+    c.add_argument("--signal", choices=tuple(config.CASCADE_SIGNALS), default=config.DEFAULT_CASCADE_SIGNAL,
+                   help="cascade confidence signal: mean/lowest token log-probability of the small answer, or "
+                   "grounded: the share of its content words found in its sources")
     for q in (t, c):
         g = q.add_mutually_exclusive_group(required=q is c)
         g.add_argument("--quality", type=float, default=None,

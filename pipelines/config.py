@@ -40,7 +40,8 @@ def _num(env: Mapping[str, str], key: str, default: T, kind: type[T], lo: float,
 def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
     value = _get(env, key, default)
     if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+        unset = " (or unset)" if "" in choices else ""
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(c for c in choices if c)}{unset}")
     return value
 
 
@@ -133,27 +134,32 @@ class RoutingConfig:
         )
 
 
-# Escalate from the small tier when the mean token log-probability of its answer is below this.
-# Calibrated for 95% of large-only token F1 on SQuAD (501 questions) with the cpu tiers
-# (evals/routing_live.py; README "Routing and cascades"): it escalates ~94% of their answers.
-DEFAULT_CASCADE_THRESHOLD = -0.184
+# The cascade's confidence signals (pipelines/query/cascade.py) and the range of each: escalate
+# from a tier when its answer's signal is below the threshold.
+#   logprob_mean / logprob_min: the mean / lowest token log-probability of the answer;
+#   grounded: the share of the answer's content words found in its sources (pipelines/query/safety.py).
+CASCADE_SIGNALS = {"logprob_mean": (-100.0, 0.0), "logprob_min": (-100.0, 0.0), "grounded": (0.0, 1.0)}
+# Built-in thresholds: each calibrated for 95% of large-only token F1 on SQuAD (501 questions)
+# with the cpu tiers (evals/routing_live.py; README "Routing and cascades").
+DEFAULT_CASCADE_SIGNAL = "logprob_mean"
+DEFAULT_CASCADE_THRESHOLDS = {"logprob_mean": -0.184, "logprob_min": -0.184, "grounded": 1.0}
 RESERVED_TIER_NAMES = ("auto", "cascade")
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    signal: str = "logprob_mean"
-    threshold: float = DEFAULT_CASCADE_THRESHOLD
+    signal: str = DEFAULT_CASCADE_SIGNAL
+    threshold: float = DEFAULT_CASCADE_THRESHOLDS[DEFAULT_CASCADE_SIGNAL]
     source: str = "built-in default"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CascadeConfig:
         """RAGROUTE_CASCADE_SIGNAL / _THRESHOLD, else the router artifact's calibrated cascade
-        settings (RAGROUTE_ROUTER_PATH), else the built-in default."""
-        signal = _choice(env, "RAGROUTE_CASCADE_SIGNAL", "", ("", "logprob_mean", "logprob_min"))
-        raw = env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip()
-        if raw:
-            return cls(signal or "logprob_mean", _num(env, "RAGROUTE_CASCADE_THRESHOLD", 0.0, float, -100.0, 0.0),
+        settings (RAGROUTE_ROUTER_PATH), else the built-in default of the signal."""
+        signal = _choice(env, "RAGROUTE_CASCADE_SIGNAL", "", ("", *CASCADE_SIGNALS))
+        if env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip():
+            chosen = signal or DEFAULT_CASCADE_SIGNAL
+            return cls(chosen, _num(env, "RAGROUTE_CASCADE_THRESHOLD", 0.0, float, *CASCADE_SIGNALS[chosen]),
                        "RAGROUTE_CASCADE_THRESHOLD")
         path = _get(env, "RAGROUTE_ROUTER_PATH", "")
         if path:
@@ -166,7 +172,8 @@ class CascadeConfig:
                 cascade = None
             if cascade is not None and (not signal or signal == cascade.signal):
                 return cls(cascade.signal, cascade.threshold, f"calibrated, {path}")
-        return cls(signal or "logprob_mean", DEFAULT_CASCADE_THRESHOLD, "built-in default")
+        chosen = signal or DEFAULT_CASCADE_SIGNAL
+        return cls(chosen, DEFAULT_CASCADE_THRESHOLDS[chosen], "built-in default")
 
 
 TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"

@@ -525,7 +525,7 @@ class QueryPipeline:
                 r.amend_step(outcome="failed", reason=f"cut at the time limit ({gen.finish_reason})")
                 continue
             verdict = cascading.judge(gen, cfg, self.tier_configs.get(nxt), nxt,
-                                      r.deadline.budget_ms("generate", reserve_ms=safety_ms))
+                                      r.deadline.budget_ms("generate", reserve_ms=safety_ms), ranked)
             r.amend_step(outcome=verdict.outcome, reason=verdict.reason, confidence=verdict.confidence,
                          threshold=cfg.threshold)
             log.info("request %s: cascade %s: %s", r.id, tier, verdict.reason)

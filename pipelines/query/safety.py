@@ -60,13 +60,20 @@ class SafetyReport:
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
-def check(answer: str, sources: Sequence[ScoredChunk], cfg: SafetyConfig) -> SafetyReport:
+def grounding(answer: str, sources: Sequence[ScoredChunk]) -> float:
+    """The share of the answer's content words (citation markers aside) that occur in its
+    sources' titles and texts; 1.0 for an answer without content words. Also the cascade's
+    ``grounded`` confidence signal (pipelines/query/cascade.py)."""
     words = set(tokenize(_CITATION.sub(" ", answer)))
     source_words = set(tokenize(" ".join(f"{s.chunk.title} {s.chunk.text}" for s in sources)))
-    grounding = len(words & source_words) / len(words) if words else 1.0
+    return len(words & source_words) / len(words) if words else 1.0
+
+
+def check(answer: str, sources: Sequence[ScoredChunk], cfg: SafetyConfig) -> SafetyReport:
+    grounded = grounding(answer, sources)
     problems = []
-    if grounding < cfg.min_grounding:
-        problems.append(f"weakly grounded: {grounding:.0%} of its content words occur in the sources "
+    if grounded < cfg.min_grounding:
+        problems.append(f"weakly grounded: {grounded:.0%} of its content words occur in the sources "
                         f"(minimum {cfg.min_grounding:.0%})")
     bad = sorted({int(n) for n in _CITATION.findall(answer) if not 1 <= int(n) <= len(sources)})
     if bad:
@@ -77,4 +84,4 @@ def check(answer: str, sources: Sequence[ScoredChunk], cfg: SafetyConfig) -> Saf
         problems.append("repeats the system prompt")
     if cfg.blocked is not None and (m := cfg.blocked.search(answer)):
         problems.append(f"matches a blocked pattern ({m.group(0)!r})")
-    return SafetyReport(round(grounding, 4), tuple(problems))
+    return SafetyReport(round(grounded, 4), tuple(problems))

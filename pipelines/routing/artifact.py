@@ -32,7 +32,7 @@ WEIGHTS = "weights.npz"
 class CascadeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    signal: Literal["logprob_mean", "logprob_min"] = "logprob_mean"
+    signal: Literal["logprob_mean", "logprob_min", "grounded"] = "logprob_mean"
     threshold: float = Field(description="escalate when the small tier's confidence signal is below this")
     calibration: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.config import CASCADE_SIGNALS
 from pipelines.errors import BadRequest
 from pipelines.routing import curves
 from pipelines.routing.artifact import CascadeSettings, RouterArtifact, sha256_path
@@ -65,14 +66,14 @@ def calibrate_router(artifact: RouterArtifact, scores: Sequence[float], small: S
 # -- cascade -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CascadeRow:
-    logprob_mean: float
-    logprob_min: float
     small_score: float
     large_score: float
+    signals: dict[str, float]  # the small tier's answer: the confidence signals the row has
 
 
 def load_cascade_rows(path: Path) -> list[CascadeRow]:
-    """JSONL: the small tier's confidence for each question and both tiers' quality on it."""
+    """JSONL: both tiers' quality on a question (small_score, large_score) and the small tier's
+    confidence signals for it (any of CASCADE_SIGNALS: logprob_mean, logprob_min, grounded)."""
     path = Path(path)
     if not path.is_file():
         raise BadRequest("data", f"{path} does not exist")
@@ -81,11 +82,14 @@ def load_cascade_rows(path: Path) -> list[CascadeRow]:
     rows = []
     for where, row in jsonl_objects(path):
         try:
-            rows.append(CascadeRow(*(float(row[k]) for k in ("logprob_mean", "logprob_min", "small_score",
-                                                              "large_score"))))
+            small, large = float(row["small_score"]), float(row["large_score"])
+            signals = {k: float(row[k]) for k in CASCADE_SIGNALS if row.get(k) is not None}
         except (KeyError, TypeError, ValueError) as exc:
-            raise BadRequest(where, "needs numbers logprob_mean, logprob_min, small_score, "
-                             f"large_score ({type(exc).__name__}: {exc})") from None
+            raise BadRequest(where, "needs numbers small_score and large_score, and the signals "
+                             f"({', '.join(CASCADE_SIGNALS)}) as numbers ({type(exc).__name__}: {exc})") from None
+        if not signals:
+            raise BadRequest(where, f"has none of the confidence signals {', '.join(CASCADE_SIGNALS)}")
+        rows.append(CascadeRow(small, large, signals))
     if len(rows) < 10:
         raise BadRequest("data", f"{path} has {len(rows)} rows; at least 10 are needed")
     return rows
@@ -100,9 +104,12 @@ def calibrate_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow], *, s
                       large_share: float | None = None, quality: float | None = None,
                       data: Path | None = None) -> RouterArtifact:
     """The artifact with cascade settings: escalate when ``signal`` < threshold."""
-    if signal not in ("logprob_mean", "logprob_min"):
-        raise BadRequest("signal", f"{signal!r} is not one of logprob_mean, logprob_min")
-    conf = [getattr(r, signal) for r in rows]
+    if signal not in CASCADE_SIGNALS:
+        raise BadRequest("signal", f"{signal!r} is not one of {', '.join(CASCADE_SIGNALS)}")
+    missing = sum(signal not in r.signals for r in rows)
+    if missing:
+        raise BadRequest("data", f"{missing} of {len(rows)} rows have no {signal}")
+    conf = [r.signals[signal] for r in rows]
     cal = pick(escalation_scores(conf), [r.small_score for r in rows], [r.large_score for r in rows],
                large_share=large_share, quality=quality)
     # escalate when confidence < threshold, i.e. -confidence > -threshold; the curve's cut-off

@@ -36,9 +36,9 @@ def parts(tmp_path_factory, embedder, model_cache):
     asyncio.run(generator.close())
 
 
-def ask(parts, threshold: float, tier_configs=None):
+def ask(parts, threshold: float, tier_configs=None, signal: str = "logprob_mean"):
     stages, gen_cfg = parts
-    cfg = RagConfig(candidates=6, cascade=CascadeConfig("logprob_mean", threshold, "test"))
+    cfg = RagConfig(candidates=6, cascade=CascadeConfig(signal, threshold, "test"))
     pipeline = QueryPipeline(stages, None, cfg, budget=ROOMY, tiers=list(gen_cfg.tiers),
                              tier_configs=tier_configs or dict(gen_cfg.tiers))
     return asyncio.run(pipeline.run(RagRequest(query=QUESTION, tier="cascade", top_k=2)))
@@ -71,3 +71,16 @@ def test_no_escalation_when_the_large_model_cannot_answer_in_the_time_left(parts
     [step] = resp.route.path
     assert step.outcome == "kept" and "not escalated" in step.reason
     assert resp.route.tier == "small" and any(w.startswith("cascade:") for w in resp.warnings)
+
+
+def test_grounded_signal_is_the_real_answers_grounding_in_its_sources(parts):
+    """The grounded signal of the real small answer is what the safety stage measures on the
+    served answer; above a threshold of 1.0 nothing but a fully grounded answer is kept."""
+    resp = ask(parts, threshold=0.0, signal="grounded")  # every answer has grounding >= 0
+    [step] = resp.route.path
+    assert step.outcome == "accepted" and resp.route.tier == "small" and resp.safety.checked
+    assert step.confidence == pytest.approx(resp.safety.grounding, abs=1e-4) and "grounded" in step.reason
+    resp = ask(parts, threshold=1.0 + 1e-9, signal="grounded")
+    small, large = resp.route.path
+    assert small.outcome == "escalated" and small.confidence <= 1.0 and resp.route.tier == "large"
+

@@ -64,6 +64,24 @@ def test_cascade_on_logprob_min_uses_that_signal():
     assert resp.route.path[0].outcome == "escalated" and resp.route.path[0].confidence == -1.3
 
 
+def test_cascade_on_grounded_checks_the_answer_against_the_sources_it_was_given():
+    """The grounded signal reads the reranked sources passed to generation: an answer made of
+    their words is kept; one with words they do not contain escalates (no log-probabilities
+    needed: this engine returns none)."""
+    cfg = replace(CFG, cascade=CascadeConfig("grounded", 0.5, "test"))
+    stages = FakeStages(answer="The text of chunk 3 [1].")  # the fake's sources: "text of chunk i."
+    resp = run(pipeline(stages, cfg=cfg), tier="cascade")
+    [step] = resp.route.path
+    assert step.outcome == "accepted" and step.confidence == 1.0 and resp.route.tier == "small"
+    stages = FakeStages(answer="Chunk 3 was written by Guido in 1991.")
+    resp = run(pipeline(stages, cfg=cfg), tier="cascade")
+    small, large = resp.route.path
+    # content words: chunk, 3, written, guido, in, 1991; of them the sources have "chunk" and "3"
+    assert small.outcome == "escalated" and small.confidence == pytest.approx(2 / 6, abs=1e-6)
+    assert "grounded 0.333 < threshold 0.500" in small.reason
+    assert resp.route.tier == "large" and large.outcome == "answered"
+
+
 def test_cascade_without_a_confidence_signal_escalates():
     stages = FakeStages()  # no logprobs from this engine
     resp = run(pipeline(stages), tier="cascade")

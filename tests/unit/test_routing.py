@@ -322,7 +322,7 @@ def test_calibrate_cascade_sets_a_confidence_threshold(tmp_path):
     rng = np.random.default_rng(0)
     conf = rng.uniform(-3, 0, 200)
     small = (conf > -1.5).astype(float)  # confident answers are right
-    rows = [calibrate.CascadeRow(c, c - 1, s, 1.0) for c, s in zip(conf, small)]
+    rows = [calibrate.CascadeRow(s, 1.0, {"logprob_mean": c, "logprob_min": c - 1}) for c, s in zip(conf, small)]
     art = calibrate.calibrate_cascade(RouterArtifact(RouterManifest(router="heuristic")), rows, quality=1.0)
     c = art.manifest.cascade
     assert c.signal == "logprob_mean" and c.threshold == pytest.approx(-1.5, abs=0.05)
@@ -335,10 +335,49 @@ def test_calibrate_cascade_sets_a_confidence_threshold(tmp_path):
                                    "RAGROUTE_CASCADE_THRESHOLD": "-0.7"}).threshold == -0.7
 
 
-def test_cascade_rows_must_carry_all_four_numbers(tmp_path):
+def test_calibrate_cascade_on_grounded_support(tmp_path):
+    """A grounded signal in [0, 1] calibrates like the log-probabilities: answers whose words are
+    mostly in their sources are right here, so the threshold lands between the two groups."""
+    rng = np.random.default_rng(1)
+    support = rng.uniform(0, 1, 200)
+    small = (support >= 0.6).astype(float)
     path = tmp_path / "c.jsonl"
-    path.write_text('{"logprob_mean": -1, "small_score": 1, "large_score": 1}\n')
-    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers logprob_mean, logprob_min"):
+    path.write_text("".join(f'{{"grounded": {g}, "small_score": {s}, "large_score": 1}}\n'
+                            for g, s in zip(support, small)))
+    art = calibrate.calibrate_cascade(RouterArtifact(RouterManifest(router="heuristic")),
+                                      calibrate.load_cascade_rows(path), signal="grounded", quality=1.0)
+    c = art.manifest.cascade
+    assert c.signal == "grounded" and c.threshold == pytest.approx(0.6, abs=0.02)
+    art.save(tmp_path / "g")
+    loaded = CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": str(tmp_path / "g")})
+    assert (loaded.signal, loaded.threshold) == ("grounded", c.threshold)
+    with pytest.raises(BadRequest, match="200 of 200 rows have no logprob_mean"):
+        calibrate.calibrate_cascade(art, calibrate.load_cascade_rows(path), signal="logprob_mean", quality=1.0)
+
+
+def test_cascade_threshold_range_depends_on_the_signal():
+    from pipelines.errors import ConfigError
+
+    env = {"RAGROUTE_CASCADE_SIGNAL": "grounded", "RAGROUTE_CASCADE_THRESHOLD": "0.7"}
+    assert CascadeConfig.from_env(env).threshold == 0.7
+    with pytest.raises(ConfigError, match="between 0.0 and 1.0"):
+        CascadeConfig.from_env({**env, "RAGROUTE_CASCADE_THRESHOLD": "-0.5"})
+    with pytest.raises(ConfigError, match="between -100.0 and 0.0"):
+        CascadeConfig.from_env({"RAGROUTE_CASCADE_THRESHOLD": "0.7"})  # logprob_mean by default
+    with pytest.raises(ConfigError, match="not one of logprob_mean, logprob_min, grounded"):
+        CascadeConfig.from_env({"RAGROUTE_CASCADE_SIGNAL": "entropy"})
+
+
+def test_cascade_rows_need_scores_and_a_signal(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"logprob_mean": -1, "small_score": 1}\n')
+    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers small_score and large_score"):
+        calibrate.load_cascade_rows(path)
+    path.write_text('{"small_score": 1, "large_score": 1}\n')
+    with pytest.raises(BadRequest, match="c.jsonl:1: has none of the confidence signals"):
+        calibrate.load_cascade_rows(path)
+    path.write_text('{"grounded": "high", "small_score": 1, "large_score": 1}\n')
+    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers"):
         calibrate.load_cascade_rows(path)
 
 
@@ -361,3 +400,18 @@ def test_cascade_verdicts():
     assert not v.escalate and v.outcome == "kept" and "2000 ms left and large needs ~3100 ms" in v.reason
     assert cascade.judge(gen(mean=None), cfg, large, "large", 10_000).escalate
     assert cascade.judge(gen(text="  ", mean=-0.1), cfg, large, "large", 10_000).reason.startswith("empty answer")
+
+
+def test_cascade_on_grounded_reads_the_sources():
+    """With the grounded signal the verdict depends on the sources, not on log-probabilities:
+    the same answer is kept when its sources say it and escalated when they do not."""
+    from pipelines.config import TierConfig
+    from tests.fakes import chunk
+
+    cfg = CascadeConfig("grounded", 0.5)
+    large = TierConfig("large", "llamacpp", "l", 2048, 160, prefill_tok_s=100, decode_tok_s=10)
+    answer = gen(text="Melbourne is the sporting capital [1].", mean=None)
+    v = cascade.judge(answer, cfg, large, "large", 10_000, [chunk(0, "Melbourne is called the sporting capital.")])
+    assert not v.escalate and v.confidence == 1.0 and v.reason == "grounded 1.000 >= threshold 0.500"
+    v = cascade.judge(answer, cfg, large, "large", 10_000, [chunk(0, "Sydney hosted the 2000 Olympic Games.")])
+    assert v.escalate and v.confidence == 0.0 and "grounded 0.000 < threshold 0.500" in v.reason
