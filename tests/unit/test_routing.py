@@ -360,6 +360,11 @@ def test_cascade_threshold_range_depends_on_the_signal():
 
     env = {"RAGROUTE_CASCADE_SIGNAL": "grounded", "RAGROUTE_CASCADE_THRESHOLD": "0.7"}
     assert CascadeConfig.from_env(env).threshold == 0.7
+    # without a threshold each signal gets its own built-in one (a log-probability cut-off
+    # would keep every grounded answer)
+    default = CascadeConfig.from_env({"RAGROUTE_CASCADE_SIGNAL": "grounded"})
+    assert default.signal == "grounded" and 0 < default.threshold <= 1 and default.source == "built-in default"
+    assert CascadeConfig.from_env({"RAGROUTE_CASCADE_SIGNAL": "logprob_min"}).threshold < CascadeConfig().threshold
     with pytest.raises(ConfigError, match="between 0.0 and 1.0"):
         CascadeConfig.from_env({**env, "RAGROUTE_CASCADE_THRESHOLD": "-0.5"})
     with pytest.raises(ConfigError, match="between -100.0 and 0.0"):
