@@ -89,6 +89,8 @@ def load_cascade_rows(path: Path) -> list[CascadeRow]:
                              f"({', '.join(CASCADE_SIGNALS)}) as numbers ({type(exc).__name__}: {exc})") from None
         if not signals:
             raise BadRequest(where, f"has none of the confidence signals {', '.join(CASCADE_SIGNALS)}")
+        if not np.isfinite([small, large, *signals.values()]).all():
+            raise BadRequest(where, "scores and signals must be finite numbers")
         rows.append(CascadeRow(small, large, signals))
     if len(rows) < 10:
         raise BadRequest("data", f"{path} has {len(rows)} rows; at least 10 are needed")

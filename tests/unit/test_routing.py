@@ -384,6 +384,9 @@ def test_cascade_rows_need_scores_and_a_signal(tmp_path):
     path.write_text('{"grounded": "high", "small_score": 1, "large_score": 1}\n')
     with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers"):
         calibrate.load_cascade_rows(path)
+    path.write_text('{"logprob_mean": NaN, "small_score": 1, "large_score": 1}\n')
+    with pytest.raises(BadRequest, match="c.jsonl:1: scores and signals must be finite"):
+        calibrate.load_cascade_rows(path)
 
 
 # -- the cascade's verdict ---------------------------------------------------------------------------
