@@ -373,19 +373,16 @@ def test_cascade_threshold_range_depends_on_the_signal():
         CascadeConfig.from_env({"RAGROUTE_CASCADE_SIGNAL": "entropy"})
 
 
-def test_cascade_rows_need_scores_and_a_signal(tmp_path):
+@pytest.mark.parametrize("line, error", [
+    ('{"logprob_mean": -1, "small_score": 1}', "needs numbers small_score and large_score"),
+    ('{"small_score": 1, "large_score": 1}', "has none of the confidence signals"),
+    ('{"grounded": "high", "small_score": 1, "large_score": 1}', "needs numbers"),
+    ('{"logprob_mean": NaN, "small_score": 1, "large_score": 1}', "scores and signals must be finite"),
+])
+def test_cascade_rows_need_scores_and_a_signal(tmp_path, line, error):
     path = tmp_path / "c.jsonl"
-    path.write_text('{"logprob_mean": -1, "small_score": 1}\n')
-    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers small_score and large_score"):
-        calibrate.load_cascade_rows(path)
-    path.write_text('{"small_score": 1, "large_score": 1}\n')
-    with pytest.raises(BadRequest, match="c.jsonl:1: has none of the confidence signals"):
-        calibrate.load_cascade_rows(path)
-    path.write_text('{"grounded": "high", "small_score": 1, "large_score": 1}\n')
-    with pytest.raises(BadRequest, match="c.jsonl:1: needs numbers"):
-        calibrate.load_cascade_rows(path)
-    path.write_text('{"logprob_mean": NaN, "small_score": 1, "large_score": 1}\n')
-    with pytest.raises(BadRequest, match="c.jsonl:1: scores and signals must be finite"):
+    path.write_text(line + "\n")
+    with pytest.raises(BadRequest, match=f"c.jsonl:1: {error}"):
         calibrate.load_cascade_rows(path)
 
 
