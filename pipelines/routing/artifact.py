@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.config import CASCADE_SIGNALS
 from pipelines.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -32,9 +33,16 @@ WEIGHTS = "weights.npz"
 class CascadeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    signal: Literal["logprob_mean", "logprob_min", "grounded"] = "logprob_mean"
+    signal: Literal[tuple(CASCADE_SIGNALS)] = "logprob_mean"  # type: ignore[valid-type]
     threshold: float = Field(description="escalate when the small tier's confidence signal is below this")
     calibration: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _threshold_in_the_signals_range(self) -> CascadeSettings:
+        lo, hi = CASCADE_SIGNALS[self.signal]
+        if not lo <= self.threshold <= hi:
+            raise ValueError(f"threshold {self.threshold} is outside {self.signal}'s range [{lo}, {hi}]")
+        return self
 
 
 class RouterManifest(BaseModel):

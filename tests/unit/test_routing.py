@@ -355,6 +355,20 @@ def test_calibrate_cascade_on_grounded_support(tmp_path):
         calibrate.calibrate_cascade(art, calibrate.load_cascade_rows(path), signal="logprob_mean", quality=1.0)
 
 
+def test_artifact_with_a_cascade_threshold_outside_its_signals_range_is_refused(tmp_path):
+    """A hand-edited manifest cannot carry a log-probability cut-off for the grounded signal."""
+    import json
+
+    from pipelines.routing.artifact import read_manifest
+
+    RouterArtifact(RouterManifest(router="heuristic")).save(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "router.json").read_text())
+    manifest["cascade"] = {"signal": "grounded", "threshold": -0.184}
+    (tmp_path / "a" / "router.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"threshold -0.184 is outside grounded's range \[0.0, 1.0\]"):
+        read_manifest(tmp_path / "a")
+
+
 def test_cascade_threshold_range_depends_on_the_signal():
     from pipelines.errors import ConfigError
 
