@@ -137,13 +137,20 @@ class RoutingConfig:
 # The cascade's confidence signals (pipelines/query/cascade.py) and the range of each: escalate
 # from a tier when its answer's signal is below the threshold.
 #   logprob_mean / logprob_min: the mean / lowest token log-probability of the answer;
-#   grounded: the share of the answer's content words found in its sources (pipelines/query/safety.py).
-CASCADE_SIGNALS = {"logprob_mean": (-100.0, 0.0), "logprob_min": (-100.0, 0.0), "grounded": (0.0, 1.0)}
-# Built-in thresholds: each calibrated for 95% of large-only token F1 on SQuAD (501 questions)
-# with the cpu tiers (evals/routing_live.py; README "Routing and cascades").
+#   grounded: the share of the answer's content words found in its sources (pipelines/query/safety.py);
+#   selfcheck: 1 / (1 + the problems the answer shows: arithmetic that does not compute, cut off,
+#     unsure wording; pipelines/query/selfcheck.py).
+CASCADE_SIGNALS = {"logprob_mean": (-100.0, 0.0), "logprob_min": (-100.0, 0.0), "grounded": (0.0, 1.0),
+                   "selfcheck": (0.0, 1.0)}
+# Built-in thresholds: the log-probability and grounding ones each calibrated for 95% of
+# large-only token F1 on SQuAD (501 questions) with the cpu tiers (evals/routing_live.py; README
+# "Routing and cascades"); each escalates ~89-94% of those answers: the 135M model rarely writes a
+# good one. selfcheck's 1.0 escalates an answer with any problem.
 DEFAULT_CASCADE_SIGNAL = "logprob_mean"
-# Each escalates ~89-94% of those answers: the 135M model rarely writes a good one.
-DEFAULT_CASCADE_THRESHOLDS = {"logprob_mean": -0.184, "logprob_min": -1.291, "grounded": 0.9333}
+DEFAULT_CASCADE_THRESHOLDS = {"logprob_mean": -0.184, "logprob_min": -1.291, "grounded": 0.9333, "selfcheck": 1.0}
+# Where a cascade starts: at the cheapest tier, or at the tier the router picks (a question it
+# scores hard skips the tiers below; the others climb from the cheapest as usual).
+CASCADE_STARTS = ("cheapest", "routed")
 RESERVED_TIER_NAMES = ("auto", "cascade")
 
 
@@ -152,29 +159,47 @@ class CascadeConfig:
     signal: str = DEFAULT_CASCADE_SIGNAL
     threshold: float = DEFAULT_CASCADE_THRESHOLDS[DEFAULT_CASCADE_SIGNAL]
     source: str = "built-in default"
+    start: str = "cheapest"
+    """cheapest | routed (CASCADE_STARTS)"""
+    route_threshold: float | None = None
+    """routed start: the router score from which a question starts at the large tier; None:
+    the router's own threshold"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CascadeConfig:
         """RAGROUTE_CASCADE_SIGNAL / _THRESHOLD, else the router artifact's calibrated cascade
-        settings (RAGROUTE_ROUTER_PATH), else the built-in default of the signal."""
+        settings (RAGROUTE_ROUTER_PATH), else the built-in default of the signal; the start
+        (RAGROUTE_CASCADE_START, _ROUTE_THRESHOLD) likewise from the environment, else the
+        artifact's calibrated cascade, else the cheapest tier."""
         signal = _choice(env, "RAGROUTE_CASCADE_SIGNAL", "", ("", *CASCADE_SIGNALS))
-        if env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip():
-            chosen = signal or DEFAULT_CASCADE_SIGNAL
-            return cls(chosen, _num(env, "RAGROUTE_CASCADE_THRESHOLD", 0.0, float, *CASCADE_SIGNALS[chosen]),
-                       "RAGROUTE_CASCADE_THRESHOLD")
+        start = _choice(env, "RAGROUTE_CASCADE_START", "", ("", *CASCADE_STARTS))
+        route_threshold = _num(env, "RAGROUTE_CASCADE_ROUTE_THRESHOLD", None, float, 0.0, 1.0)  # type: ignore[arg-type]
+        calibrated = None
         path = _get(env, "RAGROUTE_ROUTER_PATH", "")
-        if path:
+        if path and not env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip():
             from pipelines.errors import ArtifactError
             from pipelines.routing.artifact import read_manifest
 
             try:  # the Routing service verifies the whole artifact and refuses a bad one
-                cascade = read_manifest(Path(path).expanduser()).cascade
+                calibrated = read_manifest(Path(path).expanduser()).cascade
             except ArtifactError:
-                cascade = None
-            if cascade is not None and (not signal or signal == cascade.signal):
-                return cls(cascade.signal, cascade.threshold, f"calibrated, {path}")
-        chosen = signal or DEFAULT_CASCADE_SIGNAL
-        return cls(chosen, DEFAULT_CASCADE_THRESHOLDS[chosen], "built-in default")
+                calibrated = None
+            if calibrated is not None and signal and signal != calibrated.signal:
+                calibrated = None
+        if calibrated is not None:
+            chosen, threshold, source = calibrated.signal, calibrated.threshold, f"calibrated, {path}"
+        elif env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip():
+            chosen = signal or DEFAULT_CASCADE_SIGNAL
+            threshold = _num(env, "RAGROUTE_CASCADE_THRESHOLD", 0.0, float, *CASCADE_SIGNALS[chosen])
+            source = "RAGROUTE_CASCADE_THRESHOLD"
+        else:
+            chosen = signal or DEFAULT_CASCADE_SIGNAL
+            threshold, source = DEFAULT_CASCADE_THRESHOLDS[chosen], "built-in default"
+        if not start:
+            start = calibrated.start if calibrated is not None else "cheapest"
+            if route_threshold is None and calibrated is not None and start == "routed":
+                route_threshold = calibrated.route_threshold
+        return cls(chosen, threshold, source, start, route_threshold)
 
 
 TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"

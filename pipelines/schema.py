@@ -24,7 +24,8 @@ class RagRequest(BaseModel):
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = Field(4, description="number of sources to answer from")
     tier: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = Field(
         "auto", description="auto = the router picks the tier before generating; cascade = answer with the "
-                            "cheapest tier and escalate while it is not confident; or a configured tier (small, large, ...)")
+                            "cheapest tier (or, with a routed start, where the router sends the question) and "
+                            "escalate while it is not confident; or a configured tier (small, large, ...)")
     cache: Literal["use", "bypass", "refresh"] = Field(
         "use", description="bypass = neither read nor write the cache; refresh = skip the lookup, store the new answer")
     tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants")
@@ -60,11 +61,12 @@ class RouteStep(_Out):
 
 class RouteInfo(_Out):
     mode: Literal["auto", "cascade", "fixed"] = Field(
-        "auto", description="auto: the router picked the tier; cascade: small first, escalate on low confidence; "
-                            "fixed: the request named the tier")
+        "auto", description="auto: the router picked the tier; cascade: small first (or large, when a routed "
+                            "start's router says so), escalate on low confidence; fixed: the request named the tier")
     tier: str
     model: str
-    score: float | None = Field(description="router score; null when the tier was requested explicitly")
+    score: float | None = Field(description="router score; null when the tier was requested explicitly or "
+                                            "the cascade started at the cheapest tier without the router")
     reason: str
     path: list[RouteStep] = Field(default_factory=list, description="every tier asked, in order, and what came of it")
 

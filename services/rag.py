@@ -91,10 +91,10 @@ class _RemoteStages:
                                candidates=candidates, top_k=top_k)
         return [ScoredChunk.model_validate(c) for c in out]
 
-    async def route(self, query: str, features: QueryFeatures) -> RouteDecision:
+    async def route(self, query: str, features: QueryFeatures, threshold: float | None = None) -> RouteDecision:
         out = await self._call("route", self.svc.routing.to_async.route, query=query,
                                query_vector=list(features.query_vector or []) or None,
-                               retrieval_scores=list(features.retrieval_scores))
+                               retrieval_scores=list(features.retrieval_scores), threshold=threshold)
         return RouteDecision.model_validate(out)
 
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> GenerationRecord:
@@ -275,7 +275,7 @@ def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig) -> str:
     # auto and cascade answers also depend on the router (and its threshold) and the cascade settings
     routing, cascade = RoutingConfig.from_env(), rag.cascade
     router = (routing.router, routing.threshold, _file_digest(routing.artifact / "router.json") if routing.artifact
-              else "", cascade.signal, cascade.threshold)
+              else "", cascade.signal, cascade.threshold, cascade.start, cascade.route_threshold)
     return content_id(repr(tiers), repr(router), PROMPT_VERSION)
 
 

@@ -11,7 +11,7 @@ import logging
 from typing import Annotated
 
 import bentoml
-from annotated_types import MaxLen
+from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import RoutingConfig
 from pipelines.errors import RagrouteError
@@ -36,12 +36,15 @@ class Routing:
     @bentoml.api
     def route(self, query: Annotated[str, MaxLen(20_000)],
               query_vector: Annotated[list[float], MaxLen(8192)] | None = None,
-              retrieval_scores: Annotated[list[float], MaxLen(1000)] = []) -> dict:  # noqa: B006 - pydantic copies it
+              retrieval_scores: Annotated[list[float], MaxLen(1000)] = [],  # noqa: B006 - pydantic copies it
+              threshold: Annotated[float, Ge(0.0), Le(1.0)] | None = None) -> dict:
+        """``threshold``: decide at this score instead of the router's own (a routed cascade's)."""
         from pipelines.query.route import QueryFeatures, decide
 
         features = QueryFeatures(query_vector=query_vector, retrieval_scores=tuple(retrieval_scores))
         try:
-            return decide(self.loaded.router, query, features, self.loaded.threshold).model_dump()
+            chosen = self.loaded.threshold if threshold is None else threshold
+            return decide(self.loaded.router, query, features, chosen).model_dump()
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
 

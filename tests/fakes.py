@@ -38,6 +38,9 @@ class FakeStages:
         self.stream_fail_after: int | None = None
         self.logprobs: dict[str, float] = {}  # tier -> logprob_mean (and min) of its answers
         self.route_gate: asyncio.Event | None = None  # set when route starts (concurrency tests)
+        self.route_score = 0.9  # the fake router's score; large when >= the threshold (0.5 unless given)
+        self.route_thresholds: list[float | None] = []  # the threshold of each route call
+        self.answers: dict[str, str] = {}  # tier -> its answer (else ``answer``)
 
     async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
@@ -66,19 +69,23 @@ class FakeStages:
         await self._enter("rerank")
         return list(reversed(candidates))[:top_k]
 
-    async def route(self, query, features):
+    async def route(self, query, features, threshold=None):
         if self.route_gate is not None:
             self.route_gate.set()
         await self._enter("route")
         self.route_features = features
-        return RouteDecision(tier="large", score=0.9, threshold=0.5, router="fake", reason="fake says large")
+        self.route_thresholds.append(threshold)
+        cut = 0.5 if threshold is None else threshold
+        tier = "large" if self.route_score >= cut else "small"
+        return RouteDecision(tier=tier, score=self.route_score, threshold=cut, router="fake",
+                             reason=f"fake says {tier}")
 
     async def generate(self, tier, query, sources, budget_ms):
         self.budgets.append(budget_ms)
         await self._enter(f"generate[{tier}]")
         lp = self.logprobs.get(tier)
-        return Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
-                          tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6,
+        return Generation(text=self.answers.get(tier, self.answer), tier=tier, model=f"{tier}-model", engine="fake",
+                          finish_reason="stop", tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6,
                           logprob_mean=lp, logprob_min=None if lp is None else lp - 1)
 
     async def generate_stream(self, tier, query, sources, budget_ms):
@@ -87,11 +94,11 @@ class FakeStages:
 
         self.budgets.append(budget_ms)
         await self._enter(f"generate[{tier}]")
-        words = self.answer.split(" ")
+        words = self.answers.get(tier, self.answer).split(" ")
         for i, word in enumerate(words):
             if self.stream_fail_after is not None and i == self.stream_fail_after:
                 raise StageError(f"generate[{tier}]", "injected failure mid-stream")
             await asyncio.sleep(self.delays.get("token", 0))
             yield Delta(word if i == 0 else " " + word)
-        yield Generation(text=self.answer, tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
+        yield Generation(text=" ".join(words), tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
                          tokens_in=10, tokens_out=len(words), latency_ms=1.0, cost_usd=1e-6)

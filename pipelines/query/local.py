@@ -47,8 +47,8 @@ class LocalStages:
     async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]:
         return await asyncio.to_thread(self.reranker.rerank, query, candidates, top_k)
 
-    async def route(self, query: str, features: QueryFeatures) -> RouteDecision:
-        return decide(self.router, query, features, self.threshold)
+    async def route(self, query: str, features: QueryFeatures, threshold: float | None = None) -> RouteDecision:
+        return decide(self.router, query, features, self.threshold if threshold is None else threshold)
 
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
         try:

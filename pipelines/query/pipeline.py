@@ -8,8 +8,9 @@ retrieval and reranking (a router that reads retrieval scores: with reranking).
 
 Modes (``tier`` of the request): ``auto`` (the router picks the tier), ``cascade`` (the
 cheapest tier answers; while its confidence is below the calibrated threshold and the time
-left fits the next tier, the next tier answers instead: pipelines/query/cascade.py), or a
-configured tier. The response's ``route.path`` lists every tier asked and what came of it.
+left fits the next tier, the next tier answers instead: pipelines/query/cascade.py; with a
+routed start the router is asked too, and a question it scores hard starts at the large tier),
+or a configured tier. The response's ``route.path`` lists every tier asked and what came of it.
 
 Every stage runs within its latency budget (pipelines/budget.py): a :class:`Deadline` travels
 with the request, each stage gets min(its budget, what is left), and the response reports
@@ -75,7 +76,9 @@ class Stages(Protocol):
 
     async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
-    async def route(self, query: str, features: QueryFeatures) -> RouteDecision: ...
+    async def route(self, query: str, features: QueryFeatures, threshold: float | None = None) -> RouteDecision:
+        """``threshold``: decide at this score instead of the router's own threshold."""
+        ...
 
     async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
         """``budget_ms``: the time the answer may take; the engine turns it into a token limit."""
@@ -289,7 +292,8 @@ class QueryPipeline:
         # The router runs alongside retrieval (and reranking): it needs the query embedding, and
         # the heuristic also the best retrieval scores.
         routing: asyncio.Task[RouteDecision] | None = None
-        if req.tier == "auto" and not self.route_uses_retrieval:
+        routed = self._routed(req)
+        if routed and not self.route_uses_retrieval:
             routing = asyncio.create_task(self._route(r, vector, []))
         try:
             if vector is not None:
@@ -298,7 +302,7 @@ class QueryPipeline:
             else:
                 candidates, retrieved_version = await r.run(
                     "retrieve", lambda: self.stages.retrieve_text(req.query, n), essential=True)
-            if req.tier == "auto" and routing is None:
+            if routed and routing is None:
                 best = sorted(candidates, key=lambda c: -c.dense_score)[: req.top_k]
                 routing = asyncio.create_task(self._route(r, vector, best))
 
@@ -322,10 +326,11 @@ class QueryPipeline:
         if isinstance(prep, RagResponse):
             return prep
         if req.tier == "cascade":
-            generation, escalate_to = await self._cascade_head(r, prep.ranked)
+            generation, escalate_to = await self._cascade_head(r, prep.ranked, prep.route)
             if escalate_to is not None:
                 fallback = generation
-                generation = await self._generate(r, escalate_to, prep.ranked, fallbacks=False)
+                # no tier asked yet: a routed start at the top tier, which falls back like auto
+                generation = await self._generate(r, escalate_to, prep.ranked, fallbacks=not r.steps)
                 generation = self._keep_if_failed(r, generation, fallback, escalate_to)
         else:
             generation = await self._generate(r, prep.route.tier, prep.ranked)
@@ -353,7 +358,7 @@ class QueryPipeline:
         head: Generation | None = None
         tier = prep.route.tier
         if req.tier == "cascade":
-            head, escalate_to = await self._cascade_head(r, prep.ranked)
+            head, escalate_to = await self._cascade_head(r, prep.ranked, prep.route)
             tier = escalate_to or (head.tier if head else tier)
         yield {"event": "meta", "request_id": request_id,
                "route": {"mode": self._mode(req), "tier": tier,
@@ -368,7 +373,8 @@ class QueryPipeline:
             sent.append(head.text)
             yield {"event": "token", "text": head.text}
         elif req.tier != "cascade" or escalate_to is not None:
-            async for item in self._generate_stream(r, tier, prep.ranked, sent, fallbacks=req.tier != "cascade"):
+            async for item in self._generate_stream(r, tier, prep.ranked, sent,
+                                                    fallbacks=req.tier != "cascade" or not r.steps):
                 if isinstance(item, Generation):
                     generation = item
                 else:
@@ -460,6 +466,10 @@ class QueryPipeline:
     def _mode(req: RagRequest) -> str:
         return req.tier if req.tier in ("auto", "cascade") else "fixed"
 
+    def _routed(self, req: RagRequest) -> bool:
+        """Whether this request asks the router: auto, and a cascade with a routed start."""
+        return req.tier == "auto" or (req.tier == "cascade" and self.cfg.cascade.start == "routed")
+
     def _requested(self, tier: str) -> RouteDecision:
         if tier == "cascade":
             cfg = self.cfg.cascade
@@ -470,17 +480,31 @@ class QueryPipeline:
                              reason=f"tier {tier!r} requested by the client")
 
     async def _route(self, r: _Request, vector: np.ndarray | None, ranked: list[ScoredChunk]) -> RouteDecision:
-        if r.req.tier != "auto":
+        if not self._routed(r.req):
             return self._requested(r.req.tier)
         features = QueryFeatures(query_vector=None if vector is None else vector.tolist(),
                                  retrieval_scores=[s.dense_score for s in ranked])
+        cascade = r.req.tier == "cascade"
+        # a routed cascade decides at its own calibrated threshold (None: the router's)
+        threshold = self.cfg.cascade.route_threshold if cascade else None
         try:
-            return await r.run("route", lambda: self.stages.route(r.req.query, features))
+            decision = await r.run("route", lambda: self.stages.route(r.req.query, features, threshold))
         except StageError as exc:
+            if cascade:  # the cascade itself still works: it starts at the cheapest tier
+                log.warning("request %s: %s; the cascade starts at the cheapest tier", r.id, exc)
+                r.warnings.append(f"{exc}; the cascade started at the cheapest tier")
+                start = self._requested("cascade")
+                return start.model_copy(update={"reason": f"router unavailable; {start.reason}"})
             log.warning("request %s: %s; using default tier", r.id, exc)
             r.degrade(f"{exc}; used the default tier {self.cfg.default_tier!r}")
             return RouteDecision(tier=self.cfg.default_tier, score=0.0, threshold=0.0, router="fallback",  # type: ignore[arg-type]
                                  reason=f"router unavailable; default tier {self.cfg.default_tier!r}")
+        if cascade:
+            c = self.cfg.cascade
+            decision = decision.model_copy(update={"reason": (
+                f"cascade from {decision.tier} (routed start) over {' -> '.join(self.tiers)}: escalate while "
+                f"{c.signal} < {c.threshold:.3f} ({c.source}); {decision.reason}")})
+        return decision
 
     def _fallbacks(self, tier: str, fallbacks: bool = True) -> list[str]:
         """The requested tier, then the cheapest one (the first configured) if it is another."""
@@ -510,13 +534,18 @@ class QueryPipeline:
             r.degrade("no tier could generate in time; answered with an extract of the best source")
         return None
 
-    async def _cascade_head(self, r: _Request, ranked: list[ScoredChunk]) -> tuple[Generation | None, str | None]:
-        """Ask the tiers before the last one, cheapest first: (the answer to keep, None) once one
-        is confident enough (or there is no time to go on), else (the last answer, the tier to
-        escalate to). A tier that fails escalates."""
+    async def _cascade_head(self, r: _Request, ranked: list[ScoredChunk],
+                            route: RouteDecision) -> tuple[Generation | None, str | None]:
+        """Ask the tiers before the last one, from ``route.tier`` (the cheapest, or where a routed
+        start begins) up: (the answer to keep, None) once one is confident enough (or there is no
+        time to go on), else (the last answer, the tier to escalate to). A tier that fails
+        escalates."""
         cfg, safety_ms = self.cfg.cascade, self.budget.stages_ms["safety"]
         answer: Generation | None = None
+        first = self.tiers.index(route.tier) if route.tier in self.tiers else 0
         for i, tier in enumerate(self.tiers[:-1]):
+            if i < first:
+                continue
             nxt = self.tiers[i + 1]
             gen = await self._generate(r, tier, ranked, fallbacks=False)
             if gen is None:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.config import CASCADE_SIGNALS
+from pipelines.config import CASCADE_SIGNALS, CASCADE_STARTS
 from pipelines.errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -35,6 +35,9 @@ class CascadeSettings(BaseModel):
 
     signal: Literal[tuple(CASCADE_SIGNALS)] = "logprob_mean"  # type: ignore[valid-type]
     threshold: float = Field(description="escalate when the small tier's confidence signal is below this")
+    start: Literal[tuple(CASCADE_STARTS)] = "cheapest"  # type: ignore[valid-type]
+    route_threshold: float | None = Field(None, ge=0.0, le=1.0, description="routed start: a router score from "
+                                          "which the cascade starts at the large tier")
     calibration: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

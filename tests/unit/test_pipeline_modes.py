@@ -213,3 +213,73 @@ def test_streamed_cascade_falls_back_to_the_small_answer_when_the_escalation_fai
     assert [e["event"] for e in out] == ["meta", "token", "done"] and out[1]["text"] == "one two three"
     done = out[-1]["response"]
     assert [s["outcome"] for s in done["route"]["path"]] == ["kept", "failed"] and done["degraded"]
+
+
+ROUTED = RagConfig(candidates=6, default_tier="small",
+                   cascade=CascadeConfig("selfcheck", 1.0, "test", start="routed", route_threshold=0.6))
+
+
+def test_routed_cascade_sends_a_question_the_router_scores_hard_straight_to_the_large_tier():
+    stages = FakeStages()
+    stages.route_score = 0.7
+    resp = run(pipeline(stages, cfg=ROUTED), tier="cascade")
+    assert stages.route_thresholds == [0.6]  # the cascade's own route threshold, not the router's
+    assert [c for c in stages.calls if c.startswith("generate")] == ["generate[large]"]  # no small answer
+    assert resp.route.mode == "cascade" and resp.route.tier == "large" and resp.route.score == 0.7
+    assert resp.route.reason.startswith("cascade from large (routed start) over small -> large: escalate while "
+                                        "selfcheck < 1.000")
+    assert [(s.tier, s.outcome) for s in resp.route.path] == [("large", "answered")] and not resp.degraded
+
+
+def test_routed_cascade_answers_an_easy_question_with_the_small_tier_and_checks_it():
+    stages = FakeStages()
+    stages.route_score = 0.3
+    stages.answers = {"small": "It holds 12 * 3 = 36 litres [1].", "large": "It holds 12 * 3 = 36 litres [1]."}
+    resp = run(pipeline(stages, cfg=ROUTED), tier="cascade")
+    [step] = resp.route.path
+    assert step.tier == "small" and step.outcome == "accepted" and step.confidence == 1.0
+    assert "no problem found in 1 equation(s)" in step.reason and resp.route.score == 0.3
+
+    stages = FakeStages()
+    stages.route_score = 0.3
+    stages.answers = {"small": "It holds 12 * 3 = 38 litres [1].", "large": "It holds 12 * 3 = 36 litres [1]."}
+    resp = run(pipeline(stages, cfg=ROUTED), tier="cascade")
+    small, large = resp.route.path
+    assert small.outcome == "escalated" and "arithmetic: 12 * 3 = 38 (it is 36)" in small.reason
+    assert large.tier == "large" and resp.answer == "It holds 12 * 3 = 36 litres [1]."
+
+
+def test_routed_cascade_starts_at_the_cheapest_tier_when_the_router_is_down():
+    stages = FakeStages(fail={"route"})
+    resp = run(pipeline(stages, cfg=ROUTED), tier="cascade")
+    assert resp.route.path[0].tier == "small" and resp.route.score is None
+    assert resp.route.reason.startswith("router unavailable; cascade over small -> large")
+    assert any("the cascade started at the cheapest tier" in w for w in resp.warnings)
+    assert not resp.degraded  # the cascade answered as it would without a routed start
+
+
+def test_routed_cascade_at_the_top_tier_falls_back_when_it_fails():
+    stages = FakeStages(fail={"generate[large]"})
+    stages.route_score = 0.9
+    resp = run(pipeline(stages, cfg=ROUTED), tier="cascade")
+    assert [(s.tier, s.outcome) for s in resp.route.path] == [("large", "failed"), ("small", "answered")]
+    assert resp.route.tier == "small" and resp.degraded
+
+
+def test_cheapest_start_cascade_does_not_ask_the_router():
+    stages = FakeStages()
+    run(pipeline(stages, cfg=replace(ROUTED, cascade=replace(ROUTED.cascade, start="cheapest"))), tier="cascade")
+    assert "route" not in stages.calls
+
+
+def test_streamed_routed_cascade_streams_the_large_answer_of_a_hard_question():
+    stages = FakeStages(answer="one two three")
+    stages.route_score = 0.9
+
+    async def collect():
+        return [e async for e in pipeline(stages, cfg=ROUTED).stream(RagRequest(query="q", tier="cascade"))]
+
+    out = asyncio.run(collect())
+    assert [e["event"] for e in out] == ["meta", "token", "token", "token", "done"]
+    assert out[0]["route"]["tier"] == "large" and out[0]["route"]["score"] == 0.9
+    assert [(s["tier"], s["outcome"]) for s in out[-1]["response"]["route"]["path"]] == [("large", "answered")]
