@@ -8,6 +8,7 @@
     ragroute router train --data labelled.jsonl --out my-router --quality 0.95
     ragroute router calibrate my-router --data held-out.jsonl --large-share 0.3
     ragroute router calibrate my-router --cascade --data small-answers.jsonl --quality 0.95
+    ragroute router calibrate my-router --cascade --start routed --signal selfcheck --data held-out.jsonl --quality 0.95
     ragroute router info my-router
 """
 
@@ -116,6 +117,18 @@ def _cmd_router_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _router_scores(artifact, queries: list[str]) -> list[float]:
+    """The artifact's router's score of each query (the learned one embeds them first)."""
+    from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
+
+    if artifact.manifest.router == "learned":
+        vectors = _embedder(artifact.manifest.embedding_model).encode(queries)
+        router = LearnedRouter(artifact)
+        return [router.score(q, QueryFeatures(query_vector=v.tolist())) for q, v in zip(queries, vectors)]
+    router = HeuristicRouter()
+    return [router.score(q, QueryFeatures()) for q in queries]
+
+
 def _cmd_router_calibrate(args: argparse.Namespace) -> int:
     from pipelines.routing import calibrate, train
     from pipelines.routing.artifact import RouterArtifact, RouterManifest
@@ -124,7 +137,21 @@ def _cmd_router_calibrate(args: argparse.Namespace) -> int:
         artifact = RouterArtifact(RouterManifest(router="heuristic"))
     else:
         artifact = RouterArtifact.load(args.directory, embedding_model=None)
-    if args.cascade:
+    if args.start == "routed" and not args.cascade:
+        raise SystemExit("ragroute router calibrate: --start routed calibrates a cascade; add --cascade")
+    if args.cascade and args.start == "routed":
+        rows = calibrate.load_cascade_rows(args.data)
+        if any(not r.query.strip() for r in rows):
+            raise SystemExit("ragroute router calibrate: --start routed needs the question (query) in every row")
+        artifact = calibrate.calibrate_routed_cascade(artifact, rows, _router_scores(artifact, [r.query for r in rows]),
+                                                      signal=args.signal, large_share=args.large_share,
+                                                      quality=args.quality, data=args.data)
+        c = artifact.manifest.cascade
+        print(f"routed cascade: start at large when the router score >= {c.route_threshold:.4f}, else escalate when "
+              f"{c.signal} < {c.threshold:.4f}: {c.calibration['large_share']:.1%} large calls "
+              f"({c.calibration['escalated']:.1%} escalated), {c.calibration['small_share']:.1%} small calls, "
+              f"quality {c.calibration['quality']:.4f} (large-only {c.calibration['large_only']:.4f})")
+    elif args.cascade:
         rows = calibrate.load_cascade_rows(args.data)
         artifact = calibrate.calibrate_cascade(artifact, rows, signal=args.signal, large_share=args.large_share,
                                                quality=args.quality, data=args.data)
@@ -132,19 +159,11 @@ def _cmd_router_calibrate(args: argparse.Namespace) -> int:
         print(f"cascade: escalate when {c.signal} < {c.threshold:.4f}: {c.calibration['large_share']:.1%} escalated, "
               f"quality {c.calibration['quality']:.4f} (large-only {c.calibration['large_only']:.4f})")
     else:
-        from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
-
         rows = train.load_labeled(args.data)
         tiers = train.scores_of(rows)
         if tiers is None:
             raise SystemExit("ragroute router calibrate: the data needs small_score and large_score per query")
-        if artifact.manifest.router == "learned":
-            vectors = _embedder(artifact.manifest.embedding_model).encode([r.query for r in rows])
-            router = LearnedRouter(artifact)
-            scores = [router.score(r.query, QueryFeatures(query_vector=v.tolist())) for r, v in zip(rows, vectors)]
-        else:
-            router = HeuristicRouter()
-            scores = [router.score(r.query, QueryFeatures()) for r in rows]
+        scores = _router_scores(artifact, [r.query for r in rows])
         artifact = calibrate.calibrate_router(artifact, scores, *tiers, large_share=args.large_share,
                                               quality=args.quality, data=args.data, scored="held-out data")
         cal = artifact.manifest.calibration
@@ -230,15 +249,21 @@ def parser() -> argparse.ArgumentParser:
     c = rsub.add_parser("calibrate", help="set the router (or cascade) threshold for a target from labelled data",
                         description="Router: rows like `router train` takes, not used for training. Cascade "
                         "(--cascade): JSONL rows with the small tier's confidence signals for a question (logprob_mean, "
-                        "logprob_min, grounded) and small_score, large_score (evals/routing_live.py writes them).")
+                        "logprob_min, grounded, selfcheck) and small_score, large_score (evals/routing_live.py writes "
+                        "them); with --start routed also the question (query), which the artifact's router scores: "
+                        "use questions it was not trained on.")
     c.add_argument("directory", type=Path, help="router artifact to update (created with --router heuristic)")
     c.add_argument("--data", type=Path, required=True, help="labelled data (.jsonl or .csv)")
     c.add_argument("--router", choices=("artifact", "heuristic"), default="artifact",
                    help="heuristic: write a new artifact holding the heuristic router and its threshold")
     c.add_argument("--cascade", action="store_true", help="calibrate the cascade's confidence threshold instead")
     c.add_argument("--signal", choices=tuple(config.CASCADE_SIGNALS), default=config.DEFAULT_CASCADE_SIGNAL,
-                   help="cascade confidence signal: mean/lowest token log-probability of the small answer, or "
-                   "grounded: the share of its content words found in its sources")
+                   help="cascade confidence signal: mean/lowest token log-probability of the small answer; "
+                   "grounded: the share of its content words found in its sources; selfcheck: 1/(1 + problems the "
+                   "answer shows: arithmetic that does not compute, cut off, unsure wording)")
+    c.add_argument("--start", choices=config.CASCADE_STARTS, default="cheapest",
+                   help="cascade start: the cheapest tier, or routed: questions the router scores at least the "
+                   "route threshold start at the large tier (both thresholds are calibrated)")
     for q in (t, c):
         g = q.add_mutually_exclusive_group(required=q is c)
         g.add_argument("--quality", type=float, default=None,

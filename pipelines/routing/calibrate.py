@@ -69,11 +69,13 @@ class CascadeRow:
     small_score: float
     large_score: float
     signals: dict[str, float]  # the small tier's answer: the confidence signals the row has
+    query: str = ""  # the question (a routed start scores it with the router)
 
 
 def load_cascade_rows(path: Path) -> list[CascadeRow]:
-    """JSONL: both tiers' quality on a question (small_score, large_score) and the small tier's
-    confidence signals for it (any of CASCADE_SIGNALS: logprob_mean, logprob_min, grounded)."""
+    """JSONL: both tiers' quality on a question (small_score, large_score), the small tier's
+    confidence signals for it (any of CASCADE_SIGNALS: logprob_mean, logprob_min, grounded,
+    selfcheck) and, for a routed start, the question (``query``)."""
     path = Path(path)
     if not path.is_file():
         raise BadRequest("data", f"{path} does not exist")
@@ -91,7 +93,8 @@ def load_cascade_rows(path: Path) -> list[CascadeRow]:
             raise BadRequest(where, f"has none of the confidence signals {', '.join(CASCADE_SIGNALS)}")
         if not np.isfinite([small, large, *signals.values()]).all():
             raise BadRequest(where, "scores and signals must be finite numbers")
-        rows.append(CascadeRow(small, large, signals))
+        query = row.get("query")
+        rows.append(CascadeRow(small, large, signals, query if isinstance(query, str) else ""))
     if len(rows) < 10:
         raise BadRequest("data", f"{path} has {len(rows)} rows; at least 10 are needed")
     return rows
@@ -122,3 +125,84 @@ def calibrate_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow], *, s
     log.info("cascade threshold %s < %.4f: %.1f%% escalated, quality %.4f (large-only %.4f) on %d answers",
              signal, threshold, 100 * cal.large_share, cal.quality, cal.large_only, cal.n)
     return artifact.with_manifest(cascade=CascadeSettings(signal=signal, threshold=threshold, calibration=info))
+
+
+# -- cascade with a routed start -----------------------------------------------------------------
+def routed_order(route_scores: Sequence[float], confidence: Sequence[float], threshold: float) -> np.ndarray:
+    """The curve scores of a routed cascade: a question goes to the large tier when the router
+    sends it there (score >= the route threshold) or the small answer is escalated (confidence <
+    ``threshold``), so escalated answers come first (2.0, above any router score in [0, 1]) and
+    the rest in router order; a cut-off t within [0, 1] is the route threshold."""
+    return np.where(np.asarray(confidence, dtype=np.float64) < threshold, 2.0,
+                    np.asarray(route_scores, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class RoutedCalibration:
+    threshold: float  # escalate when confidence < this
+    route_threshold: float  # start at the large tier when the router score >= this
+    calibration: curves.Calibration  # on the routed order at ``threshold``
+    small_share: float  # questions the small tier answers first (not routed to large directly)
+    escalated: float  # share of all questions escalated after the small answer
+
+
+def _candidates(confidence: np.ndarray, signal: str, most: int = 64) -> np.ndarray:
+    """Cascade thresholds worth trying: at most ``most`` cut-offs between the observed values,
+    from escalating nothing to escalating every answer, within the signal's range."""
+    lo, hi = CASCADE_SIGNALS[signal]
+    values = np.unique(confidence)
+    if len(values) > most:
+        values = np.unique(np.quantile(values, np.linspace(0, 1, most)))
+    return np.unique(np.clip(np.concatenate([values, [np.nextafter(values[-1], np.inf)]]), lo, hi))
+
+
+def pick_routed(route_scores: Sequence[float], confidence: Sequence[float], small: Sequence[float],
+                large: Sequence[float], *, signal: str, large_share: float | None = None,
+                quality: float | None = None) -> RoutedCalibration:
+    """Both thresholds of a routed cascade for the target: for each candidate cascade threshold,
+    the route threshold that meets it; kept is the pair with the fewest large calls (quality
+    target) or the best quality (share target), then the fewest small calls."""
+    target, value = _target(large_share, quality)
+    r = np.asarray(route_scores, dtype=np.float64)
+    conf = np.asarray(confidence, dtype=np.float64)
+    if not (len(r) == len(conf) == len(small) == len(large)) or not len(r):
+        raise ValueError("route scores, confidences and per-tier quality must be equal-length and non-empty")
+    best: tuple[tuple[float, float], RoutedCalibration] | None = None
+    for c in _candidates(conf, signal):
+        cal = pick(routed_order(r, conf, c), small, large, large_share=large_share, quality=quality)
+        route_threshold = float(min(1.0, max(0.0, cal.threshold)))
+        direct = r >= route_threshold if cal.threshold <= 1.0 else np.zeros(len(r), bool)
+        escalated = ~direct & (conf < c)
+        found = RoutedCalibration(float(c), route_threshold, cal, float(1 - direct.mean()), float(escalated.mean()))
+        met = target == "large_share" or cal.quality >= value * cal.large_only - 1e-12
+        key = ((cal.large_share if met else 2.0) if target == "quality" else -cal.quality, found.small_share)
+        if best is None or key < best[0]:
+            best = (key, found)
+    assert best is not None
+    return best[1]
+
+
+def calibrate_routed_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow], route_scores: Sequence[float],
+                             *, signal: str, large_share: float | None = None, quality: float | None = None,
+                             data: Path | None = None) -> RouterArtifact:
+    """The artifact with a routed cascade: start at the large tier when the router's score of the
+    question (``route_scores``, one per row) reaches the route threshold, else answer with the
+    small tier and escalate when ``signal`` < threshold; both thresholds chosen for the target."""
+    if signal not in CASCADE_SIGNALS:
+        raise BadRequest("signal", f"{signal!r} is not one of {', '.join(CASCADE_SIGNALS)}")
+    missing = sum(signal not in r.signals for r in rows)
+    if missing:
+        raise BadRequest("data", f"{missing} of {len(rows)} rows have no {signal}")
+    found = pick_routed(route_scores, [r.signals[signal] for r in rows], [r.small_score for r in rows],
+                        [r.large_score for r in rows], signal=signal, large_share=large_share, quality=quality)
+    cal = found.calibration
+    info = {**cal.as_dict(), "threshold": found.threshold, "route_threshold": round(found.route_threshold, 6),
+            "small_share": round(found.small_share, 6), "escalated": round(found.escalated, 6),
+            "data": str(data) if data else "", "data_sha256": sha256_path(Path(data)) if data else ""}
+    log.info("routed cascade: large from router score >= %.4f, else escalate when %s < %.4f: %.1f%% large calls "
+             "(%.1f%% escalated), %.1f%% small calls, quality %.4f (large-only %.4f) on %d questions",
+             found.route_threshold, signal, found.threshold, 100 * cal.large_share, 100 * found.escalated,
+             100 * found.small_share, cal.quality, cal.large_only, cal.n)
+    return artifact.with_manifest(cascade=CascadeSettings(
+        signal=signal, threshold=found.threshold, start="routed", route_threshold=found.route_threshold,
+        calibration=info))

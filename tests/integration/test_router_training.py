@@ -9,7 +9,7 @@ import pytest
 
 from pipelines import models
 from pipelines.cli import main
-from pipelines.config import RoutingConfig
+from pipelines.config import CascadeConfig, RoutingConfig
 from pipelines.errors import ArtifactError
 from pipelines.query.route import QueryFeatures, decide, load_router
 from pipelines.routing.artifact import MANIFEST, RouterArtifact
@@ -79,3 +79,43 @@ def test_bad_training_data_exits_with_the_line_named(tmp_path, caplog):
     assert main(["router", "train", "--data", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "bad.jsonl:1: needs either small_score and large_score, or small_ok" in caplog.text
     assert not (tmp_path / "r").exists()
+
+
+def test_calibrate_a_routed_cascade_from_answers(trained, tmp_path, capsys):
+    """`router calibrate --cascade --start routed`: the real learned router scores each question;
+    hard ones need the large tier, and an easy one whose small answer shows a problem (selfcheck
+    0.5) is wrong. Calibrated for 100% of large-only quality, hard questions start at the large
+    tier and only answers with a problem escalate."""
+    directory, _ = trained
+    copy = tmp_path / "copy"
+    RouterArtifact.load(directory).save(copy)
+    rows = []
+    for i, r in enumerate(routing_data.rows()):
+        unsure = r["small_score"] == 1 and i % 3 == 0
+        rows.append({**r, "small_score": 0 if unsure else r["small_score"], "selfcheck": 0.5 if unsure else 1.0})
+    data = tmp_path / "answers.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["router", "calibrate", str(copy), "--cascade", "--start", "routed", "--signal", "selfcheck",
+                 "--data", str(data), "--quality", "1.0"]) == 0
+    assert "routed cascade: start at large when the router score >=" in capsys.readouterr().out
+    c = RouterArtifact.load(copy).manifest.cascade
+    assert (c.signal, c.threshold, c.start) == ("selfcheck", 1.0, "routed")
+    assert c.calibration["quality"] == c.calibration["large_only"]
+    hard = sum(r["large_score"] > r["small_score"] and r["selfcheck"] == 1.0 for r in rows) / len(rows)
+    escalated = sum(r["selfcheck"] < 1.0 for r in rows) / len(rows)
+    # the hard questions go large by the router, the unsure easy ones by the self-check: nothing else
+    assert c.calibration["large_share"] == pytest.approx(hard + escalated, abs=1e-6)
+    assert c.calibration["escalated"] == pytest.approx(escalated, abs=1e-6)
+    loaded = CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": str(copy)})
+    assert (loaded.start, loaded.route_threshold) == ("routed", c.route_threshold)
+
+
+def test_routed_calibration_needs_the_questions_and_a_cascade(trained, tmp_path):
+    directory, _ = trained
+    data = tmp_path / "answers.jsonl"
+    data.write_text('{"selfcheck": 1.0, "small_score": 1, "large_score": 1}\n' * 10)
+    with pytest.raises(SystemExit, match="needs the question"):
+        main(["router", "calibrate", str(directory), "--cascade", "--start", "routed", "--signal", "selfcheck",
+              "--data", str(data), "--quality", "1.0"])
+    with pytest.raises(SystemExit, match="add --cascade"):
+        main(["router", "calibrate", str(directory), "--start", "routed", "--data", str(data), "--quality", "1.0"])

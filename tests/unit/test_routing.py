@@ -434,3 +434,93 @@ def test_cascade_on_grounded_reads_the_sources():
     assert not v.escalate and v.confidence == 1.0 and v.reason == "grounded 1.000 >= threshold 0.500"
     v = cascade.judge(answer, cfg, large, "large", 10_000, [chunk(0, "Sydney hosted the 2000 Olympic Games.")])
     assert v.escalate and v.confidence == 0.0 and "grounded 0.000 < threshold 0.500" in v.reason
+
+
+def test_cascade_on_selfcheck_names_what_it_found():
+    """selfcheck reads the answer itself: wrong arithmetic escalates with the statement named;
+    an answer whose arithmetic computes is accepted at the default threshold 1.0."""
+    from pipelines.config import TierConfig
+
+    cfg = CascadeConfig.from_env({"RAGROUTE_CASCADE_SIGNAL": "selfcheck"})
+    assert (cfg.signal, cfg.threshold, cfg.source) == ("selfcheck", 1.0, "built-in default")
+    large = TierConfig("large", "llamacpp", "l", 2048, 160, prefill_tok_s=100, decode_tok_s=10)
+    v = cascade.judge(gen(text="He pays 48 * 15 = 700 dollars.", mean=None), cfg, large, "large", 10_000)
+    assert v.escalate and v.confidence == 0.5
+    assert v.reason == ("selfcheck 0.500 < threshold 1.000 (arithmetic: 48 * 15 = 700 (it is 720)): "
+                        "escalated to large")
+    v = cascade.judge(gen(text="He pays 48 * 15 = 720 dollars.", mean=None), cfg, large, "large", 10_000)
+    assert not v.escalate and v.reason == "selfcheck 1.000 >= threshold 1.000 (no problem found in 1 equation(s))"
+    cut = gen(text="He pays 48 * 15 = 720 dollars and", mean=None).model_copy(update={"finish_reason": "length"})
+    assert cascade.judge(cut, cfg, large, "large", 10_000).reason.startswith(
+        "selfcheck 0.500 < threshold 1.000 (cut off at the token limit)")
+
+
+def test_cascade_start_from_env_and_artifact(tmp_path):
+    assert CascadeConfig.from_env({}).start == "cheapest" and CascadeConfig.from_env({}).route_threshold is None
+    env = {"RAGROUTE_CASCADE_START": "routed", "RAGROUTE_CASCADE_ROUTE_THRESHOLD": "0.6"}
+    assert (CascadeConfig.from_env(env).start, CascadeConfig.from_env(env).route_threshold) == ("routed", 0.6)
+    with pytest.raises(ConfigError, match="RAGROUTE_CASCADE_START='first' is not one of cheapest, routed"):
+        CascadeConfig.from_env({"RAGROUTE_CASCADE_START": "first"})
+    with pytest.raises(ConfigError, match="RAGROUTE_CASCADE_ROUTE_THRESHOLD='1.5' must be between 0.0 and 1.0"):
+        CascadeConfig.from_env({"RAGROUTE_CASCADE_ROUTE_THRESHOLD": "1.5"})
+    # a calibrated routed cascade in the artifact; the environment overrides its parts
+    RouterArtifact(RouterManifest(router="heuristic")).with_manifest(cascade=calibrate.CascadeSettings(
+        signal="selfcheck", threshold=1.0, start="routed", route_threshold=0.42)).save(tmp_path / "r")
+    path = str(tmp_path / "r")
+    got = CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": path})
+    assert (got.signal, got.threshold, got.start, got.route_threshold) == ("selfcheck", 1.0, "routed", 0.42)
+    assert CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": path, "RAGROUTE_CASCADE_START": "cheapest"}).start == \
+        "cheapest"
+    assert CascadeConfig.from_env({"RAGROUTE_ROUTER_PATH": path,
+                                   "RAGROUTE_CASCADE_ROUTE_THRESHOLD": "0.9"}).route_threshold == 0.9
+
+
+def _routed_data(n: int = 400, seed: int = 0):
+    """Questions the router scores hard (> 0.7) need the large tier; among the others the small
+    tier is wrong exactly where its answer shows a problem (selfcheck 0.5)."""
+    rng = np.random.default_rng(seed)
+    route = rng.uniform(0, 1, n)
+    conf = np.where(rng.uniform(0, 1, n) < 0.2, 0.5, 1.0)
+    small = np.where((route > 0.7) | (conf < 1.0), 0.0, 1.0)
+    return route, conf, small, np.ones(n)
+
+
+def test_routed_order_puts_escalations_first_then_the_router():
+    order = calibrate.routed_order([0.1, 0.9, 0.3], [0.5, 1.0, 1.0], 1.0)
+    assert order.tolist() == [2.0, 0.9, 0.3]
+
+
+def test_pick_routed_finds_both_thresholds():
+    route, conf, small, large = _routed_data()
+    found = calibrate.pick_routed(route, conf, small, large, signal="selfcheck", quality=1.0)
+    assert found.threshold == pytest.approx(1.0) and found.route_threshold == pytest.approx(0.7, abs=0.01)
+    to_large = (route >= found.route_threshold) | (conf < found.threshold)
+    assert np.where(to_large, large, small).mean() == 1.0  # the target is met
+    assert found.calibration.large_share == pytest.approx(to_large.mean())
+    assert found.small_share == pytest.approx((route < found.route_threshold).mean())
+    # the router alone, or the cascade alone, needs more large calls for the same quality
+    router_only = curves.threshold_for_quality(route, small, large, 1.0).large_share
+    cascade_only = curves.threshold_for_quality(calibrate.escalation_scores(conf), small, large, 1.0).large_share
+    assert found.calibration.large_share < min(router_only, cascade_only)
+
+
+def test_calibrate_routed_cascade_writes_both_thresholds(tmp_path):
+    route, conf, small, large = _routed_data()
+    rows = [calibrate.CascadeRow(s, l, {"selfcheck": c}, f"q{i}") for i, (c, s, l) in enumerate(zip(conf, small, large))]
+    art = calibrate.calibrate_routed_cascade(RouterArtifact(RouterManifest(router="heuristic")), rows, route,
+                                             signal="selfcheck", quality=1.0)
+    c = art.manifest.cascade
+    assert (c.signal, c.start, c.threshold) == ("selfcheck", "routed", 1.0)
+    assert c.route_threshold == pytest.approx(0.7, abs=0.01)
+    assert {"route_threshold", "small_share", "escalated", "large_share"} <= set(c.calibration)
+    art.save(tmp_path / "r")
+    assert RouterArtifact.load(tmp_path / "r").manifest.cascade == c
+    with pytest.raises(BadRequest, match="400 of 400 rows have no grounded"):
+        calibrate.calibrate_routed_cascade(art, rows, route, signal="grounded", quality=1.0)
+
+
+def test_cascade_rows_keep_the_question(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"query": "how much?", "selfcheck": 0.5, "small_score": 0, "large_score": 1}\n' * 10)
+    rows = calibrate.load_cascade_rows(path)
+    assert rows[0].query == "how much?" and rows[0].signals == {"selfcheck": 0.5}
