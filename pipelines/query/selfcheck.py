@@ -18,11 +18,11 @@ unsure or wrong, its answer often says so in ways a few rules can read:
 is 1 / (1 + problems): 1.0 when nothing was found, 0.5 with one problem, and so on. With the
 default threshold 1.0 the cascade escalates an answer with any problem.
 
-On RouteLLM's GSM8K data (Mixtral-8x7B's answers, evals/routing_offline.py), 29% of the answers
-show a problem, and 74% of those are wrong (of the rest, 22%). The checks only see what an
-answer states: a wrong answer with consistent arithmetic passes, and answers without numbers
-or hedges always do, so for other traffic this signal is strict only where it has something to
-read. The phrase list was chosen on that GSM8K data.
+On RouteLLM's GSM8K data (Mixtral-8x7B's answers, evals/routing_offline.py), 16.7% of the
+answers show a problem, and 88.5% of those are wrong (of the rest, 25.8%). The checks only see
+what an answer states: a wrong answer with consistent arithmetic passes, and answers without
+numbers or hedges always do, so for other traffic this signal is strict only where it has
+something to read. The phrase list was chosen looking at that GSM8K data.
 
 >>> check("She has 16 - 3 = 13 eggs, and sells 13 * 2 = 27 of them.").problems
 ('arithmetic: 13 * 2 = 27 (it is 26)',)
