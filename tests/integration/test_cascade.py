@@ -1,5 +1,6 @@
 """The cascade with the real packaged models (llama.cpp small and large tiers), real FAISS
-and the real embedder, in process: accept, escalate, and keep for lack of time."""
+and the real embedder, in process: accept, escalate, keep for lack of time, and a routed start
+with the selfcheck signal."""
 
 from __future__ import annotations
 
@@ -84,3 +85,34 @@ def test_grounded_signal_is_the_real_answers_grounding_in_its_sources(parts):
     small, large = resp.route.path
     assert small.outcome == "escalated" and small.confidence <= 1.0 and resp.route.tier == "large"
 
+
+
+def test_routed_start_and_the_selfcheck_of_a_cut_off_answer(embedder, model_cache, parts):
+    """A routed cascade with the real models: a route threshold of 0 sends the question straight
+    to the large model; at 1.0 the small model answers first, and cut at 8 tokens (finish reason
+    ``length`` from llama.cpp) its answer fails the self-check and escalates."""
+    stages, _ = parts
+    gen_cfg = GenerationConfig.from_env({"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_GEN_PROFILE": "cpu",
+                                         "RAGROUTE_SMALL_MAX_TOKENS": "8"})
+    generator = Generator(gen_cfg)
+    short = LocalStages(embedder, stages.store, HybridReranker(), HeuristicRouter(), 0.5, generator)
+
+    def ask_routed(route_threshold: float):
+        cfg = RagConfig(candidates=6, cascade=CascadeConfig("selfcheck", 1.0, "test", start="routed",
+                                                            route_threshold=route_threshold))
+        pipeline = QueryPipeline(short, None, cfg, budget=ROOMY, tiers=list(gen_cfg.tiers),
+                                 tier_configs=dict(gen_cfg.tiers))
+        return asyncio.run(pipeline.run(RagRequest(query=QUESTION, tier="cascade", top_k=2)))
+
+    try:
+        direct = ask_routed(0.0)
+        assert [(s.tier, s.outcome) for s in direct.route.path] == [("large", "answered")]
+        assert direct.route.score is not None and "(routed start)" in direct.route.reason
+        assert "Castellanos" in direct.answer
+        climbed = ask_routed(1.0)
+        small, large = climbed.route.path
+        assert small.tier == "small" and small.tokens_out == 8 and small.outcome == "escalated"
+        assert "cut off at the token limit" in small.reason and small.confidence < 1.0
+        assert large.tier == "large" and climbed.route.tier == "large" and "Castellanos" in climbed.answer
+    finally:
+        asyncio.run(generator.close())
