@@ -56,8 +56,8 @@ bench: models
 eval-cache: install
 	$(BIN)/python -m evals.cache_verifier
 
-# Routers on RouteLLM's MMLU/GSM8K data (half split, 3 seeds): curves, APGR, strong share for
-# 95% quality, router overhead; JSON + PNG in evals/out/. Needs ../shared/data.
+# Routers (and, on GSM8K, the cascades) on RouteLLM's MMLU/GSM8K data (half splits, seeds 0-9):
+# curves, APGR, strong share for 95% quality, router overhead; JSON + PNG in evals/out/. Needs ../shared/data.
 eval-routing: install
 	$(BIN)/python -m evals.routing_offline
 

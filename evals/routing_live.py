@@ -15,8 +15,11 @@
    small-only, large-only; the heuristic router; the learned router (5-fold cross-validated:
    trained and calibrated on four folds, scoring the fifth); the cascade on each confidence
    signal (escalate when the small answer's mean or lowest token log-probability, or the share
-   of its words found in its sources, is below a threshold calibrated on the other folds); plus
-   the random and oracle routers for reference. Operating points target 95% of large-only F1.
+   of its words found in its sources, or its selfcheck, is below a threshold calibrated on the
+   other folds); the routed cascade (the cross-validated learned router sends the questions it
+   scores hard to the large tier, the small tier answers the rest and escalates on selfcheck;
+   both thresholds calibrated on the other folds with ``calibrate.pick_routed``); plus the random
+   and oracle routers for reference. Operating points target 95% of large-only F1.
    Mean latency = retrieval path + router (measured) + the tiers that ran.
 3. Writes evals/out/routing_live.json, evals/out/routing_live.png, routing_live/sources.jsonl
    (the reranked sources of each question; re-computed when missing), and the labelled data the
@@ -220,7 +223,8 @@ def _router_overhead(fn, inputs, repeat: int = 3) -> dict[str, float]:
 
 
 def analyze(questions: list[dict]) -> dict:
-    from pipelines.config import EmbeddingConfig
+    from pipelines.config import DEFAULT_CASCADE_THRESHOLDS, EmbeddingConfig
+    from pipelines.query import selfcheck
     from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
     from pipelines.query.safety import grounding
     from pipelines.routing import calibrate, curves, train
@@ -239,6 +243,7 @@ def analyze(questions: list[dict]) -> dict:
         "logprob_mean": np.array([a["logprob_mean"] if a["logprob_mean"] is not None else -99.0 for a in d["small"]]),
         "logprob_min": np.array([a["logprob_min"] if a["logprob_min"] is not None else -99.0 for a in d["small"]]),
         "grounded": np.array([grounding(a["text"], src) for a, src in zip(d["small"], ensure_sources(d))]),
+        "selfcheck": np.array([selfcheck.check(a["text"], a.get("finish_reason")).confidence for a in d["small"]]),
     }
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -247,8 +252,8 @@ def analyze(questions: list[dict]) -> dict:
             f.write(json.dumps({"query": q, "small_score": float(s), "large_score": float(l)}) + "\n")
     with (WORK / "cascade.jsonl").open("w") as f:
         for i, (s, l) in enumerate(zip(small_f1, large_f1)):
-            f.write(json.dumps({**{k: float(v[i]) for k, v in signals.items()}, "small_score": float(s),
-                                "large_score": float(l)}) + "\n")
+            f.write(json.dumps({"query": d["queries"][i], **{k: float(v[i]) for k, v in signals.items()},
+                                "small_score": float(s), "large_score": float(l)}) + "\n")
 
     heuristic = HeuristicRouter()
     feats = [QueryFeatures(query_vector=v.tolist(), retrieval_scores=r) for v, r in zip(d["vectors"], d["retrieval"])]
@@ -260,6 +265,9 @@ def analyze(questions: list[dict]) -> dict:
     decisions = {"heuristic": np.zeros(n, bool), "learned": np.zeros(n, bool),
                  **{f"cascade ({k})": np.zeros(n, bool) for k in signals}}
     thresholds: dict[str, list[float]] = {k: [] for k in decisions}
+    routed = "routed cascade (learned + selfcheck)"
+    routed_large, routed_direct = np.zeros(n, bool), np.zeros(n, bool)
+    thresholds[routed] = []
     last_artifact = None
     for test in fold_ids:
         tr = np.setdiff1d(np.arange(n), test)
@@ -281,6 +289,11 @@ def analyze(questions: list[dict]) -> dict:
                                  quality=QUALITY_TARGET)
             decisions[key][test] = -signal[test] >= cal.threshold
             thresholds[key].append(float(np.nextafter(-cal.threshold, np.inf)))
+        found = calibrate.pick_routed(inner_cv, signals["selfcheck"][tr], small_f1[tr], large_f1[tr],
+                                      signal="selfcheck", quality=QUALITY_TARGET)
+        routed_direct[test] = learned_cv[test] >= found.route_threshold
+        routed_large[test] = routed_direct[test] | (signals["selfcheck"][test] < found.threshold)
+        thresholds[routed].append(found.route_threshold)
 
     learned = LearnedRouter(last_artifact)
     # router overhead per query, embedding excluded (the pipeline has the vector already)
@@ -290,12 +303,17 @@ def analyze(questions: list[dict]) -> dict:
     }
     route_ms = {"heuristic": overhead["heuristic"]["p50_ms"], "learned": overhead["learned"]["p50_ms"]}
 
-    def point(name: str, to_large: np.ndarray, *, cascade: bool = False, router: str | None = None) -> dict:
+    def point(name: str, to_large: np.ndarray, *, cascade: bool = False, router: str | None = None,
+              small_ran: np.ndarray | None = None) -> dict:
+        """``cascade``: every question was answered small first, or those in ``small_ran``
+        (a routed start, whose ``router`` also ran)."""
         f1 = np.where(to_large, large_f1, small_f1)
         em = np.where(to_large, [a["em"] for a in d["large"]], [a["em"] for a in d["small"]])
         if cascade:
-            ms = d["pre_ms"] + small_ms + np.where(to_large, large_ms, 0.0)
-            cost = small_cost + np.where(to_large, large_cost, 0.0)
+            ran = np.ones(n, bool) if small_ran is None else small_ran
+            ms = d["pre_ms"] + (route_ms[router] if router else 0.0) + np.where(ran, small_ms, 0.0) + \
+                np.where(to_large, large_ms, 0.0)
+            cost = np.where(ran, small_cost, 0.0) + np.where(to_large, large_cost, 0.0)
         else:
             ms = d["pre_ms"] + (route_ms[router] if router else 0.0) + np.where(to_large, large_ms, small_ms)
             cost = np.where(to_large, large_cost, small_cost)
@@ -310,6 +328,8 @@ def analyze(questions: list[dict]) -> dict:
         point("heuristic router", decisions["heuristic"], router="heuristic"),
         point("learned router (5-fold CV)", decisions["learned"], router="learned"),
         *(point(f"cascade ({k})", decisions[f"cascade ({k})"], cascade=True) for k in signals),
+        {**point(routed, routed_large, cascade=True, router="learned", small_ran=~routed_direct),
+         "small_share": round(float((~routed_direct).mean()), 4)},
     ]
     c = {
         "random": curves.random_curve(small_f1, large_f1),
@@ -318,6 +338,9 @@ def analyze(questions: list[dict]) -> dict:
         "learned (CV)": curves.curve(learned_cv, small_f1, large_f1),
         **{f"cascade ({k})": curves.curve(calibrate.escalation_scores(v), small_f1, large_f1)
            for k, v in signals.items()},
+        # the route threshold varies along the curve; the self-check at its built-in threshold
+        routed: curves.curve(calibrate.routed_order(learned_cv, signals["selfcheck"],
+                                                    DEFAULT_CASCADE_THRESHOLDS["selfcheck"]), small_f1, large_f1),
     }
     summary = {name: {"apgr": round(cv.apgr(), 4),
                       "large_share_for_95pct": cv.share_for(QUALITY_TARGET * cv.large_only)} for name, cv in c.items()}
@@ -363,7 +386,7 @@ def plot(result: dict, c: dict, path: Path) -> None:
     ax1.set_ylabel("token F1")
     ax1.set_title(f"SQuAD, {result['questions']} questions: quality vs large-tier share")
     ax1.legend(fontsize=8)
-    for p, marker in zip(result["operating_points"], "osD^vPX"):
+    for p, marker in zip(result["operating_points"], "osD^vPX*hd"):
         ax2.scatter(p["mean_latency_ms"], p["f1"], marker=marker, s=50,
                     label=f"{p['policy']}: {p['large_share']:.0%} large, {p['f1_vs_large_only']:.0%} of large-only F1")
     ax2.legend(fontsize=7, loc="lower right")

@@ -22,11 +22,21 @@ each benchmark separately:
 6. repeat for each split seed and report the mean and range over seeds (one half split moves
    the strong share by a few points, GSM8K's 650-question halves more); the plot shows the first.
 
-GSM8K also has the weak model's answers: a cascade that escalates when the weak answer fails
-a self-check (its <<a*b=c>> calculator annotations do not compute, no final "####" answer,
-hedging words) is reported next to the routers, as what a signal from the small model's own
-answer is worth. Router overhead (score only; the pipeline has the embedding) is timed on the
-evaluation half. Writes evals/out/routing_offline.json and evals/out/routing_offline.png.
+GSM8K also has the weak model's answers, so the service's cascade is measured on it with its
+``selfcheck`` signal (pipelines/query/selfcheck.py: arithmetic in the answer that does not
+compute, an unfinished answer, unsure wording), exactly as the service computes it:
+- ``cascade (selfcheck)``: every question is answered by the weak model first (tier
+  ``cascade``); escalated answers go to the strong one;
+- ``routed cascade (learned knn+ridge + selfcheck)`` (``RAGROUTE_CASCADE_START=routed``): a
+  question the default learned router scores at least the route threshold goes to the strong
+  model directly, the others are answered by the weak one and escalated when the self-check
+  finds a problem. Both thresholds are calibrated on the training half
+  (``calibrate.pick_routed`` on the router's cross-validated scores, as ``ragroute router
+  calibrate --cascade --start routed`` does); the curve varies the route threshold. A cascade
+  pays for the weak answers too: ``weak_calls`` reports their share at the operating point.
+Router overhead (score only; the pipeline has the embedding) and, on GSM8K, the self-check of
+an answer are timed on the evaluation half.
+Writes evals/out/routing_offline.json and evals/out/routing_offline.png.
 """
 
 from __future__ import annotations
@@ -39,7 +49,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -102,48 +111,6 @@ def embed(texts: list[str]) -> np.ndarray:
     return vectors
 
 
-# -- the weak answer's self-check (GSM8K cascade) -------------------------------------------------
-_CALC = re.compile(r"<<([^=<>]+)=([^<>]+)>>")
-_HEDGE = re.compile(r"\b(however|assum\w*|not possible|cannot|can't|doesn't make sense|approximately|round\w*)\b", re.I)
-
-
-def _calc_errors(response: str) -> tuple[int, int]:
-    bad = n = 0
-    for expr, result in _CALC.findall(response):
-        n += 1
-        expr = expr.replace("^", "**").replace("x", "*").replace(",", "")
-        if not re.fullmatch(r"[\d\s.+\-*/()]+", expr):
-            bad += 1
-            continue
-        try:
-            value = eval(expr, {"__builtins__": {}})  # noqa: S307 - digits and operators only (checked above)
-            bad += abs(value - float(result.replace(",", "").strip())) > 1e-4 * max(1.0, abs(value))
-        except (SyntaxError, ZeroDivisionError, ValueError, OverflowError):
-            bad += 1
-    return bad, n
-
-
-def self_check_features(prompt: str, response: str) -> list[float]:
-    bad, n = _calc_errors(response)
-    final = re.search(r"####\s*([-\d.,/]+)", response)
-    value = final.group(1).replace(",", "").rstrip(".") if final else ""
-    return [float(bad > 0), float(bad), n / 5, float(final is None),
-            float(bool(value) and not re.fullmatch(r"-?\d+", value)), len(response.split()) / 100,
-            float(bool(_HEDGE.search(response))), len(prompt.split()) / 50]
-
-
-def _logistic(x_train: np.ndarray, y: np.ndarray, x_test: np.ndarray, l2: float = 1.0, steps: int = 500) -> np.ndarray:
-    """Plain L2 logistic regression by gradient descent (8 features: no library needed)."""
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-9
-    a, b = (x_train - mu) / sd, (x_test - mu) / sd
-    w, c = np.zeros(a.shape[1]), 0.0
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-(a @ w + c)))
-        w -= 0.5 * (a.T @ (p - y) / len(y) + l2 * w / len(y))
-        c -= 0.5 * float(np.mean(p - y))
-    return 1 / (1 + np.exp(-(b @ w + c)))
-
-
 # -- evaluation -----------------------------------------------------------------------------------
 def _timed(fn, items) -> dict[str, float]:
     times = []
@@ -157,6 +124,7 @@ def _timed(fn, items) -> dict[str, float]:
 
 def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -> tuple[dict, dict]:
     from pipelines.config import EmbeddingConfig
+    from pipelines.query import selfcheck
     from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures
     from pipelines.routing import calibrate, curves, features, train
     from pipelines.routing.train import LabeledQuery
@@ -173,13 +141,16 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
     scores: dict[str, np.ndarray] = {}
     operating: dict[str, dict] = {}
     models: dict[str, object] = {}
+    cvs: dict[str, np.ndarray] = {}  # each method's cross-validated scores of the training half
 
-    def operate(name: str, train_scores: np.ndarray, test_scores: np.ndarray) -> None:
+    def operate(name: str, train_scores: np.ndarray, test_scores: np.ndarray, weak_calls: np.ndarray | None = None
+                ) -> None:
         cal = calibrate.pick(train_scores, weak[tr], strong[tr], quality=TARGET)
         to_strong = test_scores >= cal.threshold
         acc = float(np.where(to_strong, s, w).mean())
         operating[name] = {"threshold": round(cal.threshold, 6), "strong_share": round(float(to_strong.mean()), 4),
-                           "accuracy": round(acc, 4), "of_strong_only": round(acc / s.mean(), 4)}
+                           "accuracy": round(acc, 4), "of_strong_only": round(acc / s.mean(), 4),
+                           "weak_calls": round(float(np.mean(~to_strong if weak_calls is None else weak_calls)), 4)}
 
     text_feats = features.matrix([r["prompt"] for r in rows])
     heuristic = HeuristicRouter()
@@ -190,18 +161,29 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
         artifact, cv = train.train([labelled[i] for i in tr], vectors[tr], method=method, seed=seed,
                                    embedding_model=EmbeddingConfig.from_env().model)
         models[method] = artifact
+        cvs[method] = cv
         scores[f"learned {method}"] = train.predict(method, artifact.arrays, vectors[te], text_feats[te])
         operate(f"learned {method}", cv, scores[f"learned {method}"])
     if benchmark == "gsm8k":
-        feats = np.array([self_check_features(r["prompt"], r["response"]) for r in rows])
-        fail = 1 - weak
-        # calibrate on out-of-fold scores of the training half, like the routers
-        cv = np.zeros(len(tr))
-        for fold in train.folds(len(tr), 5, seed):
-            rest = np.setdiff1d(np.arange(len(tr)), fold)
-            cv[fold] = _logistic(feats[tr][rest], fail[tr][rest], feats[tr][fold])
-        scores["cascade: weak answer self-check"] = _logistic(feats[tr], fail[tr], feats[te])
-        operate("cascade: weak answer self-check", cv, scores["cascade: weak answer self-check"])
+        # the weak answer's selfcheck confidence, as the service's cascade computes it
+        conf = np.array([selfcheck.check(r["response"]).confidence for r in rows])
+        name = "cascade (selfcheck)"
+        scores[name] = calibrate.escalation_scores(conf[te])
+        operate(name, calibrate.escalation_scores(conf[tr]), scores[name], weak_calls=np.ones(len(te), bool))
+        # routed start: thresholds from the training half (the router's cross-validated scores)
+        name = f"routed cascade (learned {train.DEFAULT_METHOD} + selfcheck)"
+        found = calibrate.pick_routed(cvs[train.DEFAULT_METHOD], conf[tr], weak[tr], strong[tr], signal="selfcheck",
+                                      quality=TARGET)
+        routed = scores[f"learned {train.DEFAULT_METHOD}"]
+        scores[name] = calibrate.routed_order(routed, conf[te], found.threshold)
+        direct = routed >= found.route_threshold
+        to_strong = direct | (conf[te] < found.threshold)
+        acc = float(np.where(to_strong, s, w).mean())
+        operating[name] = {"threshold": round(found.threshold, 6), "route_threshold": round(found.route_threshold, 6),
+                           "strong_share": round(float(to_strong.mean()), 4),
+                           "escalated": round(float((~direct & (conf[te] < found.threshold)).mean()), 4),
+                           "accuracy": round(acc, 4), "of_strong_only": round(acc / s.mean(), 4),
+                           "weak_calls": round(float((~direct).mean()), 4)}
 
     c = {name: curves.curve(v, w, s) for name, v in scores.items()}
     c["random"] = curves.random_curve(w, s)
@@ -222,6 +204,8 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
         default: _timed(lambda i: learned.score(rows[i]["prompt"], QueryFeatures(query_vector=vectors[i].tolist())),
                         sample),
     }
+    if benchmark == "gsm8k":  # the cascade's check of each weak answer
+        overhead["selfcheck (per answer)"] = _timed(lambda i: selfcheck.check(rows[i]["response"]), sample)
     result = {
         "split": {"seed": seed, "train": len(tr), "eval": len(te), "how": "numpy default_rng(seed).permutation, "
                   "first half trains"},
@@ -279,7 +263,8 @@ def _aggregate(per_seed: dict[int, dict]) -> dict:
         if all(ops):
             out[name]["calibrated_operating_point"] = {
                 "strong_share_mean": round(float(np.mean([o["strong_share"] for o in ops])), 4),
-                "of_strong_only_mean": round(float(np.mean([o["of_strong_only"] for o in ops])), 4)}
+                "of_strong_only_mean": round(float(np.mean([o["of_strong_only"] for o in ops])), 4),
+                "weak_calls_mean": round(float(np.mean([o["weak_calls"] for o in ops])), 4)}
     return out
 
 
@@ -309,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 op = r["operating_point"]
                 log.info("%-5s seed %d %-34s APGR %.3f  strong share for 95%%: %s%s", bench, seed, name, r["apgr"],
                          "-" if r["strong_share_for_95pct"] is None else f"{r['strong_share_for_95pct']:.1%}",
-                         f"  | calibrated on train: {op['strong_share']:.1%} strong, {op['of_strong_only']:.1%} "
-                         "of strong-only" if op else "")
+                         f"  | calibrated on train: {op['strong_share']:.1%} strong, {op['weak_calls']:.1%} weak "
+                         f"calls, {op['of_strong_only']:.1%} of strong-only" if op else "")
         summary = _aggregate(per_seed)
         goal = GOALS[bench]
         results[bench] = {
