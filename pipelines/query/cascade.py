@@ -44,11 +44,6 @@ def measure(gen: Generation, signal: str, sources: Sequence[ScoredChunk] = ()) -
     return (gen.logprob_mean if signal == "logprob_mean" else gen.logprob_min), ""
 
 
-def confidence(gen: Generation, signal: str, sources: Sequence[ScoredChunk] = ()) -> float | None:
-    """``signal`` of the answer ``gen``, written from ``sources``."""
-    return measure(gen, signal, sources)[0]
-
-
 def estimate_ms(tier: TierConfig | None, tokens_in: int, tokens_out: int) -> float:
     """How long ``tier`` needs for a prompt and answer of these sizes (its configured rates)."""
     if tier is None:

@@ -14,9 +14,9 @@ unsure or wrong, its answer often says so in ways a few rules can read:
 - **unsure wording**: self-correction, approximation or "it is not possible" phrases
   (``_UNSURE``) that the answer of a model which lost its way tends to contain.
 
-``check`` lists the problems by name (the response's cascade path shows them); ``confidence``
-is 1 / (1 + problems): 1.0 when nothing was found, 0.5 with one problem, and so on. With the
-default threshold 1.0 the cascade escalates an answer with any problem.
+``check`` lists the problems by name (the response's cascade path shows them); its
+``confidence`` is 1 / (1 + problems): 1.0 when nothing was found, 0.5 with one problem, and so
+on. With the default threshold 1.0 the cascade escalates an answer with any problem.
 
 On RouteLLM's GSM8K data (Mixtral-8x7B's answers, evals/routing_offline.py), 16.7% of the
 answers show a problem, and 88.5% of those are wrong (of the rest, 25.8%). The checks only see
@@ -26,7 +26,7 @@ something to read. The phrase list was chosen looking at that GSM8K data.
 
 >>> check("She has 16 - 3 = 13 eggs, and sells 13 * 2 = 27 of them.").problems
 ('arithmetic: 13 * 2 = 27 (it is 26)',)
->>> confidence("16 - 3 = 13 eggs.")
+>>> check("16 - 3 = 13 eggs.").confidence
 1.0
 """
 
@@ -208,8 +208,3 @@ def check(answer: str, finish_reason: str | None = None) -> SelfCheck:
     if m := _UNSURE.search(answer):
         problems.append(f"unsure wording ({m.group(0)!r})")
     return SelfCheck(tuple(problems), len(statements))
-
-
-def confidence(answer: str, finish_reason: str | None = None) -> float:
-    """1 / (1 + the number of problems ``check`` finds): 1.0 for an answer with none."""
-    return check(answer, finish_reason).confidence

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.query.selfcheck import check, confidence
+from pipelines.query.selfcheck import check
 
 
 @pytest.mark.parametrize("answer, problem", [
@@ -61,10 +61,10 @@ def test_unsure_wording_is_a_problem_once():
 
 
 def test_confidence_falls_with_each_problem():
-    assert confidence("16 - 3 = 13.") == 1.0
-    assert confidence("16 - 3 = 12.") == 0.5
-    assert confidence("16 - 3 = 12 and 2 * 2 = 5; however") == pytest.approx(1 / 4)
-    assert confidence("16 - 3 = 12 and 2 * 2 = 5; however", "length") == pytest.approx(1 / 5)
+    assert check("16 - 3 = 13.").confidence == 1.0
+    assert check("16 - 3 = 12.").confidence == 0.5
+    assert check("16 - 3 = 12 and 2 * 2 = 5; however").confidence == pytest.approx(1 / 4)
+    assert check("16 - 3 = 12 and 2 * 2 = 5; however", "length").confidence == pytest.approx(1 / 5)
 
 
 def test_a_pathological_answer_is_read_in_bounded_time():
