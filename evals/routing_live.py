@@ -291,8 +291,7 @@ def analyze(questions: list[dict]) -> dict:
             thresholds[key].append(float(np.nextafter(-cal.threshold, np.inf)))
         found = calibrate.pick_routed(inner_cv, signals["selfcheck"][tr], small_f1[tr], large_f1[tr],
                                       signal="selfcheck", quality=QUALITY_TARGET)
-        routed_direct[test] = learned_cv[test] >= found.route_threshold
-        routed_large[test] = routed_direct[test] | (signals["selfcheck"][test] < found.threshold)
+        routed_direct[test], routed_large[test] = found.apply(learned_cv[test], signals["selfcheck"][test])
         thresholds[routed].append(found.route_threshold)
 
     learned = LearnedRouter(last_artifact)

@@ -176,12 +176,11 @@ def evaluate(benchmark: str, rows: list[dict], vectors: np.ndarray, seed: int) -
                                       quality=TARGET)
         routed = scores[f"learned {train.DEFAULT_METHOD}"]
         scores[name] = calibrate.routed_order(routed, conf[te], found.threshold)
-        direct = routed >= found.route_threshold
-        to_strong = direct | (conf[te] < found.threshold)
+        direct, to_strong = found.apply(routed, conf[te])
         acc = float(np.where(to_strong, s, w).mean())
         operating[name] = {"threshold": round(found.threshold, 6), "route_threshold": round(found.route_threshold, 6),
                            "strong_share": round(float(to_strong.mean()), 4),
-                           "escalated": round(float((~direct & (conf[te] < found.threshold)).mean()), 4),
+                           "escalated": round(float((to_strong & ~direct).mean()), 4),
                            "accuracy": round(acc, 4), "of_strong_only": round(acc / s.mean(), 4),
                            "weak_calls": round(float((~direct).mean()), 4)}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,16 @@ def load_cascade_rows(path: Path) -> list[CascadeRow]:
     return rows
 
 
+def _signal_values(rows: Sequence[CascadeRow], signal: str) -> list[float]:
+    """``signal`` of every row; a signal that is not one, or that rows lack, is a BadRequest."""
+    if signal not in CASCADE_SIGNALS:
+        raise BadRequest("signal", f"{signal!r} is not one of {', '.join(CASCADE_SIGNALS)}")
+    missing = sum(signal not in r.signals for r in rows)
+    if missing:
+        raise BadRequest("data", f"{missing} of {len(rows)} rows have no {signal}")
+    return [r.signals[signal] for r in rows]
+
+
 def escalation_scores(confidence: Sequence[float]) -> np.ndarray:
     """Lower confidence escalates first: the curve's score is the negated confidence."""
     return -np.asarray(confidence, dtype=np.float64)
@@ -109,12 +119,7 @@ def calibrate_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow], *, s
                       large_share: float | None = None, quality: float | None = None,
                       data: Path | None = None) -> RouterArtifact:
     """The artifact with cascade settings: escalate when ``signal`` < threshold."""
-    if signal not in CASCADE_SIGNALS:
-        raise BadRequest("signal", f"{signal!r} is not one of {', '.join(CASCADE_SIGNALS)}")
-    missing = sum(signal not in r.signals for r in rows)
-    if missing:
-        raise BadRequest("data", f"{missing} of {len(rows)} rows have no {signal}")
-    conf = [r.signals[signal] for r in rows]
+    conf = _signal_values(rows, signal)
     cal = pick(escalation_scores(conf), [r.small_score for r in rows], [r.large_score for r in rows],
                large_share=large_share, quality=quality)
     # escalate when confidence < threshold, i.e. -confidence > -threshold; the curve's cut-off
@@ -145,6 +150,12 @@ class RoutedCalibration:
     small_share: float  # questions the small tier answers first (not routed to large directly)
     escalated: float  # share of all questions escalated after the small answer
 
+    def apply(self, route_scores: Sequence[float], confidence: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """What the service does with these thresholds: (routed straight to large, answered by
+        the large tier at all) per question."""
+        direct = np.asarray(route_scores, dtype=np.float64) >= self.route_threshold
+        return direct, direct | (np.asarray(confidence, dtype=np.float64) < self.threshold)
+
 
 def _candidates(confidence: np.ndarray, signal: str, most: int = 64) -> np.ndarray:
     """Cascade thresholds worth trying: at most ``most`` cut-offs between the observed values,
@@ -170,10 +181,9 @@ def pick_routed(route_scores: Sequence[float], confidence: Sequence[float], smal
     best: tuple[tuple[float, float], RoutedCalibration] | None = None
     for c in _candidates(conf, signal):
         cal = pick(routed_order(r, conf, c), small, large, large_share=large_share, quality=quality)
-        route_threshold = float(min(1.0, max(0.0, cal.threshold)))
-        direct = r >= route_threshold if cal.threshold <= 1.0 else np.zeros(len(r), bool)
-        escalated = ~direct & (conf < c)
-        found = RoutedCalibration(float(c), route_threshold, cal, float(1 - direct.mean()), float(escalated.mean()))
+        found = RoutedCalibration(float(c), float(min(1.0, max(0.0, cal.threshold))), cal, 0.0, 0.0)
+        direct, to_large = found.apply(r, conf)
+        found = replace(found, small_share=float(1 - direct.mean()), escalated=float((to_large & ~direct).mean()))
         met = target == "large_share" or cal.quality >= value * cal.large_only - 1e-12
         key = ((cal.large_share if met else 2.0) if target == "quality" else -cal.quality, found.small_share)
         if best is None or key < best[0]:
@@ -188,12 +198,7 @@ def calibrate_routed_cascade(artifact: RouterArtifact, rows: Sequence[CascadeRow
     """The artifact with a routed cascade: start at the large tier when the router's score of the
     question (``route_scores``, one per row) reaches the route threshold, else answer with the
     small tier and escalate when ``signal`` < threshold; both thresholds chosen for the target."""
-    if signal not in CASCADE_SIGNALS:
-        raise BadRequest("signal", f"{signal!r} is not one of {', '.join(CASCADE_SIGNALS)}")
-    missing = sum(signal not in r.signals for r in rows)
-    if missing:
-        raise BadRequest("data", f"{missing} of {len(rows)} rows have no {signal}")
-    found = pick_routed(route_scores, [r.signals[signal] for r in rows], [r.small_score for r in rows],
+    found = pick_routed(route_scores, _signal_values(rows, signal), [r.small_score for r in rows],
                         [r.large_score for r in rows], signal=signal, large_share=large_share, quality=quality)
     cal = found.calibration
     info = {**cal.as_dict(), "threshold": found.threshold, "route_threshold": round(found.route_threshold, 6),
