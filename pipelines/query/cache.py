@@ -97,7 +97,8 @@ class SemanticCache:
 
     def __init__(self, backend: CacheBackend, threshold: float | None, verifier: HitVerifier | None) -> None:
         self.backend = backend
-        self.blocking = backend.blocking
+        # the verifier's pair model is a forward pass through MiniLM: off the event loop, like Redis calls
+        self.blocking = backend.blocking or (verifier is not None and verifier.pair is not None)
         # unset: the cosine floor the verifier was tuned with, or a strict plain threshold without it
         self.threshold = threshold if threshold is not None else \
             verifier.vector_threshold if verifier is not None else self.PLAIN_THRESHOLD
@@ -109,10 +110,11 @@ class SemanticCache:
 
     def get_semantic(self, part: Partition, query: str, vector: np.ndarray) -> SemanticLookup:
         verdicts = []
-        for cand in self.backend.candidates(part, vector, self.CANDIDATES, self.threshold):
-            if self.verifier is None:
-                return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity), ())
-            verdict = self.verifier.check(cand.query, query, cand.similarity, cand.vector, vector)
+        cands = list(self.backend.candidates(part, vector, self.CANDIDATES, self.threshold))
+        if self.verifier is None:
+            return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity) if cands else None, ())
+        checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands])
+        for cand, verdict in zip(cands, checked, strict=True):
             line = f"{cand.query!r} (cosine {cand.similarity:.3f}) {verdict.reason}"
             verdicts.append(line)
             if verdict.accept:
@@ -127,10 +129,11 @@ class SemanticCache:
         return self.backend.purge(tenant=tenant, doc_ids=doc_ids)
 
     def stats(self) -> dict[str, Any]:
-        scorer = self.verifier.scorer if self.verifier else None
+        v = self.verifier
         return {**self.backend.stats(), "threshold": self.threshold,
-                "verifier_rules": sorted(self.verifier.rules) if self.verifier else [],
-                "verifier_accept_probability": scorer.accept_probability if scorer else None}
+                "verifier_rules": sorted(v.rules) if v else [],
+                "verifier_pair_model": bool(v and v.pair),
+                "verifier_accept_probability": v.accept_probability if v else None}
 
 
 @dataclass
@@ -228,7 +231,7 @@ def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str
     """The configured cache: Redis when ``REDIS_URL`` is set, else in-process; None if off."""
     if cfg.backend == "off":
         return None
-    verifier = HitVerifier.load(embedding_model=embedding_model) if cfg.verifier else None
+    verifier = HitVerifier.load(embedding_model=embedding_model, pair_model=cfg.pair_model) if cfg.verifier else None
     if cfg.redis_url:
         from pipelines.query.cache_redis import RedisCache
 

@@ -7,17 +7,23 @@ Python" vs "in Java". The verifier runs in two steps, and says which one decided
 1. **Near-miss rules** (``vetoes``): named checks that reject a candidate outright, with the
    reason: antonyms, different numbers, one side negated. These are product decisions (the
    answer to "top 5" is not the answer to "top 10"), not learnt.
-2. **A learned duplicate check**: logistic regression on the pair: the cosine, named lexical
-   features (word overlap, different names, word order, question type, ...) and the two
-   embeddings' interactions (|u - v| and u * v, as in Sentence-BERT's classifier head). It
-   estimates P(same question); the candidate is accepted when that is at least
-   ``accept_probability``, or when the cosine alone is at least ``sure_cosine`` (near-identical
-   wording, as precise on the tune split as the model's accepted pairs). The reason lists the
-   probability and the features that weighed most for or against.
+2. **A learned duplicate check** that estimates P(same question) from two scores:
+   - *features*: logistic regression on the cosine, named lexical features (word overlap,
+     different names, word order, question type, ...) and the two embeddings' interactions
+     (|u - v| and u * v, as in Sentence-BERT's classifier head);
+   - *the pair model* (:mod:`pipelines.query.pairmodel`): MiniLM fine-tuned as a
+     cross-encoder that reads both questions together.
+   A two-input logistic regression, fitted on a calibration slice the two were not trained
+   on, weighs them. The candidate is accepted when P is at least ``accept_probability``, or
+   when the cosine alone is at least ``sure_cosine`` (near-identical wording, as precise on
+   the tune split as the model's accepted pairs). The reason lists the probability and the
+   parts that weighed most for or against. With the pair model switched off
+   (``RAGROUTE_CACHE_PAIR_MODEL=off``) the features decide alone, with their own cut.
 
-Weights, vetoes, the cosine floor and the acceptance probability are in ``verifier.json``,
-fitted on the QQP tune split by ``python -m evals.cache_verifier --train`` (the test split
-is only used for the reported numbers), with a manifest checked at load time.
+Weights, vetoes, the cosine floor and the acceptance probabilities are in ``verifier.json``
+(the pair model's tensors in ``verifier-pair.npz``, whose sha256 it records), fitted on the
+QQP tune split by ``python -m evals.cache_verifier --train`` (the test split is only used for
+the reported numbers), with a manifest checked at load time.
 
     >>> v = HitVerifier.load()                                   # doctest: +SKIP
     >>> v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.93).reason   # doctest: +SKIP
@@ -30,9 +36,10 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +49,7 @@ from pipelines.text import STOPWORDS
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = Path(__file__).with_name("verifier.json")
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*|\.[A-Za-z]+|\d+(?:[.,]\d+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
@@ -170,6 +177,7 @@ FEATURES: dict[str, str] = {
     "non_ascii": "non-ASCII terms",
 }
 EMBEDDING_GROUP = "meaning (embeddings)"
+PAIR_GROUP = "pair model"
 
 
 def pair_features(cached: str, query: str, similarity: float) -> np.ndarray:
@@ -223,14 +231,18 @@ class PairScorer:
     def dimension(self) -> int:
         return (self.weights.shape[0] - len(FEATURES)) // 2
 
-    def contributions(self, named: np.ndarray, emb: np.ndarray) -> tuple[float, dict[str, float]]:
-        """P(same question) and each named feature's (and the embeddings') share of the logit."""
+    def logit(self, named: np.ndarray, emb: np.ndarray) -> tuple[float, dict[str, float]]:
+        """The logit of P(same question) and each named feature's (and the embeddings') share of it."""
         x = (np.concatenate([named, emb]) - self.mean) / self.scale
         parts = x * self.weights
         n = len(FEATURES)
-        logit = float(parts.sum() + self.bias)
         named_parts = dict(zip(FEATURES, parts[:n].tolist(), strict=True))
-        return 1 / (1 + np.exp(-logit)), named_parts | {EMBEDDING_GROUP: float(parts[n:].sum())}
+        return float(parts.sum() + self.bias), named_parts | {EMBEDDING_GROUP: float(parts[n:].sum())}
+
+    def contributions(self, named: np.ndarray, emb: np.ndarray) -> tuple[float, dict[str, float]]:
+        """P(same question) and each part's share of the logit."""
+        z, parts = self.logit(named, emb)
+        return _sigmoid(z), parts
 
     def to_json(self) -> dict:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
@@ -246,6 +258,29 @@ class PairScorer:
                    float(d["accept_probability"]), float(d["sure_cosine"]))
 
 
+def _sigmoid(z: float) -> float:
+    return float(1 / (1 + np.exp(-np.clip(z, -50, 50))))
+
+
+@dataclass(frozen=True)
+class PairStack:
+    """How the pair model's logit joins the features' one: P = sigmoid(features_weight * z_features
+    + pair_weight * z_pair + bias), with its own acceptance cut and near-identical cosine."""
+
+    model: Any  # pipelines.query.pairmodel.PairModel (anything with .logits(pairs) -> array)
+    features_weight: float
+    pair_weight: float
+    bias: float
+    accept_probability: float
+    sure_cosine: float = 1.0
+
+    def combine(self, z_features: float, features_parts: dict[str, float], z_pair: float
+                ) -> tuple[float, dict[str, float]]:
+        parts = {k: self.features_weight * v for k, v in features_parts.items()}
+        z = self.features_weight * z_features + self.pair_weight * z_pair + self.bias
+        return _sigmoid(z), {PAIR_GROUP: self.pair_weight * z_pair} | parts
+
+
 def _model_name(name: str) -> str:
     """'sentence-transformers/all-MiniLM-L6-v2' and 'all-MiniLM-L6-v2' name the same model."""
     return name.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -256,6 +291,14 @@ def _explain(parts: dict[str, float], k: int = 3) -> str:
     return ", ".join(f"{FEATURES.get(name, name)} {value:+.1f}" for name, value in top)
 
 
+def _load_pair(spec: dict, path: Path) -> PairStack:
+    from pipelines.query.pairmodel import PairModel
+
+    model = PairModel(path.with_name(spec["file"]), spec["sha256"], int(spec["rank"]))
+    return PairStack(model, float(spec["features_weight"]), float(spec["pair_weight"]), float(spec["bias"]),
+                     float(spec["accept_probability"]), float(spec["sure_cosine"]))
+
+
 @dataclass(frozen=True)
 class Verdict:
     accept: bool
@@ -264,19 +307,34 @@ class Verdict:
 
 
 class HitVerifier:
-    def __init__(self, rules: dict[str, float], vector_threshold: float, scorer: PairScorer | None = None) -> None:
+    def __init__(self, rules: dict[str, float], vector_threshold: float, scorer: PairScorer | None = None,
+                 pair: PairStack | None = None) -> None:
         unknown = set(rules) - set(RULES)
         if unknown:
             raise ArtifactError(f"unknown verifier rules {sorted(unknown)}; known: {', '.join(RULES)}")
+        if pair is not None and scorer is None:
+            raise ArtifactError("the pair model joins the features' score: it needs the scorer too")
         self.rules = rules  # near-miss rules that veto (rule -> cut-off)
         self.vector_threshold = vector_threshold  # the cosine floor the verifier was tuned with
         self.scorer = scorer
+        self.pair = pair
+
+    @property
+    def accept_probability(self) -> float | None:
+        """The cut on P(same question) in use (the pair model's when it runs)."""
+        return self.pair.accept_probability if self.pair else self.scorer.accept_probability if self.scorer else None
+
+    @property
+    def sure_cosine(self) -> float:
+        return self.pair.sure_cosine if self.pair else self.scorer.sure_cosine if self.scorer else 1.0
 
     @classmethod
-    def load(cls, path: Path = WEIGHTS_FILE, embedding_model: str | None = None) -> HitVerifier:
+    def load(cls, path: Path = WEIGHTS_FILE, embedding_model: str | None = None,
+             pair_model: bool = True) -> HitVerifier:
         """The shipped (or given) settings, checked against their manifest. With
         ``embedding_model`` other than the one the learned check was fitted on, that check is
-        left out (its weights mean nothing for other embeddings) and only the rules run."""
+        left out (its weights mean nothing for other embeddings) and only the rules run. With
+        ``pair_model`` false, or settings without one, the features decide alone."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -296,7 +354,8 @@ class HitVerifier:
                         "running the near-miss rules only (retune: python -m evals.cache_verifier --train)",
                         trained_on, embedding_model)
             scorer = None
-        return cls(model["rules"], model["vector_threshold"], scorer)
+        pair = _load_pair(model["pair_model"], path) if pair_model and scorer and model.get("pair_model") else None
+        return cls(model["rules"], model["vector_threshold"], scorer, pair)
 
     def reasons(self, cached: str, query: str) -> list[str]:
         return self._reasons(_Question.of(cached), _Question.of(query))
@@ -304,8 +363,22 @@ class HitVerifier:
     def _reasons(self, a: _Question, b: _Question) -> list[str]:
         return [r for name, cut in self.rules.items() if (r := RULES[name](a, b, cut))]
 
+    def check_many(self, items: Sequence[tuple[str, str, float, np.ndarray | None, np.ndarray | None]]
+                   ) -> list[Verdict]:
+        """``check`` for each (cached, query, cosine, cached vector, query vector), with one batched
+        pair-model pass over the pairs that need it (the cache checks its candidates this way)."""
+        logits: dict[tuple[str, str], float] = {}
+        if self.pair is not None:
+            need = list(dict.fromkeys((a, b) for a, b, sim, _, _ in items
+                                      if sim < self.sure_cosine and not self.reasons(a, b)))
+            if need:
+                logits = dict(zip(need, self.pair.model.logits(need).tolist(), strict=True))
+        return [self.check(a, b, sim, u, v, logits.get((a, b))) for a, b, sim, u, v in items]
+
     def check(self, cached: str, query: str, similarity: float, cached_vector: np.ndarray | None = None,
-              query_vector: np.ndarray | None = None) -> Verdict:
+              query_vector: np.ndarray | None = None, pair_logit: float | None = None) -> Verdict:
+        """``pair_logit``: the pair model's logit for (cached, query) when the caller already has
+        it (the eval scores pairs in batches); computed here otherwise."""
         a, b = _Question.of(cached), _Question.of(query)
         found = self._reasons(a, b)
         if found:
@@ -315,17 +388,24 @@ class HitVerifier:
             return Verdict(True, f"accepted: cosine {similarity:.3f}, {rules}")
         dim = self.scorer.dimension
         p = parts = None
+        sure = self.sure_cosine
         if cached_vector is not None and query_vector is not None and len(cached_vector) == len(query_vector) == dim:
-            p, parts = self.scorer.contributions(_pair_features(a, b, similarity),
-                                                 embedding_features(cached_vector, query_vector))
-        if similarity >= self.scorer.sure_cosine:
+            z, parts = self.scorer.logit(_pair_features(a, b, similarity),
+                                         embedding_features(cached_vector, query_vector))
+            if self.pair is None:
+                p = _sigmoid(z)
+            elif similarity < sure:  # near-identical wording does not need the pair model's forward pass
+                if pair_logit is None:
+                    pair_logit = float(self.pair.model.logits([(cached, query)])[0])
+                p, parts = self.pair.combine(z, parts, pair_logit)
+        if similarity >= sure:
             known = "" if p is None else f"; P(same question) {p:.2f}"
-            return Verdict(True, f"accepted: cosine {similarity:.3f} >= {self.scorer.sure_cosine:.2f} (near-identical "
+            return Verdict(True, f"accepted: cosine {similarity:.3f} >= {sure:.2f} (near-identical "
                                  f"wording{known}), {rules}", p)
         if p is None:
             # No usable embeddings (another embedding model): the rules alone cannot vouch for it.
             return Verdict(False, f"rejected: the learned check needs both {dim}-d embeddings; {rules}")
-        cut = self.scorer.accept_probability
+        cut = self.accept_probability
         if p >= cut:
             return Verdict(True, f"accepted: P(same question) {p:.2f} >= {cut:.2f} (cosine {similarity:.3f}; "
                                  f"{_explain(parts)}); {rules}", p)

@@ -24,7 +24,7 @@ def verifier():
 def test_paraphrases_with_other_words_pass_the_learned_check(embedder, verifier, cached, query):
     a, b = embedder.encode([cached, query])
     sim = float(a @ b)
-    assert verifier.vector_threshold <= sim < verifier.scorer.sure_cosine  # the model decides, not the cosine
+    assert verifier.vector_threshold <= sim < verifier.sure_cosine  # the model decides, not the cosine
     verdict = verifier.check(cached, query, sim, a, b)
     assert verdict.accept and verdict.reason.startswith("accepted: P(same question)")
 
@@ -38,7 +38,7 @@ def test_near_misses_above_the_floor_are_rejected_with_the_probability(embedder,
     sim = float(a @ b)
     assert sim >= verifier.vector_threshold and not verifier.reasons(cached, query)  # no rule catches them
     verdict = verifier.check(cached, query, sim, a, b)
-    assert not verdict.accept and verdict.probability < verifier.scorer.accept_probability
+    assert not verdict.accept and verdict.probability < verifier.accept_probability
     assert verdict.reason.startswith("rejected: P(same question)")
 
 

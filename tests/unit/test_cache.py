@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import numpy as np
+
 from pipelines.config import CacheConfig
 from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
-from pipelines.query.verify import HitVerifier
+from pipelines.query.verify import HitVerifier, PairScorer, PairStack
 from tests.fakes import unit
 
 P = Partition("t1", "v1", "fp")
@@ -100,3 +102,15 @@ def test_without_verifier_the_threshold_alone_decides():
     put(backend, P, "k", [1, 0], {"answer": "enable"}, query="How do I enable 2FA?")
     assert cache.get_semantic(P, "How do I disable 2FA?", unit([1, 0.1])).hit.payload == {"answer": "enable"}
     assert cache.get_semantic(P, "x", unit([1, 1])).hit is None  # cosine 0.71 < 0.9
+
+
+def test_a_verifier_with_a_pair_model_runs_off_the_event_loop_even_in_process():
+    class Pair:
+        def logits(self, pairs):
+            return np.zeros(len(pairs))
+
+    n = 11 + 2 * 2
+    scorer = PairScorer(np.zeros(n), np.ones(n), np.ones(n), 0.0, 0.5)
+    backend, _ = make()
+    assert not SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer)).blocking  # microseconds: inline
+    assert SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer, PairStack(Pair(), 1.0, 1.0, 0.0, 0.5))).blocking

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import ArtifactError
-from pipelines.query.verify import FEATURES, RULES, WEIGHTS_FILE, HitVerifier, PairScorer
+from pipelines.query.verify import FEATURES, PAIR_GROUP, RULES, WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
 
 ALL = {name: 0.0 for name in RULES} | {"order": 0.5}
 
@@ -39,7 +39,7 @@ def test_paraphrases_pass_every_rule(cached, query):
 
 
 def test_shipped_settings_load_and_reject_the_classic_near_miss():
-    v = HitVerifier.load()
+    v = HitVerifier.load(pair_model=False)
     assert {"antonyms", "numbers", "negation"} <= set(v.rules) and 0.5 < v.vector_threshold < 1
     assert not v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.93).accept
 
@@ -97,15 +97,77 @@ def test_learned_weights_for_other_features_or_another_embedder_are_not_used(cap
         PairScorer.from_json(d | {"features": d["features"][:-1]})
     with pytest.raises(ArtifactError, match="expected 11 named features"):
         PairScorer(np.zeros(12), np.ones(12), np.zeros(12), 0.0, 0.5)
-    assert HitVerifier.load(embedding_model="sentence-transformers/all-MiniLM-L6-v2").scorer is not None
+    assert HitVerifier.load(embedding_model="sentence-transformers/all-MiniLM-L6-v2", pair_model=False).scorer
     with caplog.at_level("WARNING"):
-        assert HitVerifier.load(embedding_model="BAAI/bge-small-en-v1.5").scorer is None
+        other = HitVerifier.load(embedding_model="BAAI/bge-small-en-v1.5")
+    assert other.scorer is None and other.pair is None  # the pair model joins the features' logit: out too
     assert "running the near-miss rules only" in caplog.text
 
 
 def test_shipped_verifier_has_the_learned_check_and_a_manifest_that_matches_it():
     data = json.loads(WEIGHTS_FILE.read_text())
-    v = HitVerifier.load()
-    assert v.scorer is not None and v.scorer.dimension == data["manifest"]["dimension"] == 384
+    v = HitVerifier.load(pair_model=False)
+    assert v.scorer is not None and v.scorer.dimension == data["manifest"]["dimension"] == 384 and v.pair is None
     assert 0.5 < v.scorer.accept_probability < 1 and v.vector_threshold < v.scorer.sure_cosine <= 1
     assert data["manifest"]["embedding_model"] == "all-MiniLM-L6-v2"
+    pair = data["model"]["pair_model"]  # the cross-encoder's tensors are a separate file, pinned here
+    assert pair["file"] == "verifier-pair.npz" and len(pair["sha256"]) == 64 and pair["base_model"] == "all-MiniLM-L6-v2"
+    assert 0.5 < pair["accept_probability"] < 1 and pair["pair_weight"] > 0
+
+
+# -- the pair model's part (a stand-in model: the real one is tested in tests/integration) ----------
+class FixedPair:
+    """Returns one logit for every pair and counts the pairs it was asked about."""
+
+    def __init__(self, logit: float) -> None:
+        self.logit, self.asked = logit, []
+
+    def logits(self, pairs):
+        self.asked += list(pairs)
+        return np.full(len(pairs), self.logit)
+
+
+def stacked(logit: float, sure: float = 0.99) -> tuple[HitVerifier, FixedPair]:
+    pair = FixedPair(logit)
+    return HitVerifier({"antonyms": 0.0}, 0.8, toy_scorer(), PairStack(pair, 0.5, 2.0, -1.0, 0.9, sure)), pair
+
+
+def test_the_pair_model_weighs_in_with_the_features_and_the_reason_names_it():
+    u = np.array([1.0, 0.0])
+    v, pair = stacked(2.0)
+    ok = v.check("How can I catch an exception?", "How do I catch an exception?", 0.95, u, u)
+    z = 0.5 * (20 * 0.95 - 18) + 2.0 * 2.0 - 1.0  # features' weight x their logit + pair weight x its logit + bias
+    assert pair.asked == [("How can I catch an exception?", "How do I catch an exception?")]
+    assert ok.accept and ok.probability == pytest.approx(1 / (1 + np.exp(-z)))
+    assert f"{PAIR_GROUP} +4.0" in ok.reason and ok.reason.startswith("accepted: P(same question) 0.97 >= 0.90")
+    v, _ = stacked(-2.0)  # the same pair, the pair model against it: rejected on its word
+    no = v.check("How can I catch an exception?", "How do I catch an exception?", 0.95, u, u)
+    assert not no.accept and f"{PAIR_GROUP} -4.0" in no.reason and no.reason.startswith("rejected: P(same question)")
+    assert v.accept_probability == 0.9 and v.scorer.accept_probability == 0.5  # the stack's cut, not the features'
+
+
+def test_the_pair_model_is_not_run_for_vetoed_or_near_identical_pairs_or_when_given_its_logit():
+    u = np.array([1.0, 0.0])
+    v, pair = stacked(3.0, sure=0.97)
+    assert not v.check("How do I enable 2FA?", "How do I disable 2FA?", 0.95, u, u).accept
+    assert v.check("What does with do?", "What does with do exactly?", 0.98, u, u).accept  # >= sure cosine
+    assert not v.check("a b", "a b", 0.9, u, u, pair_logit=-9.0).accept  # the caller's logit is used
+    assert pair.asked == []
+
+
+def test_a_pair_model_without_the_features_is_refused():
+    with pytest.raises(ArtifactError, match="needs the scorer"):
+        HitVerifier({}, 0.8, None, PairStack(FixedPair(0.0), 1.0, 1.0, 0.0, 0.5))
+
+
+def test_check_many_asks_the_pair_model_once_for_the_pairs_that_need_it():
+    u = np.array([1.0, 0.0])
+    v, pair = stacked(2.0, sure=0.97)
+    items = [("How can I catch an exception?", "How do I catch an exception?", 0.95, u, u),
+             ("How do I enable 2FA?", "How do I disable 2FA?", 0.95, u, u),   # vetoed: not asked
+             ("What does with do?", "What does with do exactly?", 0.98, u, u),  # near-identical: not asked
+             ("How can I catch an exception?", "How do I catch an exception?", 0.95, u, u)]  # asked once
+    verdicts = v.check_many(items)
+    assert pair.asked == [items[0][:2]]
+    assert [x.accept for x in verdicts] == [True, False, True, True]
+    assert [x.reason for x in verdicts] == [v.check(*item).reason for item in items]
