@@ -226,7 +226,7 @@ def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_
         if {k: old.get(k) for k in pair_spec} != pair_spec:
             raise SystemExit(f"--keep-pair-model: the shipped pair model was trained as {old or 'nothing'}, "
                              f"this run needs {pair_spec}; train it (drop --keep-pair-model)")
-        sha = pairmodel.sha256_bytes(pairmodel.WEIGHTS_FILE)
+        sha = models.sha256_file(pairmodel.WEIGHTS_FILE)
     else:
         sha = pairmodel.train([(p["a"], p["b"]) for p in fit], [p["duplicate"] for p in fit], pairmodel.WEIGHTS_FILE,
                               epochs=PAIR_EPOCHS, seed=seed,
@@ -306,7 +306,7 @@ def equal_recall(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray
         plain, cos_cut = operating_point(sims, dup, total, r)
         row = {"recall": r, "plain_precision": round(plain, 4), "plain_cosine": round(cos_cut, 4)}
         for name, prob in probs.items():
-            prec, p_cut = operating_point(probs[name], dup, total, r)
+            prec, p_cut = operating_point(prob, dup, total, r)
             row[f"{name}_precision"] = round(prec, 4)
             row[f"{name}_probability"] = round(p_cut, 4)
         rows.append(row)

@@ -14,7 +14,6 @@ The score is symmetric: the mean logit of both orders (cached, query) and (query
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -92,16 +91,12 @@ def _load_base(rank: int):
     return torch, tok, model
 
 
-def sha256_bytes(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class PairModel:
     """P(same question) logits for (cached, query) pairs from the fine-tuned cross-encoder."""
 
     def __init__(self, path: Path, sha256: str, rank: int = RANK) -> None:
         try:
-            digest = sha256_bytes(path)
+            digest = models.sha256_file(path)
         except OSError as exc:
             raise ArtifactError(f"cannot read the verifier's pair model {path}: {exc}") from None
         if digest != sha256:
@@ -180,4 +175,4 @@ def train(pairs: Sequence[tuple[str, str]], labels: Sequence[bool], out: Path, *
     tmp = out.with_suffix(".tmp.npz")
     np.savez(tmp, **{k: v.detach().numpy().astype(np.float32) for k, v in model.trained().items()})
     tmp.replace(out)
-    return sha256_bytes(out)
+    return models.sha256_file(out)

@@ -239,11 +239,6 @@ class PairScorer:
         named_parts = dict(zip(FEATURES, parts[:n].tolist(), strict=True))
         return float(parts.sum() + self.bias), named_parts | {EMBEDDING_GROUP: float(parts[n:].sum())}
 
-    def contributions(self, named: np.ndarray, emb: np.ndarray) -> tuple[float, dict[str, float]]:
-        """P(same question) and each part's share of the logit."""
-        z, parts = self.logit(named, emb)
-        return _sigmoid(z), parts
-
     def to_json(self) -> dict:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "bias": self.bias, "accept_probability": self.accept_probability, "sure_cosine": self.sure_cosine,

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
+from pipelines import models
 from pipelines.errors import ArtifactError
 from pipelines.query import pairmodel
 from pipelines.query.verify import WEIGHTS_FILE, HitVerifier
@@ -40,7 +41,7 @@ def test_tampered_or_misshapen_pair_model_is_refused(tmp_path, shipped):
         pairmodel.PairModel(bad, spec["sha256"], spec["rank"])
     np.savez(bad, head_weight=np.zeros((1, 384), dtype=np.float32))  # right file format, wrong tensors
     with pytest.raises(ArtifactError, match="do not fit"):
-        pairmodel.PairModel(bad, pairmodel.sha256_bytes(bad), spec["rank"])
+        pairmodel.PairModel(bad, models.sha256_file(bad), spec["rank"])
     # the settings file points at the tensors by name next to it: a copy without them fails clearly
     shutil.copy(WEIGHTS_FILE, tmp_path / "verifier.json")
     with pytest.raises(ArtifactError, match="cannot read the verifier's pair model"):
@@ -65,6 +66,6 @@ def test_fine_tuning_writes_adapters_that_load_back(tmp_path):
     model = pairmodel.PairModel(out, sha)
     z = model.logits(pairs[:2])
     assert z.shape == (2,) and z[0] > z[1]  # 4 steps on a toy set: it has learnt which is which
-    assert sha == pairmodel.sha256_bytes(out) and out.stat().st_size < 3_000_000
+    assert sha == models.sha256_file(out) and out.stat().st_size < 3_000_000
     # the same data and seed give the same file (the shipped one can be rebuilt and checked)
     assert pairmodel.train(pairs, labels, tmp_path / "again.npz", epochs=2, batch_size=8, lr=2e-3) == sha
