@@ -355,6 +355,8 @@ class CacheConfig:
     verifier: bool = True
     pair_model: bool = True
     """the verifier's cross-encoder (pipelines/query/pairmodel.py); off: its features decide alone"""
+    accept_probability: float | None = None
+    """None: the verifier's calibrated cut on P(same question); set: this cut instead"""
     ttl_s: float = 3600.0
     sliding_ttl: bool = False
     max_entries: int = 10_000
@@ -370,6 +372,7 @@ class CacheConfig:
             threshold=_num(env, "RAGROUTE_CACHE_THRESHOLD", None, float, 0.0, 1.0),  # type: ignore[arg-type]
             verifier=_choice(env, "RAGROUTE_CACHE_VERIFIER", "on", ("on", "off")) == "on",
             pair_model=_choice(env, "RAGROUTE_CACHE_PAIR_MODEL", "on", ("on", "off")) == "on",
+            accept_probability=_num(env, "RAGROUTE_CACHE_ACCEPT_PROBABILITY", None, float, 0.0, 1.0),  # type: ignore[arg-type]
             ttl_s=_num(env, "RAGROUTE_CACHE_TTL_S", 3600.0, float, 1.0, 30 * 86400.0),
             sliding_ttl=_choice(env, "RAGROUTE_CACHE_SLIDING_TTL", "off", ("on", "off")) == "on",
             max_entries=_num(env, "RAGROUTE_CACHE_MAX_ENTRIES", 10_000, int, 1, 10_000_000),

@@ -231,7 +231,8 @@ def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str
     """The configured cache: Redis when ``REDIS_URL`` is set, else in-process; None if off."""
     if cfg.backend == "off":
         return None
-    verifier = HitVerifier.load(embedding_model=embedding_model, pair_model=cfg.pair_model) if cfg.verifier else None
+    verifier = HitVerifier.load(embedding_model=embedding_model, pair_model=cfg.pair_model,
+                                accept_probability=cfg.accept_probability) if cfg.verifier else None
     if cfg.redis_url:
         from pipelines.query.cache_redis import RedisCache
 

@@ -37,13 +37,13 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ArtifactError
+from pipelines.errors import ArtifactError, ConfigError
 from pipelines.text import STOPWORDS
 
 log = logging.getLogger(__name__)
@@ -325,11 +325,14 @@ class HitVerifier:
 
     @classmethod
     def load(cls, path: Path = WEIGHTS_FILE, embedding_model: str | None = None,
-             pair_model: bool = True) -> HitVerifier:
+             pair_model: bool = True, accept_probability: float | None = None) -> HitVerifier:
         """The shipped (or given) settings, checked against their manifest. With
         ``embedding_model`` other than the one the learned check was fitted on, that check is
         left out (its weights mean nothing for other embeddings) and only the rules run. With
-        ``pair_model`` false, or settings without one, the features decide alone."""
+        ``pair_model`` false, or settings without one, the features decide alone.
+        ``accept_probability`` replaces the calibrated cut on P(same question) of whichever
+        learned check runs (RAGROUTE_CACHE_ACCEPT_PROBABILITY: a deployment whose questions are
+        worded unlike Quora's can trade precision for hits)."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -350,6 +353,16 @@ class HitVerifier:
                         trained_on, embedding_model)
             scorer = None
         pair = _load_pair(model["pair_model"], path) if pair_model and scorer and model.get("pair_model") else None
+        if accept_probability is not None:
+            if not 0.0 <= accept_probability <= 1.0:
+                raise ConfigError(f"accept_probability must be within [0, 1], got {accept_probability}")
+            if pair is not None:
+                pair = replace(pair, accept_probability=accept_probability)
+            elif scorer is not None:
+                scorer = replace(scorer, accept_probability=accept_probability)
+            else:
+                log.warning("cache verifier: no learned check runs, so the accept probability %.2f has no effect",
+                            accept_probability)
         return cls(model["rules"], model["vector_threshold"], scorer, pair)
 
     def reasons(self, cached: str, query: str) -> list[str]:

@@ -55,6 +55,9 @@ def test_the_shipped_verifier_runs_the_pair_model_and_quotes_it(embedder):
     a, b = embedder.encode([cached, query])
     verdict = v.check(cached, query, float(a @ b), a, b)
     assert verdict.accept and "pair model +" in verdict.reason
+    # a configured cut (RAGROUTE_CACHE_ACCEPT_PROBABILITY) replaces the pair model's calibrated one
+    strict = HitVerifier.load(embedding_model="all-MiniLM-L6-v2", accept_probability=min(1.0, verdict.probability + 0.01))
+    assert strict.pair is not None and not strict.check(cached, query, float(a @ b), a, b).accept
 
 
 def test_fine_tuning_writes_adapters_that_load_back(tmp_path):

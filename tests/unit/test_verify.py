@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.errors import ArtifactError
+from pipelines.errors import ArtifactError, ConfigError
 from pipelines.query.verify import FEATURES, PAIR_GROUP, RULES, WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
 
 ALL = {name: 0.0 for name in RULES} | {"order": 0.5}
@@ -115,6 +115,27 @@ def test_shipped_verifier_has_the_learned_check_and_a_manifest_that_matches_it()
     assert 0.5 < pair["accept_probability"] < 1 and pair["pair_weight"] > 0
 
 
+def test_a_configured_accept_probability_replaces_the_calibrated_cut(caplog):
+    shipped = HitVerifier.load(pair_model=False)
+    rng = np.random.default_rng(0)
+    u, v = rng.normal(size=(2, 384))
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    args = ("How do for loops work?", "How does the for loop work?", 0.9, u, v)
+    p = shipped.check(*args).probability
+    assert p is not None and 0.0 < p < 1.0
+    stricter, looser = (HitVerifier.load(pair_model=False, accept_probability=c) for c in (min(1.0, p + 0.01),
+                                                                                           max(0.0, p - 0.01)))
+    assert stricter.accept_probability == pytest.approx(min(1.0, p + 0.01))
+    assert not stricter.check(*args).accept and looser.check(*args).accept
+    assert f">= {looser.accept_probability:.2f}" in looser.check(*args).reason
+    assert shipped.accept_probability == json.loads(WEIGHTS_FILE.read_text())["model"]["scorer"]["accept_probability"]
+    with pytest.raises(ConfigError, match="within"):
+        HitVerifier.load(pair_model=False, accept_probability=1.5)
+    with caplog.at_level("WARNING"):  # no learned check (another embedder): nothing to apply it to
+        assert HitVerifier.load(embedding_model="BAAI/bge-small-en-v1.5", accept_probability=0.5).scorer is None
+    assert "has no effect" in caplog.text
+
+
 # -- the pair model's part (a stand-in model: the real one is tested in tests/integration) ----------
 class FixedPair:
     """Returns one logit for every pair and counts the pairs it was asked about."""
@@ -171,3 +192,13 @@ def test_check_many_asks_the_pair_model_once_for_the_pairs_that_need_it():
     assert pair.asked == [items[0][:2]]
     assert [x.accept for x in verdicts] == [True, False, True, True]
     assert [x.reason for x in verdicts] == [v.check(*item).reason for item in items]
+
+
+def test_the_accept_probability_setting_reaches_the_cache_and_its_stats():
+    from pipelines.config import CacheConfig
+    from pipelines.query.cache import make_cache
+
+    cfg = CacheConfig.from_env({"RAGROUTE_CACHE_PAIR_MODEL": "off", "RAGROUTE_CACHE_ACCEPT_PROBABILITY": "0.6"})
+    cache = make_cache(cfg, embedding_model="all-MiniLM-L6-v2")
+    assert cache.verifier.accept_probability == 0.6
+    assert cache.stats()["verifier_accept_probability"] == 0.6
