@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -313,6 +314,26 @@ def equal_recall(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray
     return rows
 
 
+LABEL_BUCKETS = (0.95, 0.98, 0.99)
+
+
+def label_ceiling(pairs: list[dict], sims: np.ndarray) -> list[dict]:
+    """How often QQP labels near-identical questions as duplicates: pairs whose text is the same
+    after lower-casing and dropping punctuation and spacing, and pairs above high cosines. A
+    check that judges meaning accepts these first, so their labelled-duplicate rate bounds the
+    precision it can reach at any recall they cover."""
+    dup = np.array([p["duplicate"] for p in pairs], dtype=bool)
+    total = int(dup.sum())
+
+    def norm(text: str) -> str:
+        return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+    buckets = {"identical text": np.array([norm(p["a"]) == norm(p["b"]) for p in pairs])}
+    buckets |= {f"cosine >= {c:.2f}": sims >= c for c in LABEL_BUCKETS}
+    return [{"pairs": name, "count": int(m.sum()), "labelled_duplicate": round(float(dup[m].mean()), 4) if m.any() else None,
+             "recall_covered": round(float((dup & m).sum() / max(1, total)), 4)} for name, m in buckets.items()]
+
+
 def gptcache_table(data: Path, cache_dir: Path, verifiers: dict[str, HitVerifier]) -> list[dict]:
     pairs = json.loads((data / "cache" / "gptcache-mock-pairs.json").read_text())
     origins = [p["origin"] for p in pairs]
@@ -385,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "qqp_test": qqp_table(test_pairs, sims[test], vecs, None, "none") +
         [row for name, v in verifiers.items() for row in qqp_table(test_pairs, sims[test], vecs, v, name)],
         "qqp_test_at_equal_recall": equal_recall(test_pairs, sims[test], vecs, verifiers),
+        "qqp_test_label_ceiling": label_ceiling(test_pairs, sims[test]),
         "gptcache": gptcache_table(args.data, cache_dir, verifiers),
     }
     log.info("tables in %.0f s", time.perf_counter() - t0)
@@ -396,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["qqp_test_at_equal_recall"]:
         log.info("QQP test  recall %.2f: plain cosine precision %.3f, features only %.3f, verifier %.3f",
                  row["recall"], row["plain_precision"], row["features_only_precision"], row["verifier_precision"])
+    for row in result["qqp_test_label_ceiling"]:
+        log.info("QQP test  %-16s %5d pairs, labelled duplicate %s, %.1f%% of all duplicates", row["pairs"],
+                 row["count"], row["labelled_duplicate"], 100 * row["recall_covered"])
     for row in result["gptcache"]:
         log.info("GPTCache  t=%.2f verifier=%-13s correct=%4d wrong=%3d miss=%4d", row["threshold"], row["verifier"],
                  row["correct_hits"], row["wrong_hits"], row["misses"])
