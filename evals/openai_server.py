@@ -52,12 +52,22 @@ class OpenAIServer:
                 raise RuntimeError(f"llama_cpp.server exited: {self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/models", headers=headers, timeout=2).status_code == 200:
+                    self._warm_up(headers)
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"llama_cpp.server not ready after {timeout_s} s: {self.log_tail()}")
+
+    def _warm_up(self, headers: dict[str, str]) -> None:
+        """One token through the chat endpoint: the first request pays for paging in the weights
+        and setting up the chat handler (over 2 s on a slow core), which is not what a client's
+        per-attempt timeout should be measured against."""
+        body = {"model": self.alias, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1}
+        r = httpx.post(f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"llama_cpp.server warm-up answered {r.status_code}: {r.text[:500]}")
 
     def log_tail(self) -> str:
         return (self.workdir / "openai-server.log").read_text(errors="replace")[-2000:]
