@@ -218,8 +218,9 @@ class TierConfig:
     top_p: float = 1.0
     price_in: float = 0.0  # USD per 1M input tokens (for self-hosted tiers: an estimate of compute cost)
     price_out: float = 0.0  # USD per 1M output tokens
-    prefill_tok_s: float = 200.0  # throughput estimates used to fit an answer into a time budget
+    prefill_tok_s: float = 200.0  # throughput priors, until the engine has measured its own
     decode_tok_s: float = 50.0
+    source_tokens: int = 2048  # at most this much source text in a prompt (pipelines/query/prompt.py)
     # openai engine
     base_url: str = ""
     api_key: str = ""
@@ -240,12 +241,14 @@ class TierConfig:
 # (relative compute cost, in the range hosted APIs charge for models of that size): set
 # RAGROUTE_<TIER>_PRICE_IN / _PRICE_OUT to your own numbers.
 TIER_PROFILES: dict[str, dict[str, dict[str, object]]] = {
-    # llama.cpp on CPU with the packaged GGUF models; rates measured on 2 CPU cores (README).
+    # llama.cpp on CPU with the packaged GGUF models. The rates are priors (measured on 2 CPU cores);
+    # the engines measure their own at start-up. Answers are one or two sentences (~10-50 tokens,
+    # evals/answer_quality.py), so 96 tokens leave room; 320 source tokens keep a prompt ~420 tokens.
     "cpu": {
-        "small": dict(engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048, max_tokens=160,
-                      price_in=0.02, price_out=0.04, prefill_tok_s=250.0, decode_tok_s=80.0),
-        "large": dict(engine="llamacpp", model="qwen2.5-coder-0.5b-instruct", context_tokens=2048, max_tokens=160,
-                      price_in=0.05, price_out=0.10, prefill_tok_s=160.0, decode_tok_s=40.0),
+        "small": dict(engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048, max_tokens=96,
+                      price_in=0.02, price_out=0.04, prefill_tok_s=250.0, decode_tok_s=80.0, source_tokens=320),
+        "large": dict(engine="llamacpp", model="qwen2.5-coder-0.5b-instruct", context_tokens=2048, max_tokens=96,
+                      price_in=0.05, price_out=0.10, prefill_tok_s=160.0, decode_tok_s=40.0, source_tokens=320),
     },
     # vLLM on one GPU; both tiers share it with embedding and reranking (0.35 + 0.45 of its memory).
     "gpu": {
@@ -280,6 +283,7 @@ def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperatur
         price_out=_num(env, f"{key}_PRICE_OUT", float(b["price_out"]), float, 0.0, 1e4),
         prefill_tok_s=_num(env, f"{key}_PREFILL_TOK_S", float(b["prefill_tok_s"]), float, 1.0, 1e7),
         decode_tok_s=_num(env, f"{key}_DECODE_TOK_S", float(b["decode_tok_s"]), float, 1.0, 1e6),
+        source_tokens=_num(env, f"{key}_SOURCE_TOKENS", int(b["source_tokens"]), int, 16, 1_048_576),
         base_url=_get(env, f"{key}_BASE_URL", str(b["base_url"])),
         api_key=_get(env, f"{key}_API_KEY", ""),
         timeout_s=_num(env, f"{key}_TIMEOUT_S", float(b["timeout_s"]), float, 0.1, 3600.0),

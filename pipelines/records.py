@@ -56,3 +56,5 @@ class Generation(_Record):
     logprob_mean: float | None = Field(None, description="mean log-probability of the answer's tokens (confidence)")
     logprob_min: float | None = Field(None, description="lowest token log-probability of the answer")
     cost_usd: float = Field(0.0, description="tokens x the tier's price per 1M input/output tokens")
+    prefill_tok_s: float | None = Field(None, description="the tier's measured prefill rate after this answer")
+    decode_tok_s: float | None = Field(None, description="the tier's measured decode rate after this answer")

@@ -8,6 +8,7 @@ deltas ``{"t": "..."}``, then ``{"final": <Generation>}``, or ``{"error": ..., "
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,17 @@ def _resources() -> dict:
     return {"gpu": max(vllm)} if vllm and cfg.profile == "gpu" else {}
 
 
+@functools.cache
+def _rate_gauge():
+    """The rates token limits are computed from (measured at warm-up, then from every answer), on
+    /metrics; one per process (prometheus_client refuses a second metric of the same name)."""
+    from prometheus_client import Gauge
+
+    return Gauge("ragroute_generation_tokens_per_second",
+                 "each tier's measured generation throughput (phase: prefill | decode)",
+                 labelnames=["tier", "phase"], multiprocess_mode="mostrecent")
+
+
 @bentoml.service(name="ragroute-generation", traffic={"timeout": TIMEOUT_S["generation"]},
                  runner_connection=RUNNER_CONNECTION, workers=1, resources=_resources())
 class Generation:
@@ -50,6 +62,13 @@ class Generation:
                 if tier.engine == "llamacpp":
                     models.fetch(tier.model)  # once: later starts only verify the sha256
             self.generator = Generator(cfg)
+        self._report_rates()
+
+    def _report_rates(self) -> None:
+        gauge = _rate_gauge()
+        for name, rates in self.generator.rates().items():
+            gauge.labels(tier=name, phase="prefill").set(rates.prefill_tok_s)
+            gauge.labels(tier=name, phase="decode").set(rates.decode_tok_s)
 
     @bentoml.api
     async def generate(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
@@ -59,6 +78,7 @@ class Generation:
         received = time.monotonic()  # taken on arrival, so queueing counts against the budget
         try:
             result = await self.generator.generate(tier, query, sources, budget_ms, received)
+            self._report_rates()
         except StageError as exc:
             # BentoML hides the message of a 5xx; the caller needs it (e.g. "upstream ... timed out").
             log.warning("generate[%s] failed: %s", tier, exc)
@@ -79,6 +99,7 @@ class Generation:
         try:
             async for item in self.generator.stream(tier, query, sources, budget_ms, received):
                 if isinstance(item, GenerationRecord):
+                    self._report_rates()
                     yield json.dumps({"final": item.model_dump()}) + "\n"
                 else:
                     yield json.dumps({"t": item.text}) + "\n"
@@ -92,6 +113,9 @@ class Generation:
 
     @bentoml.api
     def info(self) -> dict:
+        """Per tier: engine, model, prices and the measured rates (``rates``: prefill/decode
+        tok/s, where they come from, and how many answers updated them)."""
+        rates = self.generator.rates()
         return {name: {"engine": e.name, "model": e.model, "price_in": self.generator.cfg.tiers[name].price_in,
-                       "price_out": self.generator.cfg.tiers[name].price_out}
+                       "price_out": self.generator.cfg.tiers[name].price_out, "rates": rates[name].as_dict()}
                 for name, e in self.generator.engines.items()}

@@ -73,8 +73,11 @@ class _RemoteStages:
         return self._index_version
 
     async def embed(self, text: str) -> np.ndarray:
-        vectors = await self._call("embed", self.svc.embedding.to_async.encode, [text])
-        return np.asarray(vectors, dtype=np.float32)[0]
+        return (await self.embed_many([text]))[0]
+
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        vectors = await self._call("embed", self.svc.embedding.to_async.encode, texts)
+        return np.asarray(vectors, dtype=np.float32)
 
     async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
         return self._hits(await self._call("retrieve", self.svc.retrieval.to_async.search, vector=vector.tolist(), n=n))
@@ -157,6 +160,7 @@ class RAG:
                                           tier_configs=dict(gen_cfg.tiers),
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
+        self._rates_seeded = False
 
     async def __is_ready__(self) -> bool:
         # bentoml 1.4.39: while a dependency is still starting, the caller's /readyz hangs until
@@ -167,7 +171,23 @@ class RAG:
                     return False
             except Exception:  # noqa: BLE001 - not reachable yet means not ready
                 return False
+        if not self._rates_seeded:
+            await self._seed_rates()
         return True
+
+    async def _seed_rates(self) -> None:
+        """Once the Generation service is up: its measured rates (warm-up) replace the configured
+        ones in the cascade's "is there time for the next tier" check, before any answer has
+        reported them. Best effort: the configured rates stay if it cannot be asked."""
+        try:
+            info = await self.generation.to_async.info()
+        except Exception as exc:  # noqa: BLE001 - tried again at the next readiness probe
+            log.debug("generation info unavailable: %s", exc)
+            return
+        for tier, about in info.items():
+            rates = about.get("rates") or {}
+            self.pipeline.observe_rates(tier, rates.get("prefill_tok_s"), rates.get("decode_tok_s"))
+        self._rates_seeded = True
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",

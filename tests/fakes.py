@@ -57,6 +57,10 @@ class FakeStages:
         self.embedded.append(text)
         return self.vectors.get(text, unit([1, 0, 0]))
 
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        await self._enter("embed_many")
+        return np.stack([self.vectors.get(t, unit([0, 1, 0])) for t in texts])
+
     async def retrieve(self, vector, n):
         await self._enter("retrieve")
         return [chunk(i) for i in range(n)], self.retrieved_version

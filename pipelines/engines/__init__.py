@@ -26,6 +26,8 @@ class Sampling:
     max_tokens: int
     temperature: float
     top_p: float
+    stop: tuple[str, ...] = ()
+    """strings that end the answer (not included in it)"""
 
 
 @dataclass(frozen=True)

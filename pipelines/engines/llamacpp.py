@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -63,7 +64,31 @@ class LlamaCppEngine:
         self._busy = threading.Lock()  # held by the decoding thread, which may outlive an abandoned stream
         # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
         self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
-        log.info("llama.cpp loaded %s for tier %s (n_ctx %d)", path.name, tier.name, tier.context_tokens)
+        self.warmup_rates = self._measure()
+        log.info("llama.cpp loaded %s for tier %s (n_ctx %d): %.0f tok/s prefill, %.1f tok/s decode",
+                 path.name, tier.name, tier.context_tokens, *self.warmup_rates)
+
+    def _measure(self, prompt_tokens: int = 256, answer_tokens: int = 24) -> tuple[float, float]:
+        """(prefill, decode) tokens/s on this machine, now: a counting prompt (which the model
+        continues rather than ending) of ``prompt_tokens``, timed to its first token and then to
+        its ``answer_tokens``-th. Its prefix differs from any chat prompt, so nothing is reused
+        from the KV cache and the prefill is measured whole."""
+        numbers, n = [], 0
+        while n < prompt_tokens:
+            numbers.append(str(len(numbers) + 1))
+            n = len(self._llm.tokenize(("Count: " + ", ".join(numbers)).encode(), add_bos=True))
+        prompt = "Count: " + ", ".join(numbers)
+        t0 = time.perf_counter()
+        first = None
+        out = 0
+        for _ in self._llm.create_completion(prompt, max_tokens=answer_tokens, temperature=0.0, stream=True):
+            if first is None:
+                first = time.perf_counter()
+            out += 1  # one chunk per token
+        end = time.perf_counter()
+        prefill = n / max(first - t0, 1e-6)
+        decode = (out - 1) / max(end - first, 1e-6) if out > 1 else 0.0  # 0: not measured, the prior stays
+        return prefill, decode
 
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode(), add_bos=False, special=False))
@@ -77,7 +102,7 @@ class LlamaCppEngine:
             try:
                 stream = self._llm.create_chat_completion(
                     messages=messages, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                    top_p=sampling.top_p, stream=True, logits_processor=LogitsProcessorList([scorer]))
+                    top_p=sampling.top_p, stop=list(sampling.stop) or None, stream=True, logits_processor=LogitsProcessorList([scorer]))
                 for part in stream:
                     choice = part["choices"][0]
                     text = choice["delta"].get("content") or ""

@@ -51,6 +51,8 @@ class OpenAIEngine:
         body = {"model": self.model, "messages": messages, "max_tokens": sampling.max_tokens,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "stream": True,
                 "stream_options": {"include_usage": True}}
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)[:4]  # OpenAI accepts at most four
         if self._logprobs:
             body["logprobs"] = True
         return body

@@ -85,7 +85,7 @@ class VllmEngine:
         prompt = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = self._tokenizer.encode(prompt, add_special_tokens=False)
         params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, logprobs=0, output_kind=RequestOutputKind.DELTA)
+                                top_p=sampling.top_p, stop=list(sampling.stop) or None, logprobs=0, output_kind=RequestOutputKind.DELTA)
         finish, tokens_out = "stop", 0
         # Leaving this loop early (deadline, disconnect) closes vLLM's generator, which aborts the request.
         async for out in self._engine.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):

@@ -7,8 +7,10 @@ token, latency and estimated cost.
 
 The deadline counts from when the request reached the Generation service: waiting for a busy
 engine counts against it, a request whose time runs out in the queue is dropped without
-generating, the token limit comes from the time left once the engine is free, and decoding
-stops at the deadline (finish reason ``deadline``).
+generating, the token limit comes from the time left once the engine is free and the tier's
+*measured* prefill and decode rates (pipelines/engines/throughput.py: the engine's warm-up
+measurement, then a moving average over real answers; the configured rates are only the prior),
+and decoding stops at the deadline (finish reason ``deadline``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from dataclasses import dataclass
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import ENGINES, Engine, Sampling
+from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
-from pipelines.query.prompt import build_messages
+from pipelines.query.prompt import STOP, build_messages
 from pipelines.records import Generation, ScoredChunk
 
 log = logging.getLogger(__name__)
 
 MIN_ANSWER_TOKENS = 8
 SAFETY_MARGIN_S = 0.2
+PROMPT_TIME_SHARE = 0.5  # a prompt's prefill may take at most this share of the time left
+MIN_SOURCE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -60,28 +65,50 @@ class Generator:
         check_config(cfg)
         self.cfg = cfg
         self.engines = engines or {name: ENGINES[t.engine](t, cfg.threads) for name, t in cfg.tiers.items()}
+        self.throughput = {name: Throughput(t.prefill_tok_s, t.decode_tok_s) for name, t in cfg.tiers.items()}
+        for name, engine in self.engines.items():
+            measured = getattr(engine, "warmup_rates", None)  # (prefill, decode) tok/s, from the engine's warm-up
+            if measured:
+                self.throughput[name].calibrate(*measured)
+                log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode at warm-up", name, *measured)
+
+    def rates(self) -> dict[str, Rates]:
+        """Each tier's current prefill/decode estimate (what token limits are computed from)."""
+        return {name: t.rates() for name, t in self.throughput.items()}
 
     def token_limit(self, tier: TierConfig, prompt_tokens: int, budget_ms: float | None) -> int:
-        """The answer length that fits the time budget: (budget - prefill - margin) x decode rate."""
+        """The answer length that fits the time budget: (budget - prefill - margin) x decode rate,
+        at the tier's measured rates."""
         if budget_ms is None:
             return tier.max_tokens
-        seconds = budget_ms / 1000 - prompt_tokens / tier.prefill_tok_s - SAFETY_MARGIN_S
-        return min(tier.max_tokens, int(seconds * tier.decode_tok_s))
+        rates = self.throughput[tier.name]
+        seconds = budget_ms / 1000 - prompt_tokens / rates.prefill_tok_s - SAFETY_MARGIN_S
+        return min(tier.max_tokens, int(seconds * rates.decode_tok_s))
 
-    def _prepare(self, tier: str, question: str, sources: Sequence[ScoredChunk]):
+    def _engine(self, tier: str) -> tuple[Engine, TierConfig]:
         if tier not in self.engines:
             raise BadRequest("tier", f"{tier!r} is not a configured tier; valid: {', '.join(self.engines)}")
-        engine, tier_cfg = self.engines[tier], self.cfg.tiers[tier]
+        return self.engines[tier], self.cfg.tiers[tier]
+
+    def messages(self, tier: str, question: str, sources: Sequence[ScoredChunk],
+                 budget_ms: float | None = None) -> tuple[list[dict[str, str]], int]:
+        """The prompt for ``tier`` and its token count. Its source text is the tier's
+        ``source_tokens`` at most, and with a time budget at most what PROMPT_TIME_SHARE of it
+        prefills at the measured rate (a slow machine gets a shorter context, not a timeout)."""
+        engine, tier_cfg = self._engine(tier)
+        source_tokens = tier_cfg.source_tokens
+        if budget_ms is not None:
+            affordable = budget_ms / 1000 * PROMPT_TIME_SHARE * self.throughput[tier].prefill_tok_s
+            source_tokens = max(MIN_SOURCE_TOKENS, min(source_tokens, int(affordable)))
         messages = build_messages(question, sources, prompt_tokens=tier_cfg.context_tokens - tier_cfg.max_tokens,
-                                  count_tokens=engine.count_tokens)
-        prompt_tokens = sum(engine.count_tokens(m["content"]) for m in messages)
-        return engine, tier_cfg, messages, prompt_tokens
+                                  count_tokens=engine.count_tokens, source_tokens=source_tokens)
+        return messages, sum(engine.count_tokens(m["content"]) for m in messages)
 
     async def stream(self, tier: str, question: str, sources: Sequence[ScoredChunk], budget_ms: float | None = None,
                      received_at: float | None = None) -> AsyncIterator[Delta | Generation]:
         """Text deltas, then one Generation record. ``budget_ms`` counts from ``received_at``
         (time.monotonic(); default now)."""
-        engine, tier_cfg, messages, prompt_tokens = self._prepare(tier, question, sources)
+        engine, tier_cfg = self._engine(tier)
         deadline = None if budget_ms is None else (received_at or time.monotonic()) + budget_ms / 1000
         async with contextlib.AsyncExitStack() as stack:
             if engine.concurrency is not None:
@@ -93,18 +120,20 @@ class Generator:
                                      f"the engine stayed busy for the whole {budget_ms:.0f} ms budget") from None
                 stack.callback(engine.concurrency.release)
             left_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
+            messages, prompt_tokens = self.messages(tier, question, sources, left_ms)
             max_tokens = self.token_limit(tier_cfg, prompt_tokens, left_ms)
             if max_tokens < MIN_ANSWER_TOKENS:
                 # Refuse at once: the caller falls back (another tier, an extractive answer).
+                rates = self.throughput[tier]
                 raise StageError(f"generate[{tier}]", f"{left_ms:.0f} ms left is not enough for a {prompt_tokens}-"
-                                 f"token prompt and an answer at ~{tier_cfg.prefill_tok_s:.0f}/"
-                                 f"{tier_cfg.decode_tok_s:.0f} tok/s")
+                                 f"token prompt and an answer at ~{rates.prefill_tok_s:.0f}/"
+                                 f"{rates.decode_tok_s:.0f} tok/s (measured)")
             started = time.perf_counter()
             ttft: float | None = None
             parts: list[str] = []
             logprobs: list[float] = []
             final = None
-            stream = engine.stream(messages, Sampling(max_tokens, tier_cfg.temperature, tier_cfg.top_p))
+            stream = engine.stream(messages, Sampling(max_tokens, tier_cfg.temperature, tier_cfg.top_p, STOP))
             try:
                 async for chunk in stream:
                     logprobs.extend(chunk.logprobs)
@@ -125,15 +154,20 @@ class Generator:
             tokens_in, tokens_out, finish = prompt_tokens, max(len(logprobs), len(parts)), "deadline"
         else:
             tokens_in, tokens_out, finish = final.tokens_in, final.tokens_out, final.finish_reason
+        latency = time.perf_counter() - started
+        throughput = self.throughput[tier]
+        throughput.observe(prompt_tokens=tokens_in, ttft_s=None if ttft is None else ttft / 1000,
+                           answer_tokens=tokens_out, latency_s=latency)
         mean, low = confidence(logprobs)
         yield Generation(
             text=text, tier=tier, model=engine.model, engine=engine.name, finish_reason=finish,
             tokens_in=tokens_in, tokens_out=tokens_out,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=round(latency * 1000, 3),
             ttft_ms=None if ttft is None else round(ttft, 3),
             logprob_mean=None if mean is None else round(mean, 6),
             logprob_min=None if low is None else round(low, 6),
             cost_usd=tier_cfg.cost_usd(tokens_in, tokens_out),
+            prefill_tok_s=round(throughput.prefill_tok_s, 3), decode_tok_s=round(throughput.decode_tok_s, 3),
         )
 
     async def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk], budget_ms: float | None = None,

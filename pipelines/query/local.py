@@ -36,7 +36,10 @@ class LocalStages:
         return self.store.manifest.index_version
 
     async def embed(self, text: str) -> np.ndarray:
-        return (await asyncio.to_thread(self.embedder.encode, [text]))[0]
+        return (await self.embed_many([text]))[0]
+
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.embedder.encode, texts)
 
     async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
         return await asyncio.to_thread(self.store.search, vector, n), self.store.manifest.index_version

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -44,6 +43,7 @@ from pipelines.budget import BudgetProfile, Deadline, StageReport
 from pipelines.config import RagConfig, TierConfig
 from pipelines.errors import BadRequest, StageError
 from pipelines.query import cascade as cascading
+from pipelines.query import cite, evidence
 from pipelines.query.generate import Delta
 from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
@@ -57,6 +57,8 @@ from pipelines.text import content_id, query_hash
 log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 300
+EXTRACT_SOURCES = 3  # an extractive answer is taken from the best three sources
+EXTRACT_EMBED_MS = 500.0  # at most this long to embed their sentences (else lexical scores only)
 CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
 T = TypeVar("T")
 
@@ -65,6 +67,10 @@ class Stages(Protocol):
     async def index_version(self) -> str: ...
 
     async def embed(self, text: str) -> np.ndarray: ...
+
+    async def embed_many(self, texts: list[str]) -> np.ndarray:
+        """One unit vector per text (the extractive fallback scores sentences with them)."""
+        ...
 
     async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
         """Candidates and the version of the index they came from."""
@@ -178,20 +184,6 @@ class _Request:
             rep.used_ms += (time.perf_counter() - t0) * 1000
 
 
-def extractive_answer(sources: Sequence[ScoredChunk], max_chars: int = 400) -> str:
-    """The first sentences of the best source: the answer of last resort."""
-    if not sources:
-        return "No answer could be generated and no relevant source was found."
-    best = sources[0].chunk
-    sentences = re.split(r"(?<=[.!?])\s+", " ".join(best.text.split()))
-    text = ""
-    for s in sentences:
-        if len(text) + len(s) > max_chars and text:
-            break
-        text = f"{text} {s}".strip()
-    return f"{text[:max_chars]} [1]"
-
-
 def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
     return [
         Source(id=s.chunk.id, doc_id=s.chunk.doc_id, title=s.chunk.title,
@@ -218,6 +210,13 @@ class QueryPipeline:
         self.tiers = list(tiers)  # configured tiers, cheapest first
         self.tier_configs = dict(tier_configs or {})
         self.route_uses_retrieval = route_uses_retrieval
+
+    def observe_rates(self, tier: str, prefill_tok_s: float | None, decode_tok_s: float | None) -> None:
+        """The Generation service's measured rates of ``tier`` (reported with every answer, and
+        by its ``info`` at start-up) replace the configured ones in the cascade's time check."""
+        cfg = self.tier_configs.get(tier)
+        if cfg is not None and prefill_tok_s and decode_tok_s:
+            self.tier_configs[tier] = replace(cfg, prefill_tok_s=prefill_tok_s, decode_tok_s=decode_tok_s)
 
     async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
@@ -388,8 +387,12 @@ class QueryPipeline:
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit")
         if generation is None and not sent:
-            text = extractive_answer(prep.ranked)
+            text = await self._extract(r, prep)
+            sent.append(text)
             yield {"event": "token", "text": text}
+        elif generation is not None and (suffix := cite.missing("".join(sent), prep.ranked)):
+            sent.append(suffix)  # the sources that support the answer, when it cites none of them
+            yield {"event": "token", "text": suffix}
         response = await self._finish(r, prep, generation, streamed="".join(sent).strip() if sent else None)
         yield {"event": "done", "response": response.model_dump()}
 
@@ -398,15 +401,20 @@ class QueryPipeline:
         """Safety check, response, and the cache write (good answers only). ``streamed``: the
         text the client already received, which is then the answer whatever happens."""
         ranked = prep.ranked
-        answer = streamed if streamed is not None else generation.text if generation else extractive_answer(ranked)
+        if streamed is not None:
+            answer = streamed
+        elif generation is not None:
+            answer = generation.text + cite.missing(generation.text, ranked) if generation.text else ""
+        else:
+            answer = await self._extract(r, prep)
         if generation and not answer:
             r.degrade("the model returned an empty answer; answered from the best source")
-            answer = extractive_answer(ranked)
+            answer = await self._extract(r, prep)
         safety = await self._check(r, answer, ranked) if generation and not r.degraded else \
             SafetyInfo(checked=False, action=self.safety.action)
         if safety.problems and self.safety.action == "replace":
             r.degrade("safety: the generated answer was replaced by an extract of the best source")
-            answer = extractive_answer(ranked)
+            answer = await self._extract(r, prep)
         payload = dict(
             answer=answer,
             sources=[s.model_dump() for s in _sources(ranked)],
@@ -442,6 +450,23 @@ class QueryPipeline:
         log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response
+
+    async def _extract(self, r: _Request, prep: _Prepared) -> str:
+        """The answer of last resort: the sentences of the top sources that best answer the
+        question (pipelines/query/evidence.py), scored by lexical overlap and, when the query
+        was embedded and the sentences can be within EXTRACT_EMBED_MS, by the query embedding."""
+        sources = prep.ranked[:EXTRACT_SOURCES]
+        vectors = None
+        wait_ms = min(EXTRACT_EMBED_MS, r.deadline.remaining_ms() - self.budget.stages_ms["safety"])
+        if prep.vector is not None and sources and wait_ms > 0:
+            texts = [s.text for s in evidence.sentences(sources)]
+            try:
+                async with asyncio.timeout(wait_ms / 1000):
+                    vectors = await self.stages.embed_many(texts)
+            except (TimeoutError, StageError) as exc:
+                log.info("request %s: extractive answer without sentence vectors: %s", r.id,
+                         exc or f"embedding took over {wait_ms:.0f} ms")
+        return evidence.extract(r.req.query, sources, query_vector=prep.vector, vectors=vectors)
 
     async def _check(self, r: _Request, answer: str, ranked: list[ScoredChunk]) -> SafetyInfo:
         """The safety stage: an unchecked answer (no time, an error) is returned but not cached."""
@@ -529,6 +554,7 @@ class QueryPipeline:
                 r.degrade(f"generate[{t}]: {exc}" + (f"; fell back to the {tiers[-1]} tier" if t != tiers[-1] else ""))
                 continue
             r.step(t, "answered", gen)
+            self.observe_rates(t, gen.prefill_tok_s, gen.decode_tok_s)
             return gen
         if fallbacks:
             r.degrade("no tier could generate in time; answered with an extract of the best source")
@@ -605,6 +631,7 @@ class QueryPipeline:
                         raise StageError(f"generate[{t}]", "the stream ended without a result") from None
                     if isinstance(item, Generation):
                         r.step(t, "answered", item)
+                        self.observe_rates(t, item.prefill_tok_s, item.decode_tok_s)
                         yield item
                         return
                     yield item

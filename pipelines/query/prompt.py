@@ -1,24 +1,37 @@
-"""Prompt building, in one place: numbered sources so answers can cite them, fitted to the
-tier's context limit by trimming sources (never the question)."""
+"""Prompt building, in one place: numbered sources so answers can cite them, lean enough for a
+CPU tier's prefill, never trimming the question.
+
+Context assembly (``pipelines/query/evidence.py``): each source contributes only its sentences
+that best match the question (and the sentence after its best one), within a source-token
+budget: the tier's ``source_tokens``, capped by what its context window leaves and by what the
+caller's time allows. Numbering is that of the sources given, so ``[2]`` is always the second
+source of the response even when the first contributed nothing.
+
+The instructions ask for one or two sentences with citations; ``STOP`` ends an answer that
+starts a new section instead (small models tend to repeat the sources or invent a next
+question).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from pipelines.query import evidence
 from pipelines.records import ScoredChunk
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 SYSTEM = (
     "You answer questions using only the numbered sources provided. "
-    "Cite the sources you use like [1]. If the sources do not contain the answer, say you don't know. "
-    "Answer in at most three sentences."
+    "Answer in one or two short sentences and cite the sources you use like [1]. "
+    "If the sources do not contain the answer, say you don't know."
 )
-MIN_SOURCE_CHARS = 200
+INSTRUCTION = "Answer in one or two sentences, citing the sources like [1]."
+STOP = ("\n\n", "\nQuestion:", "\nSources:")  # one paragraph: past it small models repeat themselves
+OVERHEAD_TOKENS = 16  # chat-template tokens around the two messages
 
 
-def _render(question: str, sources: Sequence[tuple[str, str]]) -> str:
-    blocks = "\n\n".join(f"[{i}] {title}\n{text}" for i, (title, text) in enumerate(sources, 1))
-    return f"Sources:\n{blocks}\n\nQuestion: {question}"
+def _render(question: str, blocks: Sequence[str]) -> str:
+    return "Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n{INSTRUCTION}"
 
 
 def build_messages(
@@ -27,22 +40,19 @@ def build_messages(
     *,
     prompt_tokens: int,
     count_tokens: Callable[[str], int],
+    source_tokens: int | None = None,
 ) -> list[dict[str, str]]:
-    """Chat messages whose token count stays within ``prompt_tokens``.
+    """Chat messages whose token count stays within ``prompt_tokens``, with at most
+    ``source_tokens`` of source text (None: as much as fits).
 
-    Sources are shortened from the last one backwards (halving their text) and dropped
-    when shorter than MIN_SOURCE_CHARS; the question is always kept whole.
+    The sources' best sentences are chosen until the budget is spent; a source with none is
+    left out (its number is not reused); the question is always kept whole.
     """
-    parts = [(s.chunk.title, s.chunk.text) for s in sources]
-    overhead = 16  # chat-template tokens around the two messages
-
-    def fits(items: Sequence[tuple[str, str]]) -> bool:
-        return count_tokens(SYSTEM) + count_tokens(_render(question, items)) + overhead <= prompt_tokens
-
-    while parts and not fits(parts):
-        title, text = parts[-1]
-        if len(text) // 2 >= MIN_SOURCE_CHARS:
-            parts[-1] = (title, text[: len(text) // 2].rsplit(" ", 1)[0] + " …")
-        else:
-            parts.pop()
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _render(question, parts)}]
+    fixed = count_tokens(SYSTEM) + count_tokens(_render(question, [])) + OVERHEAD_TOKENS
+    titles = sum(count_tokens(f"[{i}] {s.chunk.title}") + 2 for i, s in enumerate(sources, 1))
+    budget = prompt_tokens - fixed - titles
+    if source_tokens is not None:
+        budget = min(budget, source_tokens)
+    picked = evidence.select(question, sources, max(0, budget), count_tokens)
+    blocks = [f"[{i + 1}] {sources[i].chunk.title}\n{evidence.render(picked[i])}" for i in sorted(picked)]
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _render(question, blocks)}]

@@ -264,7 +264,7 @@ def test_generation_gets_what_is_left_minus_the_safety_reserve(stages):
 def test_slow_large_tier_falls_back_to_small_then_extractive(stages):
     stages.delays = {"generate[large]": 0.5, "generate[small]": 0.5}
     resp = run(budgeted(stages), query="what does with do")
-    assert stages.calls[-2:] == ["generate[large]", "generate[small]"]
+    assert [c for c in stages.calls if c.startswith("generate")] == ["generate[large]", "generate[small]"]
     assert resp.degraded and resp.route.model == "extractive"
     assert resp.budget["generate"].outcome in ("timeout", "skipped")
     assert resp.timings_ms["total"] < 1000 + 100  # within the total budget (+ a margin)
@@ -326,3 +326,10 @@ def test_grounded_answer_passes_and_is_cached(pipeline):
     resp = run(pipeline, query="what does with do")
     assert resp.safety.checked and resp.safety.grounding == 1.0 and resp.safety.problems == []
     assert run(pipeline, query="what does with do").cache.hit
+
+
+def test_an_answer_that_cites_nothing_gets_the_citation_of_the_source_supporting_it():
+    stages = FakeStages(answer="This is the text of chunk 5.")
+    resp = run(QueryPipeline(stages, None, CFG), query="what does with do")
+    assert resp.sources[0].id == "c5"  # the fakes' reranked order: chunk 5 first
+    assert resp.answer == "This is the text of chunk 5. [1]" and not resp.degraded

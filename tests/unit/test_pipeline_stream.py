@@ -96,3 +96,11 @@ def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
 def test_an_unconfigured_tier_is_a_bad_request(stages):
     with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: auto, cascade, small, large"):
         events(QueryPipeline(stages, None, CFG), query="q", tier="xl")
+
+
+def test_a_streamed_answer_without_citations_ends_with_a_citation_token():
+    stages = FakeStages(vectors={"what does with do": unit([1, 0, 0])}, answer="This is the text of chunk 5.")
+    out = events(QueryPipeline(stages, cache(), CFG), query="what does with do")
+    tokens = [e["text"] for e in out if e["event"] == "token"]
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert tokens[-1] == " [1]" and "".join(tokens).strip() == done.answer == "This is the text of chunk 5. [1]"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.query.prompt import build_messages
+from pipelines.query.prompt import INSTRUCTION, build_messages
 from pipelines.query.rerank import HybridReranker, bm25_scores
 from pipelines.query.route import HeuristicRouter, QueryFeatures, decide, make_router
 from tests.fakes import chunk
@@ -71,7 +71,8 @@ def test_prompt_numbers_sources_and_keeps_the_question():
     msgs = build_messages("What is X?", [chunk(0, "X is a thing."), chunk(1, "Y is another.")],
                           prompt_tokens=1000, count_tokens=words)
     user = msgs[1]["content"]
-    assert "[1] doc 0\nX is a thing." in user and "[2] doc 1" in user and user.endswith("Question: What is X?")
+    assert "[1] doc 0\nX is a thing." in user and "[2] doc 1" in user
+    assert user.endswith(f"Question: What is X?\n{INSTRUCTION}")
 
 
 def test_prompt_trims_sources_not_the_question_to_fit():
@@ -81,4 +82,4 @@ def test_prompt_trims_sources_not_the_question_to_fit():
                           prompt_tokens=600, count_tokens=words)
     total = words(msgs[0]["content"]) + words(msgs[1]["content"]) + 16
     assert total <= 600
-    assert msgs[1]["content"].endswith(question) and "[1]" in msgs[1]["content"]
+    assert msgs[1]["content"].endswith(f"{question}\n{INSTRUCTION}") and "[1]" in msgs[1]["content"]

@@ -1,0 +1,73 @@
+"""Citations: an answer names the sources that support it.
+
+The prompt asks for ``[1]``-style citations, but small models often answer from the sources
+without citing any. After generation, each sentence of the answer is attributed to the source
+whose content words it shares most, when it shares at least ``MIN_SUPPORT`` of them; the
+numbers of supporting sources the answer does not cite yet are appended to it (``... reuse.
+[1]``). Citations the model wrote are kept as they are; ``precision`` tells how many of an
+answer's citations point at a source that supports a sentence citing it (the answer-quality
+eval reports it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pipelines.records import ScoredChunk
+from pipelines.text import tokenize
+
+CITATION = re.compile(r"\[(\d{1,3})\]")
+_END = re.compile(r"(?:(?<=[.!?])|(?<=\]))\s+(?=[A-Z\"'(`])")  # trailing citations stay with their sentence
+MIN_SUPPORT = 0.5  # share of a sentence's content words a source must contain to support it
+
+
+def sentences(answer: str) -> list[str]:
+    """The answer's sentences, each with the citations that follow it.
+
+    >>> sentences("It wraps a block. [1] It calls __exit__ [2]. Done")
+    ['It wraps a block. [1]', 'It calls __exit__ [2].', 'Done']
+    """
+    return [s for s in _END.split(" ".join(answer.split())) if s]
+
+
+def _words(text: str) -> set[str]:
+    return set(tokenize(CITATION.sub(" ", text)))
+
+
+def _support(sentence: set[str], source: ScoredChunk) -> float:
+    return len(sentence & _words(f"{source.chunk.title} {source.chunk.text}")) / len(sentence) if sentence else 0.0
+
+
+def attribute(answer: str, sources: Sequence[ScoredChunk]) -> list[int]:
+    """For each sentence of ``answer``, in order, the number (1-based) of the source that supports
+    it best, if one supports it enough; each number once."""
+    out: list[int] = []
+    for sentence in sentences(answer):
+        words = _words(sentence)
+        if not words or not sources:
+            continue
+        scores = [_support(words, s) for s in sources]
+        best = max(range(len(sources)), key=scores.__getitem__)
+        if scores[best] >= MIN_SUPPORT and best + 1 not in out:
+            out.append(best + 1)
+    return out
+
+
+def missing(answer: str, sources: Sequence[ScoredChunk]) -> str:
+    """What to append to ``answer`` so that it cites the sources supporting it: ``""`` when it
+    already cites them (or nothing supports it), else e.g. ``" [1][3]"``."""
+    cited = {int(n) for n in CITATION.findall(answer)}
+    add = [n for n in attribute(answer, sources) if n not in cited]
+    return (" " + "".join(f"[{n}]" for n in add)) if add else ""
+
+
+def precision(answer: str, sources: Sequence[ScoredChunk]) -> float | None:
+    """Share of the answer's citations whose source supports the sentence citing it (None when
+    it cites nothing)."""
+    pairs = [(int(n), _words(sentence)) for sentence in sentences(answer)
+             for n in CITATION.findall(sentence)]
+    if not pairs:
+        return None
+    good = sum(1 for n, words in pairs if 1 <= n <= len(sources) and _support(words, sources[n - 1]) >= MIN_SUPPORT)
+    return good / len(pairs)
