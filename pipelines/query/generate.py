@@ -124,10 +124,10 @@ class Generator:
             max_tokens = self.token_limit(tier_cfg, prompt_tokens, left_ms)
             if max_tokens < MIN_ANSWER_TOKENS:
                 # Refuse at once: the caller falls back (another tier, an extractive answer).
-                rates = self.throughput[tier]
+                rates = self.throughput[tier].rates()
                 raise StageError(f"generate[{tier}]", f"{left_ms:.0f} ms left is not enough for a {prompt_tokens}-"
                                  f"token prompt and an answer at ~{rates.prefill_tok_s:.0f}/"
-                                 f"{rates.decode_tok_s:.0f} tok/s (measured)")
+                                 f"{rates.decode_tok_s:.0f} tok/s ({rates.source})")
             started = time.perf_counter()
             ttft: float | None = None
             parts: list[str] = []

@@ -22,10 +22,11 @@ from pipelines.records import ScoredChunk
 PROMPT_VERSION = "2"
 SYSTEM = (
     "You answer questions using only the numbered sources provided. "
-    "Answer in one or two short sentences and cite the sources you use like [1]. "
+    "Answer in one or two short sentences that state the answer directly (do not begin with "
+    "'According to the sources' or 'Based on'), and cite the sources you use like [1]. "
     "If the sources do not contain the answer, say you don't know."
 )
-INSTRUCTION = "Answer in one or two sentences, citing the sources like [1]."
+INSTRUCTION = "Answer directly in one or two short sentences, citing the sources like [1]."
 STOP = ("\n\n", "\nQuestion:", "\nSources:")  # one paragraph: past it small models repeat themselves
 OVERHEAD_TOKENS = 16  # chat-template tokens around the two messages
 
