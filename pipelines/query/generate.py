@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,18 @@ MIN_ANSWER_TOKENS = 8
 SAFETY_MARGIN_S = 0.2
 PROMPT_TIME_SHARE = 0.5  # a prompt's prefill may take at most this share of the time left
 MIN_SOURCE_TOKENS = 64
+# Answers are asked for in one or two sentences; decoding stops after this many (small models
+# otherwise go on repeating themselves until the token limit).
+MAX_SENTENCES = 3
+_NOT_AN_END = re.compile(r"(\d|\b[A-Za-z]|\be\.g|\bi\.e|\betc|\bvs)\.$")  # 3.10, e.g., a single letter
+
+
+def ends_sentence(delta: str, parts: Sequence[str]) -> bool:
+    """Whether the answer so far (``parts``, ending with ``delta``) ends a sentence."""
+    if not delta.rstrip().endswith((".", "!", "?")):
+        return False
+    tail = "".join(parts[-4:]).rstrip()
+    return not (tail.endswith(".") and _NOT_AN_END.search(tail))
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class Generator:
             parts: list[str] = []
             logprobs: list[float] = []
             final = None
+            sentences = 0
             stream = engine.stream(messages, Sampling(max_tokens, tier_cfg.temperature, tier_cfg.top_p, STOP))
             try:
                 async for chunk in stream:
@@ -145,13 +159,18 @@ class Generator:
                             ttft = (time.perf_counter() - started) * 1000
                         parts.append(chunk.text)
                         yield Delta(chunk.text)
+                        if ends_sentence(chunk.text, parts):
+                            sentences += 1
+                            if sentences >= MAX_SENTENCES:
+                                break  # the answer is long enough: stop rather than let it ramble
                     if deadline is not None and time.monotonic() > deadline:
                         break
             finally:
                 await stream.aclose()  # stops the engine's work for an abandoned or cut request
         text = "".join(parts).strip()
-        if final is None:  # cut at the deadline
-            tokens_in, tokens_out, finish = prompt_tokens, max(len(logprobs), len(parts)), "deadline"
+        if final is None:  # stopped here: at MAX_SENTENCES, or cut at the deadline
+            finish = "stop" if sentences >= MAX_SENTENCES else "deadline"
+            tokens_in, tokens_out = prompt_tokens, max(len(logprobs), len(parts))
         else:
             tokens_in, tokens_out, finish = final.tokens_in, final.tokens_out, final.finish_reason
         latency = time.perf_counter() - started

@@ -145,3 +145,11 @@ def test_decoding_stops_at_the_deadline():
 def test_confidence_of_no_logprobs_is_unknown():
     assert confidence([]) == (None, None)
     assert confidence([-1.0, -3.0]) == (-2.0, -3.0)
+
+
+def test_decoding_stops_after_three_sentences_not_at_a_version_number():
+    words = ["Python", " 3.", "10", " added it.", " It is", " useful.", " See", " also", " this.", " And", " more."]
+    g, engine = generator(WordEngine(words))
+    out = run(g.generate("small", "What is X?", [chunk(0, "X.")]))
+    assert out.text == "Python 3.10 added it. It is useful. See also this." and out.finish_reason == "stop"
+    assert engine.stopped_early
