@@ -112,9 +112,20 @@ class Generation:
                               "status": 503}) + "\n"
 
     @bentoml.api
+    async def calibrate(self) -> dict:
+        """Measure the tiers' rates again now (the RAG service asks once every service is up, on a
+        quiet machine), then ``info``."""
+        await self.generator.remeasure()
+        self._report_rates()
+        return self._info()
+
+    @bentoml.api
     def info(self) -> dict:
         """Per tier: engine, model, prices and the measured rates (``rates``: prefill/decode
         tok/s, where they come from, and how many answers updated them)."""
+        return self._info()
+
+    def _info(self) -> dict:  # an API method called from inside the service would go through a client
         rates = self.generator.rates()
         return {name: {"engine": e.name, "model": e.model, "price_in": self.generator.cfg.tiers[name].price_in,
                        "price_out": self.generator.cfg.tiers[name].price_out, "rates": rates[name].as_dict()}

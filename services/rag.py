@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -160,7 +161,7 @@ class RAG:
                                           tier_configs=dict(gen_cfg.tiers),
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
-        self._rates_seeded = False
+        self._calibration: asyncio.Task | None = None
 
     async def __is_ready__(self) -> bool:
         # bentoml 1.4.39: while a dependency is still starting, the caller's /readyz hangs until
@@ -171,23 +172,25 @@ class RAG:
                     return False
             except Exception:  # noqa: BLE001 - not reachable yet means not ready
                 return False
-        if not self._rates_seeded:
-            await self._seed_rates()
-        return True
+        # Ready once the generation rates are measured on a quiet machine (a few seconds, once).
+        if self._calibration is None:
+            self._calibration = asyncio.create_task(self._calibrate())
+        return self._calibration.done()
 
-    async def _seed_rates(self) -> None:
-        """Once the Generation service is up: its measured rates (warm-up) replace the configured
-        ones in the cascade's "is there time for the next tier" check, before any answer has
-        reported them. Best effort: the configured rates stay if it cannot be asked."""
+    async def _calibrate(self) -> None:
+        """Once every service is up: the Generation service measures its tiers' rates again (its
+        warm-up shared the CPU with the others starting: the demo index build made the rates
+        look 3-6x slower than they are), and they replace the configured ones in the cascade's
+        "is there time for the next tier" check. Best effort: on failure the warm-up rates stay."""
         try:
-            info = await self.generation.to_async.info()
-        except Exception as exc:  # noqa: BLE001 - tried again at the next readiness probe
-            log.debug("generation info unavailable: %s", exc)
+            info = await self.generation.to_async.calibrate()
+        except Exception as exc:  # noqa: BLE001 - serving goes on with the warm-up's rates
+            log.warning("generation rates not re-measured: %s", exc)
             return
         for tier, about in info.items():
             rates = about.get("rates") or {}
             self.pipeline.observe_rates(tier, rates.get("prefill_tok_s"), rates.get("decode_tok_s"))
-        self._rates_seeded = True
+        log.info("generation rates: %s", {t: a.get("rates") for t, a in info.items()})
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",

@@ -64,20 +64,25 @@ class LlamaCppEngine:
         self._busy = threading.Lock()  # held by the decoding thread, which may outlive an abandoned stream
         # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
         self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
-        self.warmup_rates = self._measure()
+        self.warmup_rates = self.measure()
         log.info("llama.cpp loaded %s for tier %s (n_ctx %d): %.0f tok/s prefill, %.1f tok/s decode",
                  path.name, tier.name, tier.context_tokens, *self.warmup_rates)
 
-    def _measure(self, prompt_tokens: int = 256, answer_tokens: int = 24) -> tuple[float, float]:
+    def measure(self, prompt_tokens: int = 256, answer_tokens: int = 24) -> tuple[float, float]:
         """(prefill, decode) tokens/s on this machine, now: a counting prompt (which the model
         continues rather than ending) of ``prompt_tokens``, timed to its first token and then to
         its ``answer_tokens``-th. Its prefix differs from any chat prompt, so nothing is reused
-        from the KV cache and the prefill is measured whole."""
+        from the KV cache and the prefill is measured whole. Holds the model like a request."""
         numbers, n = [], 0
         while n < prompt_tokens:
             numbers.append(str(len(numbers) + 1))
             n = len(self._llm.tokenize(("Count: " + ", ".join(numbers)).encode(), add_bos=True))
         prompt = "Count: " + ", ".join(numbers)
+        with self._busy:
+            self._llm.reset()  # no KV-cache reuse: a second measurement would find the whole prompt cached
+            return self._time(prompt, n, answer_tokens)
+
+    def _time(self, prompt: str, n: int, answer_tokens: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         first = None
         out = 0

@@ -85,6 +85,23 @@ class Generator:
                 self.throughput[name].calibrate(*measured)
                 log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode at warm-up", name, *measured)
 
+    async def remeasure(self) -> dict[str, Rates]:
+        """Measure again, now, each tier whose engine can (llama.cpp): the warm-up at load may have
+        shared the CPU with the other services starting (seen: 32 tok/s prefill instead of ~200
+        while the demo index was built). Waits for the engine like a request does."""
+        for name, engine in self.engines.items():
+            measure = getattr(engine, "measure", None)
+            if measure is None:
+                continue
+            async with contextlib.AsyncExitStack() as stack:
+                if engine.concurrency is not None:
+                    await engine.concurrency.acquire()
+                    stack.callback(engine.concurrency.release)
+                prefill, decode = await asyncio.to_thread(measure)
+            self.throughput[name].calibrate(prefill, decode)
+            log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode (re-measured)", name, prefill, decode)
+        return self.rates()
+
     def rates(self) -> dict[str, Rates]:
         """Each tier's current prefill/decode estimate (what token limits are computed from)."""
         return {name: t.rates() for name, t in self.throughput.items()}
@@ -134,8 +151,8 @@ class Generator:
                 stack.callback(engine.concurrency.release)
             left_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
             messages, prompt_tokens = self.messages(tier, question, sources, left_ms)
-            max_tokens = self.token_limit(tier_cfg, prompt_tokens, left_ms)
-            if max_tokens < MIN_ANSWER_TOKENS:
+            limit = self.token_limit(tier_cfg, prompt_tokens, left_ms)
+            if limit < MIN_ANSWER_TOKENS:
                 # Refuse at once: the caller falls back (another tier, an extractive answer).
                 rates = self.throughput[tier].rates()
                 raise StageError(f"generate[{tier}]", f"{left_ms:.0f} ms left is not enough for a {prompt_tokens}-"
@@ -147,7 +164,11 @@ class Generator:
             logprobs: list[float] = []
             final = None
             sentences = 0
-            stream = engine.stream(messages, Sampling(max_tokens, tier_cfg.temperature, tier_cfg.top_p, STOP))
+            # The engine may decode up to the tier's limit; the time limit is enforced here, and
+            # set again once the prompt is in, from the time really left (a prefill estimate that
+            # was off then costs nothing).
+            stream = engine.stream(messages, Sampling(tier_cfg.max_tokens, tier_cfg.temperature, tier_cfg.top_p,
+                                                      STOP))
             try:
                 async for chunk in stream:
                     logprobs.extend(chunk.logprobs)
@@ -157,20 +178,25 @@ class Generator:
                     if chunk.text:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
+                            if deadline is not None:
+                                left_s = deadline - time.monotonic() - SAFETY_MARGIN_S
+                                limit = min(tier_cfg.max_tokens, 1 + int(left_s * self.throughput[tier].decode_tok_s))
                         parts.append(chunk.text)
                         yield Delta(chunk.text)
                         if ends_sentence(chunk.text, parts):
                             sentences += 1
                             if sentences >= MAX_SENTENCES:
                                 break  # the answer is long enough: stop rather than let it ramble
+                        if max(len(logprobs), len(parts)) >= limit:
+                            break  # what fits the time left
                     if deadline is not None and time.monotonic() > deadline:
                         break
             finally:
                 await stream.aclose()  # stops the engine's work for an abandoned or cut request
         text = "".join(parts).strip()
-        if final is None:  # stopped here: at MAX_SENTENCES, or cut at the deadline
-            finish = "stop" if sentences >= MAX_SENTENCES else "deadline"
+        if final is None:  # stopped here: at MAX_SENTENCES, at the time's token limit, or at the deadline
             tokens_in, tokens_out = prompt_tokens, max(len(logprobs), len(parts))
+            finish = "stop" if sentences >= MAX_SENTENCES else "length" if tokens_out >= limit else "deadline"
         else:
             tokens_in, tokens_out, finish = final.tokens_in, final.tokens_out, final.finish_reason
         latency = time.perf_counter() - started

@@ -88,12 +88,24 @@ def test_the_engines_warm_up_measurement_sets_the_token_limit_from_the_start():
     assert g.token_limit(tier, 100, 3000) == int((3.0 - 1.0 - SAFETY_MARGIN_S) * 10)
 
 
-def test_a_slower_machine_than_configured_gets_shorter_answers_after_one_request():
+def test_a_slower_machine_than_configured_gets_answers_that_fit_after_one_request():
     # Configured at 1000 tok/s both ways, the engine really decodes ~20 tok/s.
     engine = SlowEngine(ttft=0.1, per_token=0.05)
     g = generator(engine)
     sources = [chunk(0, "X is a thing.")]
     first = asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
-    assert first.decode_tok_s < 100  # the record reports the updated estimate
-    asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
-    assert engine.max_tokens[0] == 160 and engine.max_tokens[1] < 30  # the second fits the budget
+    assert first.finish_reason == "deadline" and first.decode_tok_s < 100  # the record reports the update
+    second = asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
+    assert second.finish_reason == "length" and second.tokens_out <= 16 and second.latency_ms < 1000
+
+
+class MeasuringEngine(SlowEngine):
+    def measure(self):
+        return 400.0, 40.0
+
+
+def test_remeasure_replaces_a_warm_up_taken_under_load():
+    g = generator(MeasuringEngine(0.0, 0.0, warmup_rates=(30.0, 10.0)))
+    assert g.rates()["small"].prefill_tok_s == 30.0
+    rates = asyncio.run(g.remeasure())
+    assert (rates["small"].prefill_tok_s, rates["small"].decode_tok_s) == (400.0, 40.0)
