@@ -35,19 +35,24 @@ def _words(text: str) -> set[str]:
     return set(tokenize(CITATION.sub(" ", text)))
 
 
-def _support(sentence: set[str], source: ScoredChunk) -> float:
-    return len(sentence & _words(f"{source.chunk.title} {source.chunk.text}")) / len(sentence) if sentence else 0.0
+def _source_words(sources: Sequence[ScoredChunk]) -> list[set[str]]:
+    return [_words(f"{s.chunk.title} {s.chunk.text}") for s in sources]
+
+
+def _support(sentence: set[str], source: set[str]) -> float:
+    return len(sentence & source) / len(sentence) if sentence else 0.0
 
 
 def attribute(answer: str, sources: Sequence[ScoredChunk]) -> list[int]:
     """For each sentence of ``answer``, in order, the number (1-based) of the source that supports
     it best, if one supports it enough; each number once."""
     out: list[int] = []
+    source_words = _source_words(sources)
     for sentence in sentences(answer):
         words = _words(sentence)
         if not words or not sources:
             continue
-        scores = [_support(words, s) for s in sources]
+        scores = [_support(words, s) for s in source_words]
         best = max(range(len(sources)), key=scores.__getitem__)
         if scores[best] >= MIN_SUPPORT and best + 1 not in out:
             out.append(best + 1)
@@ -69,5 +74,6 @@ def precision(answer: str, sources: Sequence[ScoredChunk]) -> float | None:
              for n in CITATION.findall(sentence)]
     if not pairs:
         return None
-    good = sum(1 for n, words in pairs if 1 <= n <= len(sources) and _support(words, sources[n - 1]) >= MIN_SUPPORT)
+    source_words = _source_words(sources)
+    good = sum(1 for n, words in pairs if 1 <= n <= len(sources) and _support(words, source_words[n - 1]) >= MIN_SUPPORT)
     return good / len(pairs)
