@@ -31,12 +31,13 @@ def sentences(answer: str) -> list[str]:
     return [s for s in _END.split(" ".join(answer.split())) if s]
 
 
-def _words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """The text's content words, citation markers aside (also the safety check's grounding)."""
     return set(tokenize(CITATION.sub(" ", text)))
 
 
 def _source_words(sources: Sequence[ScoredChunk]) -> list[set[str]]:
-    return [_words(f"{s.chunk.title} {s.chunk.text}") for s in sources]
+    return [content_words(f"{s.chunk.title} {s.chunk.text}") for s in sources]
 
 
 def _support(sentence: set[str], source: set[str]) -> float:
@@ -49,7 +50,7 @@ def attribute(answer: str, sources: Sequence[ScoredChunk]) -> list[int]:
     out: list[int] = []
     source_words = _source_words(sources)
     for sentence in sentences(answer):
-        words = _words(sentence)
+        words = content_words(sentence)
         if not words or not sources:
             continue
         scores = [_support(words, s) for s in source_words]
@@ -70,7 +71,7 @@ def missing(answer: str, sources: Sequence[ScoredChunk]) -> str:
 def precision(answer: str, sources: Sequence[ScoredChunk]) -> float | None:
     """Share of the answer's citations whose source supports the sentence citing it (None when
     it cites nothing)."""
-    pairs = [(int(n), _words(sentence)) for sentence in sentences(answer)
+    pairs = [(int(n), content_words(sentence)) for sentence in sentences(answer)
              for n in CITATION.findall(sentence)]
     if not pairs:
         return None

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pipelines.errors import ConfigError
 from pipelines.query.prompt import SYSTEM
 from pipelines.records import ScoredChunk
-from pipelines.text import tokenize
+from pipelines.query.cite import CITATION, content_words
 
-_CITATION = re.compile(r"\[(\d{1,3})\]")
 LEAK_CHARS = 40  # a verbatim run this long from the system prompt counts as a leak
 
 
@@ -64,8 +63,8 @@ def grounding(answer: str, sources: Sequence[ScoredChunk]) -> float:
     """The share of the answer's content words (citation markers aside) that occur in its
     sources' titles and texts; 1.0 for an answer without content words. Also the cascade's
     ``grounded`` confidence signal (pipelines/query/cascade.py)."""
-    words = set(tokenize(_CITATION.sub(" ", answer)))
-    source_words = set(tokenize(" ".join(f"{s.chunk.title} {s.chunk.text}" for s in sources)))
+    words = content_words(answer)
+    source_words = content_words(" ".join(f"{s.chunk.title} {s.chunk.text}" for s in sources))
     return len(words & source_words) / len(words) if words else 1.0
 
 
@@ -75,7 +74,7 @@ def check(answer: str, sources: Sequence[ScoredChunk], cfg: SafetyConfig) -> Saf
     if grounded < cfg.min_grounding:
         problems.append(f"weakly grounded: {grounded:.0%} of its content words occur in the sources "
                         f"(minimum {cfg.min_grounding:.0%})")
-    bad = sorted({int(n) for n in _CITATION.findall(answer) if not 1 <= int(n) <= len(sources)})
+    bad = sorted({int(n) for n in CITATION.findall(answer) if not 1 <= int(n) <= len(sources)})
     if bad:
         problems.append(f"cites sources that do not exist: {bad}")
     norm = " ".join(answer.split()).lower()
