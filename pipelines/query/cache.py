@@ -97,8 +97,7 @@ class SemanticCache:
 
     def __init__(self, backend: CacheBackend, threshold: float | None, verifier: HitVerifier | None) -> None:
         self.backend = backend
-        # the verifier's pair model is a forward pass through MiniLM: off the event loop, like Redis calls
-        self.blocking = backend.blocking or (verifier is not None and verifier.pair is not None)
+        self.blocking = backend.blocking  # backend calls do network I/O: run them off the event loop
         # unset: the cosine floor the verifier was tuned with, or a strict plain threshold without it
         self.threshold = threshold if threshold is not None else \
             verifier.vector_threshold if verifier is not None else self.PLAIN_THRESHOLD
@@ -109,8 +108,21 @@ class SemanticCache:
         return CacheHit(payload, "exact", 1.0) if payload is not None else None
 
     def get_semantic(self, part: Partition, query: str, vector: np.ndarray) -> SemanticLookup:
+        return self.verify(query, vector, self.candidates(part, vector))
+
+    def candidates(self, part: Partition, vector: np.ndarray) -> list[Candidate]:
+        """The entries of ``part`` close enough to ``vector`` to be checked, most similar first."""
+        return list(self.backend.candidates(part, vector, self.CANDIDATES, self.threshold))
+
+    def verify_blocks(self, query: str, cands: Sequence[Candidate]) -> bool:
+        """True when checking these candidates runs the verifier's pair model (a forward pass
+        through MiniLM: off the event loop); the other checks take microseconds."""
+        v = self.verifier
+        return v is not None and v.pair is not None and any(v.needs_pair(c.query, query, c.similarity) for c in cands)
+
+    def verify(self, query: str, vector: np.ndarray, cands: Sequence[Candidate]) -> SemanticLookup:
+        """The first candidate the verifier accepts (each one's verdict in ``verdicts``)."""
         verdicts = []
-        cands = list(self.backend.candidates(part, vector, self.CANDIDATES, self.threshold))
         if self.verifier is None:
             return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity) if cands else None, ())
         checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands])

@@ -31,6 +31,7 @@ request (503): there is nothing to answer from.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -150,6 +151,24 @@ class _Request:
                                    outcome=rep.outcome, overrun=rep.overrun, detail=rep.detail)
                 for stage, rep in self.report.items()}
 
+    def run_inline(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        """A call of microseconds on this thread (the in-memory cache): reported like ``run``,
+        without a timeout (nothing could interrupt it; setting one up cost more than the call)."""
+        budget = self.deadline.budget_ms(stage)
+        rep = self.report.get(stage)
+        if rep is None:
+            rep = self.report[stage] = StageReport(budget_ms=budget)
+        if budget <= 0:
+            rep.outcome, rep.detail = "skipped", "no time left in the total budget"
+            raise StageError(stage, "skipped: no time left in the total budget")
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            rep.used_ms += (time.perf_counter() - t0) * 1000
+            if rep.used_ms > budget:
+                rep.detail = f"over its {budget:.0f} ms budget"
+
     async def run(self, stage: str, make: Callable[[], Any], *, reserve_ms: float = 0.0,
                   essential: bool = False) -> Any:
         """Run one stage call within its budget; raises StageError on timeout or failure.
@@ -182,6 +201,12 @@ class _Request:
             raise
         finally:
             rep.used_ms += (time.perf_counter() - t0) * 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _options_id(fingerprint: str, tier: str, top_k: int) -> str:
+    """The part of a cache partition's key that request options and generation settings make."""
+    return content_id(fingerprint, tier, str(top_k))
 
 
 def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
@@ -218,14 +243,20 @@ class QueryPipeline:
         if cfg is not None and prefill_tok_s and decode_tok_s:
             self.tier_configs[tier] = replace(cfg, prefill_tok_s=prefill_tok_s, decode_tok_s=decode_tok_s)
 
-    async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+    async def _cache_call(self, r: _Request, what: str, fn: Callable[..., T], *args: Any,
+                          blocking: bool | None = None) -> T | None:
         """A cache failure or timeout never fails the request: the cache is bypassed and that is
-        reported. Calls run in a thread so a slow backend never blocks the event loop."""
+        reported. Calls that may block (network I/O, a model's forward pass) run in a thread so
+        they never hold the event loop; the in-memory backend's microsecond calls run inline (a
+        thread hop for them queued behind others under load, until the lookup ran out of budget
+        and a cached question was answered again from scratch)."""
+        blocking = self.cache.blocking if blocking is None else blocking
+
         async def call() -> T:
-            return await asyncio.to_thread(fn, *args) if self.cache.blocking else fn(*args)
+            return await asyncio.to_thread(fn, *args)
 
         try:
-            return await r.run("cache", call)
+            return await r.run("cache", call) if blocking else r.run_inline("cache", fn, *args)
         except StageError as exc:
             if r.report["cache"].outcome == "skipped":  # no time left: not a cache failure
                 return None
@@ -266,11 +297,12 @@ class QueryPipeline:
 
         index_version = await self.stages.index_version()
         # Same tenant, same index, same generation settings and request options -> same answer.
-        part = Partition(req.tenant, index_version, content_id(self.fingerprint, req.tier, str(req.top_k)))
+        part = Partition(req.tenant, index_version, _options_id(self.fingerprint, req.tier, req.top_k))
         qhash = query_hash(req.query)
         hit = await self._cache_call(r, "lookup", cache.get_exact, part, qhash) if read else None
         if hit:
-            log.info("request %s: exact cache hit (tenant %s)", r.id, req.tenant)
+            log.debug("request %s: exact cache hit (tenant %s)", r.id, req.tenant)  # hits: per-request logs cost
+            # more than the lookup at hundreds of hits/s; /metrics counts them
             return self._from_cache(r, hit)
 
         vector: np.ndarray | None = None
@@ -280,11 +312,13 @@ class QueryPipeline:
             log.warning("request %s: %s; retrieving lexically", r.id, exc)
             r.degrade(f"{exc}; sources were found by keyword (BM25) search")
         if read and vector is not None and r.cache_status != "unavailable":
-            lookup = await self._cache_call(r, "lookup", cache.get_semantic, part, req.query, vector)
+            cands = await self._cache_call(r, "lookup", cache.candidates, part, vector)
+            lookup = None if not cands else await self._cache_call(
+                r, "lookup", cache.verify, req.query, vector, cands, blocking=cache.verify_blocks(req.query, cands))
             if lookup is not None:
                 verdicts = lookup.verdicts
                 if lookup.hit:
-                    log.info("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
+                    log.debug("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
                     return self._from_cache(r, lookup.hit, verdicts)
 
         n = max(self.cfg.candidates, req.top_k)

@@ -377,11 +377,15 @@ class HitVerifier:
         pair-model pass over the pairs that need it (the cache checks its candidates this way)."""
         logits: dict[tuple[str, str], float] = {}
         if self.pair is not None:
-            need = list(dict.fromkeys((a, b) for a, b, sim, _, _ in items
-                                      if sim < self.sure_cosine and not self.reasons(a, b)))
+            need = list(dict.fromkeys((a, b) for a, b, sim, _, _ in items if self.needs_pair(a, b, sim)))
             if need:
                 logits = dict(zip(need, self.pair.model.logits(need).tolist(), strict=True))
         return [self.check(a, b, sim, u, v, logits.get((a, b))) for a, b, sim, u, v in items]
+
+    def needs_pair(self, cached: str, query: str, similarity: float) -> bool:
+        """Whether checking this pair runs the pair model: below the near-identical cosine, when
+        no near-miss rule has rejected it already."""
+        return self.pair is not None and similarity < self.sure_cosine and not self.reasons(cached, query)
 
     def check(self, cached: str, query: str, similarity: float, cached_vector: np.ndarray | None = None,
               query_vector: np.ndarray | None = None, pair_logit: float | None = None) -> Verdict:

@@ -104,7 +104,9 @@ def test_without_verifier_the_threshold_alone_decides():
     assert cache.get_semantic(P, "x", unit([1, 1])).hit is None  # cosine 0.71 < 0.9
 
 
-def test_a_verifier_with_a_pair_model_runs_off_the_event_loop_even_in_process():
+def test_only_a_check_that_runs_the_pair_model_leaves_the_event_loop():
+    from pipelines.query.cache import Candidate
+
     class Pair:
         def logits(self, pairs):
             return np.zeros(len(pairs))
@@ -112,5 +114,17 @@ def test_a_verifier_with_a_pair_model_runs_off_the_event_loop_even_in_process():
     n = 11 + 2 * 2
     scorer = PairScorer(np.zeros(n), np.ones(n), np.ones(n), 0.0, 0.5)
     backend, _ = make()
-    assert not SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer)).blocking  # microseconds: inline
-    assert SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer, PairStack(Pair(), 1.0, 1.0, 0.0, 0.5))).blocking
+    assert not SemanticCache(backend, 0.9, None).blocking  # the in-memory backend: inline
+
+    def cand(query: str, similarity: float) -> Candidate:
+        return Candidate(query, similarity, {}, unit([1, 0]))
+
+    plain = SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer))
+    assert not plain.verify_blocks("how do I sort a list", [cand("how do I sort a list?", 0.9)])
+    paired = SemanticCache(backend, 0.9, HitVerifier({}, 0.85, scorer, PairStack(Pair(), 1.0, 1.0, 0.0, 0.5,
+                                                                                   sure_cosine=0.95)))
+    assert paired.verify_blocks("how do I sort a list", [cand("how can a list be sorted", 0.9)])  # pair model
+    assert not paired.verify_blocks("how do I sort a list", [cand("how do I sort a list?", 0.97)])  # near-identical
+    assert not paired.verify_blocks("how do I sort a list", [])
+
+

@@ -295,6 +295,42 @@ def test_slow_cache_is_bypassed_within_its_budget(stages):
     assert resp.budget["cache"].used_ms < 150 and not resp.degraded and resp.answer == "the text of the chunk [1]"
 
 
+def test_in_memory_lookups_stay_on_the_event_loop_and_only_the_pair_model_leaves_it(stages):
+    """A thread hop per lookup queued behind others under load until the lookup ran out of
+    budget and a cached question was answered from scratch: microsecond calls run inline."""
+    import threading
+
+    from pipelines.query.verify import HitVerifier, PairScorer, PairStack
+
+    seen: dict[str, set[str]] = {"exact": set(), "candidates": set(), "pair": set()}
+
+    class Spy(InMemoryCache):
+        def get_exact(self, *a):
+            seen["exact"].add(threading.current_thread().name)
+            return super().get_exact(*a)
+
+        def candidates(self, *a):
+            seen["candidates"].add(threading.current_thread().name)
+            return super().candidates(*a)
+
+    class Pair:
+        def logits(self, pairs):
+            seen["pair"].add(threading.current_thread().name)
+            return np.full(len(pairs), 5.0)
+
+    n = 11 + 2 * 3  # the fake stages' vectors have 3 dimensions
+    verifier = HitVerifier({}, 0.9, PairScorer(np.zeros(n), np.ones(n), np.ones(n), 0.0, 0.5),
+                           PairStack(Pair(), 0.0, 1.0, 0.0, 0.5, sure_cosine=0.999))
+    pipeline = QueryPipeline(stages, SemanticCache(Spy(CFG.cache), 0.9, verifier), CFG)
+    main = threading.current_thread().name
+    run(pipeline, query="what does with do")
+    run(pipeline, query="what does with do")  # exact hit
+    assert seen["exact"] == {main} and seen["candidates"] == {main} and seen["pair"] == set()
+    hit = run(pipeline, query="what does with do exactly")  # cosine 0.995 < 0.999: the pair model runs
+    assert hit.cache.kind == "semantic"
+    assert seen["pair"] and main not in seen["pair"]
+
+
 def test_slow_retrieval_is_an_overrun_not_an_error(stages):
     stages.delays = {"retrieve": 0.12}  # budget 50 ms, but retrieval has no fallback
     resp = run(budgeted(stages), query="what does with do")
