@@ -15,6 +15,11 @@ from pipelines.errors import RagrouteError
 # sets this; tests/e2e/test_load.py keeps a burst test that would catch a regression.
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 
+# The stage services' own access logs are off: a line per hop (five per answered question,
+# hundreds a second under load) cost ~5% of a hop's CPU and repeat what the entry service's
+# access log (same trace id) and /metrics say. RAGROUTE_STAGE_ACCESS_LOG=1 turns them back on.
+STAGE_LOGGING = {"access": {"enabled": os.environ.get("RAGROUTE_STAGE_ACCESS_LOG", "0") == "1"}}
+
 # Callee timeouts (seconds). A dependency call's client timeout is the callee's
 # traffic.timeout x 1.01, so these bound how long the RAG service can wait on a stage.
 TIMEOUT_S = {"embedding": 30, "retrieval": 30, "reranking": 30, "routing": 30, "generation": 180, "rag": 300}

@@ -21,7 +21,7 @@ from annotated_types import Ge, Le, MaxLen
 from pipelines.config import GenerationConfig
 from pipelines.errors import ConfigError, RagrouteError, StageError
 from pipelines.records import ScoredChunk, Tier
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
+from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _rate_gauge():
 
 
 @bentoml.service(name="ragroute-generation", traffic={"timeout": TIMEOUT_S["generation"]},
-                 runner_connection=RUNNER_CONNECTION, workers=1, resources=_resources())
+                 runner_connection=RUNNER_CONNECTION, logging=STAGE_LOGGING, workers=1, resources=_resources())
 class Generation:
     def __init__(self) -> None:
         from pipelines import models

@@ -15,13 +15,13 @@ from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import RoutingConfig
 from pipelines.errors import RagrouteError
-from services._common import RUNNER_CONNECTION, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
+from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)
 
 
 @bentoml.service(name="ragroute-routing", traffic={"timeout": TIMEOUT_S["routing"]},
-                 runner_connection=RUNNER_CONNECTION)
+                 runner_connection=RUNNER_CONNECTION, logging=STAGE_LOGGING)
 class Routing:
     def __init__(self) -> None:
         from pipelines import models
@@ -33,11 +33,11 @@ class Routing:
             self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))
         log.info("router: %s", self.loaded.source)
 
-    @bentoml.api
-    def route(self, query: Annotated[str, MaxLen(20_000)],
-              query_vector: Annotated[list[float], MaxLen(8192)] | None = None,
-              retrieval_scores: Annotated[list[float], MaxLen(1000)] = [],  # noqa: B006 - pydantic copies it
-              threshold: Annotated[float, Ge(0.0), Le(1.0)] | None = None) -> dict:
+    @bentoml.api  # async: a decision takes microseconds, less than a sync API's thread hop
+    async def route(self, query: Annotated[str, MaxLen(20_000)],
+                    query_vector: Annotated[list[float], MaxLen(8192)] | None = None,
+                    retrieval_scores: Annotated[list[float], MaxLen(1000)] = [],  # noqa: B006 - pydantic copies it
+                    threshold: Annotated[float, Ge(0.0), Le(1.0)] | None = None) -> dict:
         """``threshold``: decide at this score instead of the router's own (a routed cascade's)."""
         from pipelines.query.route import QueryFeatures, decide
 

@@ -18,6 +18,7 @@ from pipelines.records import ScoredChunk
 
 class Reranker(Protocol):
     name: str
+    blocking: bool  # a model's forward pass: run it off the event loop
 
     def rerank(self, query: str, candidates: Sequence[ScoredChunk], top_k: int) -> list[ScoredChunk]: ...
 
@@ -39,6 +40,7 @@ def _ranked(candidates: Sequence[ScoredChunk], scores: Sequence[float], top_k: i
 
 class HybridReranker:
     name = "hybrid"
+    blocking = False
 
     def __init__(self, dense_weight: float = 0.5) -> None:
         self.dense_weight = dense_weight
@@ -54,6 +56,7 @@ class HybridReranker:
 
 class CrossEncoderReranker:
     name = "cross-encoder"
+    blocking = True
 
     def __init__(self, model: str, device: str = "auto") -> None:
         from sentence_transformers import CrossEncoder
