@@ -392,12 +392,25 @@ class RagConfig:
     default_tier: str = "small"
     cache: CacheConfig = CacheConfig()
     cascade: CascadeConfig = CascadeConfig()
+    workers: int = 1
+    """processes of the entry service (BentoML workers); >1 needs a cache they share (Redis)"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RagConfig:
-        return cls(
+        cfg = cls(
             candidates=_num(env, "RAGROUTE_CANDIDATES", 20, int, 1, 200),
             default_tier=_choice(env, "RAGROUTE_DEFAULT_TIER", "small", tuple(GenerationConfig.from_env(env).tiers)),
             cache=CacheConfig.from_env(env),
             cascade=CascadeConfig.from_env(env),
+            workers=rag_workers(env),
         )
+        if cfg.workers > 1 and cfg.cache.backend == "memory" and not cfg.cache.redis_url:
+            # Each worker would have its own in-memory cache: an answer cached by one would be a
+            # miss in the others, and an admin purge would reach only the worker that got it.
+            raise ConfigError(f"RAGROUTE_RAG_WORKERS={cfg.workers} needs a cache the workers share: set REDIS_URL "
+                              "(or RAGROUTE_CACHE=off), or use one worker")
+        return cfg
+
+
+def rag_workers(env: Mapping[str, str] = os.environ) -> int:
+    return _num(env, "RAGROUTE_RAG_WORKERS", 1, int, 1, 64)

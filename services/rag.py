@@ -11,14 +11,14 @@ import json
 import logging
 from collections.abc import AsyncIterator
 import os
-import uuid
+import secrets
 
 import bentoml
 import numpy as np
 
 from pipelines.budget import BudgetProfile
-from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig
-from pipelines.errors import BadRequest, RagrouteError, StageError
+from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig, rag_workers
+from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
 from pipelines.query.pipeline import QueryPipeline
@@ -38,6 +38,8 @@ from services.retrieval import Retrieval
 from services.routing import Routing
 
 log = logging.getLogger(__name__)
+
+EMBED_CALL_MAX = 256  # texts per call of the Embedding service's `embed` (its bound)
 
 
 class _RemoteStages:
@@ -77,7 +79,9 @@ class _RemoteStages:
         return (await self.embed_many([text]))[0]
 
     async def embed_many(self, texts: list[str]) -> np.ndarray:
-        vectors = await self._call("embed", self.svc.embedding.to_async.encode, texts)
+        # The query path's API (never held to fill a batch); a bulk request uses adaptive batching.
+        method = self.svc.embedding.to_async.embed if len(texts) <= EMBED_CALL_MAX else self.svc.embedding.to_async.encode
+        vectors = await self._call("embed", method, texts)
         return np.asarray(vectors, dtype=np.float32)
 
     async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
@@ -138,7 +142,15 @@ class _RemoteStages:
                 await chunks.aclose()
 
 
-@bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]})
+def _workers() -> int:
+    """RAGROUTE_RAG_WORKERS (default 1); a bad value is reported, naming the key, at start-up."""
+    try:
+        return rag_workers()
+    except ConfigError:
+        return 1
+
+
+@bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]}, workers=_workers())
 class RAG:
     embedding = bentoml.depends(Embedding)
     retrieval = bentoml.depends(Retrieval)
@@ -199,7 +211,7 @@ class RAG:
 
         With ``stream: true`` the answer comes as server-sent events while it is generated:
         ``meta`` (route, sources, cache), ``token`` deltas, then ``done`` (the whole response)."""
-        request_id = uuid.uuid4().hex[:12]
+        request_id = secrets.token_hex(6)
         req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant, stream=stream)
         if stream:
             return await self._stream(req, request_id)  # type: ignore[return-value]

@@ -53,10 +53,20 @@ def test_query_limit_counts_after_trimming():
     ({"RAGROUTE_CACHE_ACCEPT_PROBABILITY": "likely"}, "RAGROUTE_CACHE_ACCEPT_PROBABILITY"),
     ({"RAGROUTE_CACHE": "redis"}, "RAGROUTE_CACHE"),
     ({"RAGROUTE_DEFAULT_TIER": "xl"}, "RAGROUTE_DEFAULT_TIER"),
+    ({"RAGROUTE_RAG_WORKERS": "0"}, "RAGROUTE_RAG_WORKERS"),
+    ({"RAGROUTE_RAG_WORKERS": "two"}, "RAGROUTE_RAG_WORKERS"),
 ])
 def test_bad_settings_name_the_variable(env, key):
     with pytest.raises(ConfigError, match=key):
         RagConfig.from_env(env)
+
+
+def test_several_entry_workers_need_a_cache_they_share():
+    with pytest.raises(ConfigError, match="RAGROUTE_RAG_WORKERS=2 needs a cache the workers share: set REDIS_URL"):
+        RagConfig.from_env({"RAGROUTE_RAG_WORKERS": "2"})  # each would have its own in-memory cache
+    assert RagConfig.from_env({"RAGROUTE_RAG_WORKERS": "2", "REDIS_URL": "redis://127.0.0.1:6379"}).workers == 2
+    assert RagConfig.from_env({"RAGROUTE_RAG_WORKERS": "2", "RAGROUTE_CACHE": "off"}).workers == 2
+    assert RagConfig.from_env({}).workers == 1
 
 
 def test_cross_encoder_needs_a_model():
