@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-generation eval-cache eval-routing eval-routing-live bento clean
+.PHONY: install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -84,6 +84,11 @@ test-unit: install
 # p50 latency of rag_query through `bentoml serve` (cache miss / hit); JSON in evals/out/.
 bench: models
 	$(BIN)/python -m evals.latency
+
+# The hops between services next to the no-op floor and the raw library calls, cache hits at 32
+# connections vs a no-op rag_query, a miss's orchestration overhead; evals/out/hops.{json,md}. ~7 min.
+bench-hops: models
+	$(BIN)/python -m evals.hops
 
 # Semantic-cache precision with/without the hit verifier (QQP, GPTCache); needs ../shared/data.
 eval-cache: install

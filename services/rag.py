@@ -79,8 +79,11 @@ class _RemoteStages:
         return (await self.embed_many([text]))[0]
 
     async def embed_many(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
         # The query path's API (never held to fill a batch); a bulk request uses adaptive batching.
-        method = self.svc.embedding.to_async.embed if len(texts) <= EMBED_CALL_MAX else self.svc.embedding.to_async.encode
+        embedding = self.svc.embedding.to_async
+        method = embedding.embed if len(texts) <= EMBED_CALL_MAX else embedding.encode
         vectors = await self._call("embed", method, texts)
         return np.asarray(vectors, dtype=np.float32)
 

@@ -126,6 +126,19 @@ def test_burst_of_dependency_calls_loses_no_request(server, first):
     assert {kind for _, kind in results} == {"semantic"}
 
 
+def test_exact_hits_under_32_connections_are_all_served_from_the_cache(server, first):
+    """Before, a lookup that waited for a thread under load ran out of its budget and the cached
+    question was answered again from scratch (a 5-15 s generation holding the CPU)."""
+    def ask(i: int) -> tuple[int, str | None]:
+        r = server.post({"query": QUESTION}, timeout=60)
+        return r.status_code, r.json()["cache"]["kind"] if r.status_code == 200 else r.text
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(ask, range(300)))
+    assert [r for r in results if r[0] != 200] == []
+    assert {kind for _, kind in results} == {"exact"}
+
+
 def sse(server, body: dict, stop_after_tokens: int | None = None) -> list[tuple[float, dict]]:
     """(arrival time, event) of a streamed rag_query, optionally hanging up after N tokens."""
     import time

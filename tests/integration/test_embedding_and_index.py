@@ -126,3 +126,23 @@ def test_retrieval_service_refuses_a_mismatched_index_at_start_up(fixture_index,
     clean_env.setenv("RAGROUTE_EMBED_MODEL", "all-MiniLM-L6-v2")
     svc = Retrieval()
     assert svc.info()["index_version"] == json.loads((fixture_index / "manifest.json").read_text())["index_version"]
+
+
+def test_embedding_service_query_api_gives_the_bulk_apis_vectors_for_concurrent_callers(clean_env):
+    """``embed`` (the query path; calls that arrive together share a model run) and ``encode``
+    (bulk, adaptive batching) return the same vectors, each caller its own rows."""
+    import asyncio
+
+    from services.embedding import Embedding
+
+    svc = Embedding()
+    texts = [["What does the with statement do?"], ["How are tides caused?", "x"], ["Rust ownership rules"]]
+
+    async def together():
+        return await asyncio.gather(*(svc.embed(t) for t in texts))
+
+    outs = asyncio.run(together())
+    for t, out in zip(texts, outs, strict=True):
+        assert out.shape == (len(t), 384) and out.dtype == np.float32
+        np.testing.assert_allclose(out, svc.embedder.encode(t), atol=1e-5)
+    assert svc.batcher.runs < len(texts)  # the calls that queued behind the first shared a run
