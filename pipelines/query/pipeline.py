@@ -151,16 +151,22 @@ class _Request:
                                    outcome=rep.outcome, overrun=rep.overrun, detail=rep.detail)
                 for stage, rep in self.report.items()}
 
+    def _report(self, stage: str, budget: float, limit: float) -> StageReport:
+        """The stage's report (repeated calls of a stage share one); StageError (outcome
+        "skipped") when there is no time left for the call."""
+        rep = self.report.get(stage)
+        if rep is None:
+            rep = self.report[stage] = StageReport(budget_ms=budget)
+        if limit <= 0:
+            rep.outcome, rep.detail = "skipped", "no time left in the total budget"
+            raise StageError(stage, "skipped: no time left in the total budget")
+        return rep
+
     def run_inline(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
         """A call of microseconds on this thread (the in-memory cache): reported like ``run``,
         without a timeout (nothing could interrupt it; setting one up cost more than the call)."""
         budget = self.deadline.budget_ms(stage)
-        rep = self.report.get(stage)
-        if rep is None:
-            rep = self.report[stage] = StageReport(budget_ms=budget)
-        if budget <= 0:
-            rep.outcome, rep.detail = "skipped", "no time left in the total budget"
-            raise StageError(stage, "skipped: no time left in the total budget")
+        rep = self._report(stage, budget, budget)
         t0 = time.perf_counter()
         try:
             return fn(*args)
@@ -180,12 +186,7 @@ class _Request:
         """
         budget = self.deadline.budget_ms(stage, reserve_ms)
         limit = max(budget, self.deadline.remaining_ms()) if essential else budget
-        rep = self.report.get(stage)
-        if rep is None:
-            rep = self.report[stage] = StageReport(budget_ms=budget)
-        if limit <= 0:
-            rep.outcome, rep.detail = "skipped", "no time left in the total budget"
-            raise StageError(stage, "skipped: no time left in the total budget")
+        rep = self._report(stage, budget, limit)
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(limit / 1000):
