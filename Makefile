@@ -86,7 +86,7 @@ bench: models
 	$(BIN)/python -m evals.latency
 
 # The hops between services next to the no-op floor and the raw library calls, cache hits at 32
-# connections vs a no-op rag_query, a miss's orchestration overhead; evals/out/hops.{json,md}. ~7 min.
+# connections vs a no-op rag_query, a miss's orchestration overhead; evals/out/hops.{json,md}. ~8 min.
 bench-hops: models
 	$(BIN)/python -m evals.hops
 
