@@ -260,20 +260,6 @@ def warm(url: str) -> tuple[list[tuple[str, str]], dict]:
     return kept, sample
 
 
-def entry_pid(serve_pid: int, service: str = "ragroute") -> int | None:
-    """The worker process of ``service`` under a `bentoml serve` (its --service-name)."""
-    import psutil
-
-    for proc in psutil.Process(serve_pid).children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if "--service-name" in cmd and cmd[cmd.index("--service-name") + 1] == service:
-            return proc.pid
-    return None
-
-
 def profile_summary(raw: Path, top: int = 15) -> dict:
     """py-spy's raw (collapsed) stacks -> the share of samples in ragroute's own code (a frame of
     a file under this repository) and ragroute's functions with the largest inclusive share; the
@@ -408,7 +394,7 @@ def measure_rag(home: Path, env: dict[str, str], args: argparse.Namespace, resul
         result["misses"] = measure_misses(rag.url, args.misses)
         with serving(home / "noop", {**env, "RAGROUTE_NOOP_RESPONSE": str(canned)},
                      target="evals.hops_service:NoopRag") as noop:
-            pid = entry_pid(rag.proc.pid) if args.profile else None
+            pid = rag.worker("ragroute").pid if args.profile else None
             result["hits"] = measure_hits(rag.url, noop.url, cached, args.runs, args.duration, args.connections,
                                           pid, args.out.parent)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from evals.redis_server import RedisServer
-from evals.serving import ROOT, serving
+from evals.serving import ROOT, service_processes, serving
 from pipelines import config
 
 log = logging.getLogger("evals.latency")
@@ -74,14 +74,11 @@ def service_rss_mb(pid: int) -> dict[str, float]:
     import psutil
 
     out: dict[str, float] = defaultdict(float)
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
+    for name, proc in service_processes(pid):
         try:
-            cmd, rss = proc.cmdline(), proc.memory_info().rss
+            out[name or "(serve: arbiter)"] += proc.memory_info().rss / 2**20
         except psutil.Error:
             continue
-        name = cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else "(serve: arbiter)"
-        out[name] += rss / 2**20
     return {k: round(v, 1) for k, v in sorted(out.items())}
 
 

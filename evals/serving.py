@@ -38,8 +38,31 @@ class Server:
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
+    def worker(self, service: str):
+        """The worker process (psutil.Process) of one BentoML service of this server."""
+        for name, proc in service_processes(self.proc.pid):
+            if name == service:
+                return proc
+        raise LookupError(f"no worker process for {service}")
+
     def post(self, body, timeout: float = 120.0) -> httpx.Response:
         return httpx.post(f"{self.url}/rag_query", json=body, timeout=timeout)
+
+
+def service_processes(pid: int) -> list[tuple[str | None, "psutil.Process"]]:
+    """(BentoML service name, process) for `bentoml serve` (pid) and every process under it; the
+    name is None for a process without ``--service-name`` (the serve arbiter itself)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        out.append((cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else None, proc))
+    return out
 
 
 def start(home: Path, env_extra: dict[str, str] | None = None, target: str = "services.rag:RAG",

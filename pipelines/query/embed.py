@@ -65,7 +65,7 @@ class GreedyBatcher:
     """Concurrent ``encode`` calls share model runs without a lone call ever waiting.
 
     BentoML's adaptive batching (``batchable=True``) holds a request for as long as the average
-    past wait, which feeds on itself: after a burst, a lone query waited 100-400 ms for company
+    past wait, which feeds on itself: after a burst, a lone query waited 60-400 ms for company
     that never came. Here a call runs at once when the model is idle; calls that arrive while
     it works queue, and the next run takes all of them (up to ``max_batch`` texts, whole calls
     only; a larger call runs alone). Runs happen one at a time on one thread, so the event loop

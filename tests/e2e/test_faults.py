@@ -11,7 +11,6 @@ import signal
 import time
 from contextlib import contextmanager
 
-import psutil
 import pytest
 
 from evals.serving import serving
@@ -32,16 +31,9 @@ def server(tmp_path_factory, model_cache):
         yield srv
 
 
-def worker(server, service: str) -> psutil.Process:
-    for proc in psutil.Process(server.proc.pid).children(recursive=True):
-        if f"--service-name {service} " in " ".join(proc.cmdline()) + " ":
-            return proc
-    raise AssertionError(f"no worker process for {service}")
-
-
 @contextmanager
 def frozen(server, service: str):
-    proc = worker(server, service)
+    proc = server.worker(service)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         yield
