@@ -1,4 +1,5 @@
-"""RAG entry service: ``rag_query``, composing the five stage services with bentoml.depends.
+"""RAG entry service: ``rag_query``, composing the five stage services with bentoml.depends,
+and the OpenAI-compatible ``/v1`` (services/openai_app.py) over the same pipeline.
 
     bentoml serve services.rag:RAG
 """
@@ -33,6 +34,7 @@ from services._common import TIMEOUT_S, error_body, error_response, refuse_to_st
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
+from services.openai_app import make_app
 from services.reranking import Reranking
 from services.retrieval import Retrieval
 from services.routing import Routing
@@ -153,6 +155,8 @@ def _workers() -> int:
         return 1
 
 
+# OpenAI-compatible /v1 (chat completions, models) over this service's own pipeline.
+@bentoml.asgi_app(make_app(bentoml.get_current_service), path="/v1")
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]}, workers=_workers())
 class RAG:
     embedding = bentoml.depends(Embedding)

@@ -1,0 +1,308 @@
+"""The OpenAI Chat Completions dialect of ``rag_query``: requests in, completions and chunks out.
+
+Plain logic, no server: ``services/openai_app.py`` mounts it under ``/v1`` on the RAG service.
+
+- ``model`` picks the mode: ``ragroute`` (the router picks the tier), ``ragroute-cascade``, or
+  a configured tier's name (``small``, ``large``, ...).
+- The last message must be the user's question. Earlier *user* turns are the conversation's
+  context: a follow-up ("Does it close the file?", "And for loops?") is rewritten into a
+  standalone question by prefixing the previous question (:func:`standalone_question`), so
+  retrieval, routing and the cache see what is really asked, and the same follow-up in
+  another conversation never shares a cached answer. A question that stands on its own is
+  used as it is, so it shares the cache with every other client. System, developer and
+  assistant turns are accepted and not used (ragroute writes its own grounded prompt).
+- Sampling is set per tier and answers are shared through the cache, so parameters that would
+  change an answer are honoured only where they already hold (``max_tokens`` at or above
+  what the tier generates, ``temperature``/``top_p`` equal to the tier's, ``n`` = 1) and
+  refused with a 400 naming the parameter otherwise. Unknown fields are ignored.
+- ragroute's own report (sources, route, cache, budget, timings, warnings) travels as the
+  ``ragroute`` extension field of the completion (and of the last streamed chunk).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from pipelines.config import TierConfig
+from pipelines.errors import BadRequest, RagrouteError
+from pipelines.schema import MAX_QUERY_CHARS, RagRequest, RagResponse, Tenant
+
+AUTO, CASCADE = "ragroute", "ragroute-cascade"
+MAX_MESSAGES = 128
+MAX_MESSAGE_CHARS = 32_000
+CREATED = int(time.time())  # "created" of the model list: when this process started
+
+
+class OpenAIError(Exception):
+    """An error in the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "invalid_request_error", 429: "rate_limit_error"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    @classmethod
+    def of(cls, exc: RagrouteError) -> OpenAIError:
+        return cls(exc.status, str(exc), getattr(exc, "field", None))
+
+    def body(self) -> dict[str, Any]:
+        kind = self.TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[StrictStr, Field(max_length=MAX_MESSAGE_CHARS)] | list[_TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class RagrouteOptions(BaseModel):
+    """The ``ragroute`` extension of a request (``extra_body={"ragroute": {...}}`` in the SDK)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_k: Annotated[StrictInt, Field(ge=1, le=20)] = 4
+    cache: Literal["use", "bypass", "refresh"] = "use"
+    tenant: Tenant = "default"
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # as OpenAI-compatible servers do with fields they do not know
+
+    model: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
+    stream: StrictBool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    stop: str | list[str] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    user: Annotated[StrictStr, Field(max_length=256)] | None = None
+    ragroute: RagrouteOptions = Field(default_factory=RagrouteOptions)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+def parse_request(body: Any) -> ChatRequest:
+    """The request, or an OpenAIError (400) naming the first invalid field."""
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "the request body must be a JSON object", None, "invalid_body")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = _param(err["loc"])
+        message = err["msg"]
+        if param.endswith(".content"):  # a union: pydantic's first complaint names only one branch
+            message = (f"must be a string of at most {MAX_MESSAGE_CHARS} characters or a list of "
+                       "{'type': 'text', 'text': ...} parts")
+        raise OpenAIError(400, f"{param}: {message}", param, "invalid_value") from None
+
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict"})
+
+
+def _param(loc: tuple) -> str:
+    """pydantic's location as OpenAI writes a parameter (``messages.[1].content``), without the
+    tags pydantic adds for union members (``constrained-str``, ``list[_TextPart]``)."""
+    parts = [f"[{item}]" if isinstance(item, int) else str(item) for item in loc
+             if isinstance(item, int) or (_FIELD.match(str(item)) and item not in _UNION_TAGS)]
+    out: list[str] = []
+    for part in parts:  # the first union branch's location is enough: stop where branches differ
+        out.append(part)
+        if part == "content":
+            break
+    return ".".join(out)
+
+
+def model_names(tiers: list[str]) -> list[str]:
+    return [AUTO, CASCADE, *tiers] if len(tiers) >= 2 else [AUTO, *tiers]
+
+
+def resolve_model(model: str, tiers: list[str]) -> str:
+    """The ``tier`` of ``rag_query`` for an OpenAI ``model``; 404 listing the valid ones."""
+    mode = {AUTO: "auto", CASCADE: "cascade"}.get(model, model)
+    if model not in model_names(tiers):
+        raise OpenAIError(404, f"The model '{model}' does not exist; valid: {', '.join(model_names(tiers))}",
+                          "model", "model_not_found")
+    return mode
+
+
+# Words that point back at an earlier turn, and openings that continue one.
+_REFERRING = frozenset("it its it's itself this these those they them their theirs same above former latter "
+                       "he him his she her".split())
+_CONTINUING = ("and ", "but ", "also ", "so ", "then ", "what about", "how about", "why not", "what if", "or ")
+_WORD = re.compile(r"[a-z']+")
+
+
+def is_follow_up(question: str) -> bool:
+    """Heuristic: the question refers back ("it", "those", "the same"), continues ("And for
+    loops?", "What about sets?") or is too short to stand alone (three words or fewer)."""
+    text = question.strip().lower()
+    words = _WORD.findall(text)
+    return len(words) <= 3 or text.startswith(_CONTINUING) or any(w in _REFERRING for w in words)
+
+
+def standalone_question(messages: list[Message]) -> tuple[str, bool]:
+    """(the question to answer, whether it was rewritten from a follow-up); 400s name the field."""
+    last = messages[-1]
+    if last.role != "user":
+        raise OpenAIError(400, f"messages.[{len(messages) - 1}].role: the last message must be the user's question "
+                               f"(got '{last.role}')", f"messages.[{len(messages) - 1}].role", "invalid_value")
+    question = last.text().strip()
+    param = f"messages.[{len(messages) - 1}].content"
+    if not question:
+        raise OpenAIError(400, f"{param}: the question is empty", param, "invalid_value")
+    if len(question) > MAX_QUERY_CHARS:
+        raise OpenAIError(400, f"{param}: the question is {len(question)} characters; at most {MAX_QUERY_CHARS}",
+                          param, "string_too_long")
+    earlier = [m.text().strip() for m in messages[:-1] if m.role == "user" and m.text().strip()]
+    if not earlier or not is_follow_up(question):
+        return question, False
+    previous, _ = standalone_question([Message(role="user", content=t) for t in earlier])
+    room = MAX_QUERY_CHARS - len(question) - len('Regarding "": ')
+    if room < 20:
+        return question, False
+    if len(previous) > room:
+        previous = previous[: room - 1].rstrip() + "…"
+    return f'Regarding "{previous}": {question}', True
+
+
+def to_rag_request(chat: ChatRequest, tiers: dict[str, TierConfig]) -> tuple[RagRequest, bool]:
+    """The ``rag_query`` request for a chat request (and whether the question was rewritten)."""
+    tier = resolve_model(chat.model, list(tiers))
+    _check_sampling(chat, [tiers[tier]] if tier in tiers else list(tiers.values()))
+    question, rewritten = standalone_question(chat.messages)
+    opts = chat.ragroute
+    try:
+        return RagRequest(query=question, top_k=opts.top_k, tier=tier, cache=opts.cache, tenant=opts.tenant,
+                          stream=chat.stream), rewritten
+    except ValidationError as exc:  # pragma: no cover - every field was validated above
+        raise OpenAIError(400, str(exc)) from None
+
+
+def _check_sampling(chat: ChatRequest, tiers: list[TierConfig]) -> None:
+    def refuse(param: str, why: str) -> None:
+        raise OpenAIError(400, f"{param}: {why}", param, "unsupported_parameter")
+
+    longest = max((t.max_tokens for t in tiers), default=0)
+    for param in ("max_tokens", "max_completion_tokens"):
+        value = getattr(chat, param)
+        if value is not None and value < longest:
+            refuse(param, f"{value} is below the answer length model '{chat.model}' generates (up to {longest} "
+                          "tokens); answers are shared through the cache, so their length is set per tier "
+                          "(RAGROUTE_TIER_<NAME>_MAX_TOKENS)")
+    for param in ("temperature", "top_p"):
+        value = getattr(chat, param)
+        configured = {getattr(t, param) for t in tiers}
+        if value is not None and configured != {value}:
+            refuse(param, f"{value} differs from the configured {param} of model '{chat.model}' "
+                          f"({', '.join(map(str, sorted(configured)))}); answers are shared through the cache, "
+                          "so sampling is set per tier (RAGROUTE_TIER_<NAME>_" + param.upper() + ")")
+    if chat.n not in (None, 1):
+        refuse("n", "only one choice per request is generated")
+    if chat.stop:
+        refuse("stop", "stop sequences are not supported")
+    if chat.tools or chat.functions:
+        refuse("tools" if chat.tools else "functions", "tool calling is not supported")
+    if chat.response_format and chat.response_format.get("type") != "text":
+        refuse("response_format", "only {'type': 'text'} is supported")
+    if chat.logprobs:
+        refuse("logprobs", "token log-probabilities are not returned (usage in the ragroute field has the mean)")
+
+
+def _finish_reason(resp: RagResponse) -> str:
+    return "length" if resp.usage.finish_reason in ("length", "deadline") else "stop"
+
+
+def _extension(resp: RagResponse, rewritten_query: str | None) -> dict[str, Any]:
+    ext = resp.model_dump(exclude={"answer"})
+    ext["query"] = rewritten_query  # the standalone question asked, when a follow-up was rewritten
+    return ext
+
+
+def _usage(resp: RagResponse) -> dict[str, int]:
+    return {"prompt_tokens": resp.usage.tokens_in, "completion_tokens": resp.usage.tokens_out,
+            "total_tokens": resp.usage.tokens_in + resp.usage.tokens_out}
+
+
+def completion(resp: RagResponse, model: str, fingerprint: str, rewritten_query: str | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object for a whole answer."""
+    return {"id": f"chatcmpl-{resp.request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "system_fingerprint": fingerprint,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": resp.answer, "refusal": None},
+                         "logprobs": None, "finish_reason": _finish_reason(resp)}],
+            "usage": _usage(resp), "ragroute": _extension(resp, rewritten_query)}
+
+
+class ChunkWriter:
+    """The ``chat.completion.chunk`` objects of one streamed answer, in order."""
+
+    def __init__(self, request_id: str, model: str, fingerprint: str, include_usage: bool) -> None:
+        self.base = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model, "system_fingerprint": fingerprint}
+        self.include_usage = include_usage
+        self.started = False
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                **extra}
+
+    def meta(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        """The first chunk: the role (as OpenAI's first chunk) and, before any token, the sources,
+        route and cache verdict as the ``ragroute`` extension (a playground shows them at once)."""
+        self.started = True
+        return [self._chunk({"role": "assistant", "content": ""}, ragroute=report)]
+
+    def token(self, text: str) -> list[dict[str, Any]]:
+        out = [] if self.started else self.meta({})
+        if text:
+            out.append(self._chunk({"content": text}))
+        return out
+
+    def done(self, resp: RagResponse, rewritten_query: str | None = None) -> list[dict[str, Any]]:
+        out = self.token("")
+        out.append(self._chunk({}, _finish_reason(resp), ragroute=_extension(resp, rewritten_query)))
+        if self.include_usage:
+            out.append({**self.base, "choices": [], "usage": _usage(resp)})
+        return out
+
+
+def models_list(tiers: dict[str, TierConfig]) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(name, tiers) for name in model_names(list(tiers))]}
+
+
+def model_card(name: str, tiers: dict[str, TierConfig]) -> dict[str, Any]:
+    if name not in model_names(list(tiers)):
+        raise OpenAIError(404, f"The model '{name}' does not exist; valid: {', '.join(model_names(list(tiers)))}",
+                          "model", "model_not_found")
+    if name in tiers:
+        about = {"mode": "fixed", "tier": name, "engine": tiers[name].engine, "model": tiers[name].model}
+    else:
+        about = {"mode": "auto" if name == AUTO else "cascade", "tiers": list(tiers)}
+    return {"id": name, "object": "model", "created": CREATED, "owned_by": "ragroute", "ragroute": about}

@@ -1,0 +1,130 @@
+"""OpenAI-compatible endpoints, mounted under ``/v1`` on the RAG entry service.
+
+    POST /v1/chat/completions   (stream or not)
+    GET  /v1/models, /v1/models/{model}
+
+A thin HTTP shell: what a request means and what a completion looks like is in
+``pipelines/openai_compat.py``; the answer comes from the RAG service's own QueryPipeline (same
+cache, budgets, metrics and logs as ``rag_query``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from pipelines.config import TierConfig
+from pipelines.errors import RagrouteError
+from pipelines.openai_compat import (ChunkWriter, OpenAIError, completion, model_card, models_list, parse_request,
+                                     to_rag_request)
+from pipelines.schema import RagResponse
+
+log = logging.getLogger(__name__)
+
+
+def _error(exc: OpenAIError, request_id: str | None = None) -> JSONResponse:
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def make_app(get_rag: Callable[[], Any]) -> Starlette:
+    """``get_rag()``: the RAG service instance (``pipeline``, ``metrics``), looked up per request."""
+
+    def tiers(rag) -> dict[str, TierConfig]:
+        pipeline = rag.pipeline
+        return {name: pipeline.tier_configs[name] for name in pipeline.tiers}
+
+    async def list_models(request: Request) -> JSONResponse:
+        return JSONResponse(models_list(tiers(get_rag())))
+
+    async def get_model(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(model_card(request.path_params["model"], tiers(get_rag())))
+        except OpenAIError as exc:
+            return _error(exc)
+
+    async def chat_completions(request: Request):
+        rag = get_rag()
+        request_id = secrets.token_hex(6)
+        try:
+            try:
+                body = await request.json()
+            except ValueError as exc:
+                raise OpenAIError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+            chat = parse_request(body)
+            req, rewritten = to_rag_request(chat, tiers(rag))
+        except OpenAIError as exc:
+            log.info("request %s: /v1/chat/completions refused (%d): %s", request_id, exc.status, exc.message)
+            return _error(exc, request_id)
+        log.info("request %s: /v1/chat/completions model=%s stream=%s user=%s%s", request_id, chat.model,
+                 chat.stream, chat.user or "-", f" follow-up asked as {req.query!r}" if rewritten else "")
+        rewritten_query = req.query if rewritten else None
+        fingerprint = rag.pipeline.fingerprint or "ragroute"
+        if not chat.stream:
+            try:
+                resp = await rag.pipeline.run(req, request_id)
+            except RagrouteError as exc:
+                log.warning("request %s failed: %s", request_id, exc)
+                return _error(OpenAIError.of(exc), request_id)
+            rag.metrics.observe(resp)
+            return JSONResponse(completion(resp, chat.model, fingerprint, rewritten_query),
+                                headers={"X-Request-Id": request_id})
+
+        events = rag.pipeline.stream(req, request_id)
+        try:  # everything before the first event can still fail with a proper status code
+            first = await anext(events)
+        except RagrouteError as exc:
+            log.warning("request %s failed: %s", request_id, exc)
+            await events.aclose()
+            return _error(OpenAIError.of(exc), request_id)
+        writer = ChunkWriter(request_id, chat.model, fingerprint, chat.include_usage)
+
+        async def sse() -> AsyncIterator[str]:
+            event = first
+            try:
+                while True:
+                    if event["event"] == "meta":  # sources, route and cache before the first token
+                        chunks = writer.meta({k: v for k, v in event.items() if k != "event"})
+                    elif event["event"] == "token":
+                        chunks = writer.token(event["text"])
+                    else:  # done
+                        resp = RagResponse.model_validate(event["response"])
+                        rag.metrics.observe(resp)
+                        chunks = writer.done(resp, rewritten_query)
+                    for chunk in chunks:
+                        yield _sse(chunk)
+                    event = await anext(events)
+            except StopAsyncIteration:
+                yield "data: [DONE]\n\n"
+            except Exception as exc:  # noqa: BLE001 - the status is sent: report the error in the stream
+                log.warning("request %s: stream failed: %s", request_id, exc)
+                status = exc.status if isinstance(exc, RagrouteError) else 500
+                yield _sse(OpenAIError(status, str(exc), None, "stream_failed").body())
+            finally:
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        status = getattr(exc, "status_code", 404)
+        return _error(OpenAIError(status, f"{request.method} {request.url.path}: "
+                                          f"{'no such endpoint' if status == 404 else 'method not allowed'}",
+                                  None, "unknown_url" if status == 404 else "method_not_allowed"))
+
+    return Starlette(routes=[Route("/chat/completions", chat_completions, methods=["POST"]),
+                             Route("/models", list_models, methods=["GET"]),
+                             Route("/models/{model:path}", get_model, methods=["GET"])],
+                     exception_handlers={404: not_found, 405: not_found})
