@@ -274,7 +274,38 @@ def parser() -> argparse.ArgumentParser:
     ri = rsub.add_parser("info", help="verify a router artifact and print its manifest")
     ri.add_argument("directory", type=Path)
     ri.set_defaults(func=_cmd_router_info)
+
+    k = sub.add_parser("keys", help="API keys for the query endpoints (the file RAGROUTE_API_KEYS names)")
+    ksub = k.add_subparsers(dest="action", required=True)
+    ka = ksub.add_parser("add", help="create a key, store its sha256 in the key file (created if absent) and print "
+                                     "the key: it is shown only this once")
+    ka.add_argument("--file", type=Path, required=True, help="the key file (JSON)")
+    ka.add_argument("--name", required=True, help="identifies the key in logs and metrics")
+    ka.add_argument("--tenant", required=True, help="the cache partition the key's requests are answered in")
+    ka.add_argument("--rate", help='requests per key, e.g. "10/second" or "600/minute" (several joined by ";")')
+    ka.add_argument("--tokens-per-day", type=int, help="prompt + completion tokens per key per 24 hours")
+    ka.set_defaults(func=_cmd_keys_add)
+    kl = ksub.add_parser("list", help="check the key file and list its keys (names, tenants, limits; never keys)")
+    kl.add_argument("--file", type=Path, required=True)
+    kl.set_defaults(func=_cmd_keys_list)
     return p
+
+
+def _cmd_keys_add(args: argparse.Namespace) -> int:
+    from pipelines.access import add_key
+
+    key = add_key(args.file, args.name, args.tenant, args.rate, args.tokens_per_day)
+    sys.stdout.write(key + "\n")  # the one place the key exists in clear: give it to its holder
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    from pipelines.access import load_keys
+
+    for k in load_keys(args.file):
+        sys.stdout.write(f"{k.name}\ttenant={k.tenant}\trate={k.rate or '-'}\ttokens_per_day={k.tokens_per_day or '-'}"
+                         f"\tsha256={k.sha256[:8]}…\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

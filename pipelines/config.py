@@ -394,6 +394,8 @@ class RagConfig:
     cascade: CascadeConfig = CascadeConfig()
     workers: int = 1
     """processes of the entry service (BentoML workers); >1 needs a cache they share (Redis)"""
+    api_keys: str = ""
+    """path of the API key file (pipelines/access.py); empty: the query API is open"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RagConfig:
@@ -403,6 +405,7 @@ class RagConfig:
             cache=CacheConfig.from_env(env),
             cascade=CascadeConfig.from_env(env),
             workers=rag_workers(env),
+            api_keys=_get(env, "RAGROUTE_API_KEYS", ""),
         )
         if cfg.workers > 1 and cfg.cache.backend == "memory" and not cfg.cache.redis_url:
             # Each worker would have its own in-memory cache: an answer cached by one would be a

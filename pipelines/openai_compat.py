@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import BadRequest, RagrouteError
 from pipelines.schema import MAX_QUERY_CHARS, RagRequest, RagResponse, Tenant
@@ -43,13 +44,24 @@ class OpenAIError(Exception):
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
              404: "invalid_request_error", 429: "rate_limit_error"}
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def of(cls, exc: RagrouteError) -> OpenAIError:
         return cls(exc.status, str(exc), getattr(exc, "field", None))
+
+    @classmethod
+    def denied(cls, exc: Denied) -> OpenAIError:
+        """401 / 403 / 429 from the front door, with OpenAI's codes."""
+        code = {401: "invalid_api_key", 403: "tenant_not_allowed"}.get(exc.status)
+        if exc.status == 429:
+            code = "insufficient_quota" if "quota" in str(exc) else "rate_limit_exceeded"
+        param = "ragroute.tenant" if exc.status == 403 else None
+        return cls(exc.status, str(exc), param, code, exc.retry_after_s)
 
     def body(self) -> dict[str, Any]:
         kind = self.TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")

@@ -11,6 +11,11 @@
     ragroute_cost_usd_total{tier}                      estimated generation cost (tokens x tier prices)
     ragroute_generation_ttft_seconds{tier}             generation's time to first token
     ragroute_cache_errors_total{op}                    cache operations that failed (Redis down/slow)
+    ragroute_tenant_requests_total{tenant}             answered requests per tenant (REST and /v1)
+    ragroute_tenant_tokens_total{tenant}               generated-answer tokens (in + out) per tenant;
+                                                       cache hits cost none
+    ragroute_denied_total{status}                      requests refused by the front door: 401 | 403 | 429
+    ragroute_limit_errors_total{op}                    rate/quota checks that failed (Redis down): let through
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from pipelines.schema import RagResponse
+
+# Without a key file tenants are whatever clients write: past this many, they count as "other".
+MAX_TENANT_LABELS = 100
 
 # Stage latencies span 0.1 ms (a cache lookup) to tens of seconds (CPU generation).
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
@@ -58,6 +66,31 @@ class RagMetrics:
         self.cache_errors = Counter(
             name="ragroute_cache_errors_total", documentation="cache operations that failed and were bypassed",
             labelnames=["op"])
+
+        self.tenant_requests = Counter(
+            name="ragroute_tenant_requests_total", documentation="answered requests per tenant", labelnames=["tenant"])
+        self.tenant_tokens = Counter(
+            name="ragroute_tenant_tokens_total", documentation="tokens (in + out) of generated answers per tenant; "
+            "cache hits cost none", labelnames=["tenant"])
+        self.denied_total = Counter(
+            name="ragroute_denied_total", documentation="requests refused: 401 no or wrong API key, 403 another "
+            "tenant, 429 over a rate limit or token quota", labelnames=["status"])
+        self.limit_errors = Counter(
+            name="ragroute_limit_errors_total", documentation="rate/quota checks that failed (their store is down); "
+            "the request was let through", labelnames=["op"])
+        self._tenants: set[str] = set()
+
+    def usage(self, tenant: str, tokens: int) -> None:
+        if tenant not in self._tenants:
+            if len(self._tenants) >= MAX_TENANT_LABELS:
+                tenant = "other"
+            else:
+                self._tenants.add(tenant)
+        self.tenant_requests.labels(tenant=tenant).inc()
+        self.tenant_tokens.labels(tenant=tenant).inc(tokens)
+
+    def denied(self, status: int) -> None:
+        self.denied_total.labels(status=str(status)).inc()
 
     def observe(self, resp: RagResponse) -> None:
         for stage, report in resp.budget.items():

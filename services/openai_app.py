@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import RagrouteError
 from pipelines.openai_compat import (ChunkWriter, OpenAIError, completion, model_card, models_list, parse_request,
@@ -31,7 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def _error(exc: OpenAIError, request_id: str | None = None) -> JSONResponse:
-    headers = {"X-Request-Id": request_id} if request_id else None
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -40,18 +45,27 @@ def _sse(obj: Any) -> str:
 
 
 def make_app(get_rag: Callable[[], Any]) -> Starlette:
-    """``get_rag()``: the RAG service instance (``pipeline``, ``metrics``), looked up per request."""
+    """``get_rag()``: the RAG service instance (``pipeline``, ``front``), looked up per request."""
 
     def tiers(rag) -> dict[str, TierConfig]:
         pipeline = rag.pipeline
         return {name: pipeline.tier_configs[name] for name in pipeline.tiers}
 
     async def list_models(request: Request) -> JSONResponse:
-        return JSONResponse(models_list(tiers(get_rag())))
+        rag = get_rag()
+        try:
+            rag.front.authenticate(request.headers.get("authorization"))
+        except Denied as exc:
+            return _error(OpenAIError.denied(exc))
+        return JSONResponse(models_list(tiers(rag)))
 
     async def get_model(request: Request) -> JSONResponse:
+        rag = get_rag()
         try:
-            return JSONResponse(model_card(request.path_params["model"], tiers(get_rag())))
+            rag.front.authenticate(request.headers.get("authorization"))
+            return JSONResponse(model_card(request.path_params["model"], tiers(rag)))
+        except Denied as exc:
+            return _error(OpenAIError.denied(exc))
         except OpenAIError as exc:
             return _error(exc)
 
@@ -59,15 +73,19 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
         rag = get_rag()
         request_id = secrets.token_hex(6)
         try:
+            caller = rag.front.authenticate(request.headers.get("authorization"))
             try:
                 body = await request.json()
             except ValueError as exc:
                 raise OpenAIError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
             chat = parse_request(body)
             req, rewritten = to_rag_request(chat, tiers(rag))
-        except OpenAIError as exc:
-            log.info("request %s: /v1/chat/completions refused (%d): %s", request_id, exc.status, exc.message)
-            return _error(exc, request_id)
+            admitted = await rag.front.admit(caller, req.tenant)
+        except (OpenAIError, Denied) as exc:
+            err = exc if isinstance(exc, OpenAIError) else OpenAIError.denied(exc)
+            log.info("request %s: /v1/chat/completions refused (%d): %s", request_id, err.status, err.message)
+            return _error(err, request_id)
+        req = req.model_copy(update={"tenant": admitted.tenant})
         log.info("request %s: /v1/chat/completions model=%s stream=%s user=%s%s", request_id, chat.model,
                  chat.stream, chat.user or "-", f" follow-up asked as {req.query!r}" if rewritten else "")
         rewritten_query = req.query if rewritten else None
@@ -78,7 +96,7 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
             except RagrouteError as exc:
                 log.warning("request %s failed: %s", request_id, exc)
                 return _error(OpenAIError.of(exc), request_id)
-            rag.metrics.observe(resp)
+            await rag.front.settle(admitted, resp)
             return JSONResponse(completion(resp, chat.model, fingerprint, rewritten_query),
                                 headers={"X-Request-Id": request_id})
 
@@ -101,7 +119,7 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
                         chunks = writer.token(event["text"])
                     else:  # done
                         resp = RagResponse.model_validate(event["response"])
-                        rag.metrics.observe(resp)
+                        await rag.front.settle(admitted, resp)
                         chunks = writer.done(resp, rewritten_query)
                     for chunk in chunks:
                         yield _sse(chunk)

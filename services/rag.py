@@ -17,6 +17,7 @@ import secrets
 import bentoml
 import numpy as np
 
+from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.budget import BudgetProfile
 from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig, rag_workers
 from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
@@ -179,8 +180,21 @@ class RAG:
                                           BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
                                           tier_configs=dict(gen_cfg.tiers),
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
+            self.front = FrontDoor(self._gate(), self.metrics)
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
         self._calibration: asyncio.Task | None = None
+
+    def _gate(self) -> Gate:
+        keys = load_keys(self.cfg.api_keys) if self.cfg.api_keys else None
+        redis_url = self.cfg.cache.redis_url
+        if keys is None:
+            log.warning("no API key file (RAGROUTE_API_KEYS): the query API is open, and a request's tenant is "
+                        "whatever it names")
+        else:
+            log.info("%d API keys from %s; rate limits and token quotas counted %s", len(keys), self.cfg.api_keys,
+                     "in Redis (shared by every worker and replica)" if redis_url else "per process")
+        return Gate(keys, redis_url, self.cfg.cache.namespace,
+                    on_error=lambda op: self.metrics.limit_errors.labels(op=op).inc())
 
     async def __is_ready__(self) -> bool:
         # bentoml 1.4.39: while a dependency is still starting, the caller's /readyz hangs until
@@ -212,25 +226,42 @@ class RAG:
         log.info("generation rates: %s", {t: a.get("rates") for t, a in info.items()})
 
     @bentoml.api(input_spec=RagRequest)
-    async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",
-                        tenant: str = "default", stream: bool = False) -> RagResponse:
+    async def rag_query(self, ctx: bentoml.Context, query: str, top_k: int = 4, tier: str = "auto",
+                        cache: str = "use", tenant: str = "default", stream: bool = False) -> RagResponse:
         """Answer a question from the index with the cheapest adequate model.
 
         With ``stream: true`` the answer comes as server-sent events while it is generated:
-        ``meta`` (route, sources, cache), ``token`` deltas, then ``done`` (the whole response)."""
+        ``meta`` (route, sources, cache), ``token`` deltas, then ``done`` (the whole response).
+        With an API key file, needs ``Authorization: Bearer <key>``; the tenant is the key's."""
         request_id = secrets.token_hex(6)
-        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=tenant, stream=stream)
+        try:
+            caller = self.front.authenticate(ctx.request.headers.get("authorization"))
+            admitted = await self.front.admit(caller, tenant)
+        except Denied as exc:
+            log.info("request %s refused (%d): %s", request_id, exc.status, exc)
+            return self._refuse(ctx, exc)  # type: ignore[return-value]
+        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=admitted.tenant, stream=stream)
         if stream:
-            return await self._stream(req, request_id)  # type: ignore[return-value]
+            return await self._stream(ctx, req, request_id, admitted)  # type: ignore[return-value]
         try:
             response = await self.pipeline.run(req, request_id)
-            self.metrics.observe(response)
-            return response
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
-            return error_response(exc)  # type: ignore[return-value]
+            return self._refuse(ctx, exc)  # type: ignore[return-value]
+        await self.front.settle(admitted, response)
+        return response
 
-    async def _stream(self, req: RagRequest, request_id: str):
+    @staticmethod
+    def _refuse(ctx: bentoml.Context, exc: RagrouteError):
+        """An error response (with a ctx parameter, bentoml takes status and headers from ctx)."""
+        ctx.response.status_code = exc.status
+        if isinstance(exc, Denied) and exc.retry_after_s is not None:
+            ctx.response.headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Denied) and exc.status == 401:
+            ctx.response.headers["WWW-Authenticate"] = "Bearer"
+        return error_response(exc)
+
+    async def _stream(self, ctx: bentoml.Context, req: RagRequest, request_id: str, admitted: Admitted):
         from starlette.responses import StreamingResponse
 
         events = self.pipeline.stream(req, request_id)
@@ -239,14 +270,17 @@ class RAG:
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             await events.aclose()
-            return error_response(exc)
+            return self._refuse(ctx, exc)
 
         async def sse() -> AsyncIterator[str]:
             event = first
             try:
                 while True:
                     if event["event"] == "done":
-                        self.metrics.observe(RagResponse.model_validate(event["response"]))
+                        response = RagResponse.model_validate(event["response"])
+                        await self.front.settle(admitted, response)
+                        if admitted.warnings:
+                            event = {**event, "response": response.model_dump()}
                     yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n"
                     event = await anext(events)
             except StopAsyncIteration:

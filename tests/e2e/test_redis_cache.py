@@ -1,4 +1,5 @@
-"""rag_query through `bentoml serve` with the Redis cache (REDIS_URL) and the admin API."""
+"""rag_query through `bentoml serve` with the Redis cache (REDIS_URL), the admin API, and API keys:
+two workers of the entry service (RAGROUTE_RAG_WORKERS=2) share the cache and the keys' limits."""
 
 from __future__ import annotations
 
@@ -9,30 +10,44 @@ import pytest
 
 from evals.redis_server import RedisServer
 from evals.serving import serving
+from pipelines.access import add_key
 from tests.e2e.conftest import GENEROUS_BUDGETS
 
 TOKEN = "e2e-admin-token"
 Q = "What does the with statement do?"
+TENANTS = ("acme", "globex", "purge-me", "ops")
+RATE = 6  # requests per minute of the rate-limited key
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, model_cache):
     home = tmp_path_factory.mktemp("ragroute-redis-home")
     redis = RedisServer(home / "redis").start()
+    keyfile = home / "keys.json"
+    keys = {t: add_key(keyfile, t, t) for t in TENANTS}
+    keys["limited"] = add_key(keyfile, "limited", "limited", rate=f"{RATE}/minute", tokens_per_day=1_000_000)
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "REDIS_URL": redis.url, "RAGROUTE_ADMIN_TOKEN": TOKEN,
-           "RAGROUTE_CACHE_RETRY_S": "0.5", **GENEROUS_BUDGETS,
+           "RAGROUTE_CACHE_RETRY_S": "0.5", "RAGROUTE_API_KEYS": str(keyfile), "RAGROUTE_RAG_WORKERS": "2",
+           **GENEROUS_BUDGETS,
            # These tests are about caching: a tiny model's weakly grounded answer (flagged by the
            # safety check, so never cached) must not decide them. Safety has its own tests.
            "RAGROUTE_SAFETY_MIN_GROUNDING": "0"}
     try:
         with serving(home, env) as server:
+            server.keys = keys
             yield server, redis
     finally:
         redis.stop()
 
 
+def post(server, body: dict, key: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{server.url}/rag_query", json=body, headers=headers, timeout=120)
+
+
 def ask(server, **body) -> dict:
-    resp = server.post({"top_k": 1, **body})  # one source: a short prompt keeps generation quick
+    """As the tenant's own key (the tenant comes from it)."""
+    resp = post(server, {"top_k": 1, **body}, server.keys[body["tenant"]])  # one source: a quick prompt
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -87,3 +102,39 @@ def test_redis_killed_mid_run_then_used_again(stack):
     assert ask(server, query="How do I catch an exception?", tenant="ops")["cache"]["kind"] == "exact"
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert "ragroute_cache_errors_total" in metrics
+
+
+def test_without_a_key_or_with_a_wrong_one_the_query_api_is_a_401(stack):
+    server, _ = stack
+    for key in (None, "rr-not-a-key"):
+        resp = post(server, {"query": Q}, key)
+        assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
+        assert resp.json()["field"] == "authorization"
+
+
+def test_a_key_cannot_name_another_tenant(stack):
+    server, _ = stack
+    resp = post(server, {"query": Q, "tenant": "globex"}, server.keys["acme"])
+    assert resp.status_code == 403 and resp.json()["field"] == "tenant"
+    # omitting the tenant answers in the key's own partition
+    ask(server, query=Q, tenant="acme")
+    own = post(server, {"query": Q, "top_k": 1}, server.keys["acme"]).json()
+    assert own["cache"]["kind"] == "exact"
+
+
+def test_the_rate_limit_is_shared_by_both_workers(stack):
+    server, _ = stack
+    key = server.keys["limited"]
+    codes, retry = [], []
+    for _ in range(RATE + 10):  # a new connection per request: the workers take turns accepting them
+        resp = post(server, {"query": Q, "top_k": 1}, key)
+        codes.append(resp.status_code)
+        retry.append(resp.headers.get("retry-after"))
+    assert codes == [200] * RATE + [429] * 10, codes
+    assert all(1 <= int(r) <= 60 for r in retry[RATE:])
+    # both workers refused some (so each saw the other's count, through Redis)
+    pids = {line.split("[pid ")[1].split("]")[0] for line in server.log.read_text().splitlines()
+            if "refused (429)" in line}
+    assert len(pids) == 2, pids
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert 'ragroute_denied_total{status="429"}' in metrics and 'ragroute_tenant_requests_total{tenant="limited"}' in metrics

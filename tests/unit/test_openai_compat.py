@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from starlette.testclient import TestClient
 
+from pipelines.access import FrontDoor, Gate
 from pipelines.config import CacheConfig, RagConfig, TierConfig
 from pipelines.openai_compat import (Message, OpenAIError, is_follow_up, parse_request, resolve_model,
                                      standalone_question, to_rag_request)
@@ -125,8 +126,21 @@ def test_parameters_that_already_hold_are_honoured():
 # -- the /v1 app over a real pipeline ---------------------------------------------------------------
 
 class Observed(list):
+    """RagMetrics' interface, recording."""
+
+    def __init__(self):
+        super().__init__()
+        self.tenants: list[tuple[str, int]] = []
+        self.refused: list[int] = []
+
     def observe(self, resp):
         self.append(resp)
+
+    def usage(self, tenant, tokens):
+        self.tenants.append((tenant, tokens))
+
+    def denied(self, status):
+        self.refused.append(status)
 
 
 @pytest.fixture
@@ -135,7 +149,8 @@ def app():
     stages = FakeStages()
     pipeline = QueryPipeline(stages, SemanticCache(InMemoryCache(cfg.cache), 0.95, None), cfg, "fp1",
                              tiers=list(TIERS), tier_configs=TIERS)
-    rag = SimpleNamespace(pipeline=pipeline, metrics=Observed(), stages=stages)
+    metrics = Observed()
+    rag = SimpleNamespace(pipeline=pipeline, metrics=metrics, stages=stages, front=FrontDoor(Gate(None), metrics))
     return rag, TestClient(make_app(lambda: rag))
 
 
@@ -237,3 +252,50 @@ def test_bad_requests_get_the_openai_error_shape(app):
     assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "unknown_url"
     wrong_method = client.get("/chat/completions")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+# -- with an API key file ---------------------------------------------------------------------------
+
+@pytest.fixture
+def keyed(app, tmp_path):
+    from pipelines.access import add_key, load_keys
+
+    rag, client = app
+    path = tmp_path / "keys.json"
+    keys = {"acme": add_key(path, "acme", "acme", rate="2/minute"), "globex": add_key(path, "globex", "globex")}
+    rag.front = FrontDoor(Gate(load_keys(path)), rag.metrics)
+    return rag, client, keys
+
+
+def test_with_keys_a_missing_or_wrong_key_is_a_401_in_the_openai_shape(keyed):
+    rag, client, _ = keyed
+    for headers in ({}, {"Authorization": "Bearer rr-nope"}):
+        for resp in (client.post("/chat/completions", json=body(("user", Q1)), headers=headers),
+                     client.get("/models", headers=headers)):
+            assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer"
+            assert resp.json()["error"]["code"] == "invalid_api_key" and resp.json()["error"]["type"] == \
+                "authentication_error"
+    assert rag.metrics.refused == [401] * 4 and rag.metrics == []
+
+
+def test_with_keys_the_tenant_is_the_key_s(keyed):
+    rag, client, keys = keyed
+    auth = {"acme": {"Authorization": f"Bearer {keys['acme']}"}, "globex": {"Authorization": f"Bearer {keys['globex']}"}}
+    other = client.post("/chat/completions", json=body(("user", Q1), ragroute={"tenant": "globex"}), headers=auth["acme"])
+    assert other.status_code == 403 and other.json()["error"]["param"] == "ragroute.tenant"
+    first = client.post("/chat/completions", json=body(("user", Q1)), headers=auth["acme"]).json()
+    assert first["ragroute"]["cache"]["status"] == "miss"
+    # the same question from the other tenant's key is not served acme's cached answer
+    second = client.post("/chat/completions", json=body(("user", Q1)), headers=auth["globex"]).json()
+    assert second["ragroute"]["cache"]["status"] == "miss"
+    assert rag.metrics.tenants == [("acme", 13), ("globex", 13)]
+
+
+def test_with_keys_over_the_rate_is_a_429_with_retry_after(keyed):
+    rag, client, keys = keyed
+    auth = {"Authorization": f"Bearer {keys['acme']}"}
+    codes = [client.post("/chat/completions", json=body(("user", Q1)), headers=auth).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    refused = client.post("/chat/completions", json=body(("user", Q1)), headers=auth)
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and 1 <= int(refused.headers["retry-after"]) <= 60
+    assert rag.metrics.refused == [429, 429]
