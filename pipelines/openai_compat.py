@@ -228,14 +228,14 @@ def _check_sampling(chat: ChatRequest, tiers: list[TierConfig]) -> None:
         if value is not None and value < longest:
             refuse(param, f"{value} is below the answer length model '{chat.model}' generates (up to {longest} "
                           "tokens); answers are shared through the cache, so their length is set per tier "
-                          "(RAGROUTE_TIER_<NAME>_MAX_TOKENS)")
+                          "(RAGROUTE_<TIER>_MAX_TOKENS)")
     for param in ("temperature", "top_p"):
         value = getattr(chat, param)
         configured = {getattr(t, param) for t in tiers}
         if value is not None and configured != {value}:
             refuse(param, f"{value} differs from the configured {param} of model '{chat.model}' "
                           f"({', '.join(map(str, sorted(configured)))}); answers are shared through the cache, "
-                          "so sampling is set per tier (RAGROUTE_TIER_<NAME>_" + param.upper() + ")")
+                          "so sampling is set per tier (RAGROUTE_<TIER>_" + param.upper() + ")")
     if chat.n not in (None, 1):
         refuse("n", "only one choice per request is generated")
     if chat.stop:

@@ -28,7 +28,8 @@ class RagRequest(BaseModel):
                             "escalate while it is not confident; or a configured tier (small, large, ...)")
     cache: Literal["use", "bypass", "refresh"] = Field(
         "use", description="bypass = neither read nor write the cache; refresh = skip the lookup, store the new answer")
-    tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants")
+    tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants; with "
+                                              "API keys (RAGROUTE_API_KEYS), the key's tenant (another is a 403)")
     stream: StrictBool = Field(False, description="stream the answer as server-sent events while it is generated")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import openai
 import pytest
 
 from evals.redis_server import RedisServer
@@ -26,6 +27,7 @@ def stack(tmp_path_factory, model_cache):
     keyfile = home / "keys.json"
     keys = {t: add_key(keyfile, t, t) for t in TENANTS}
     keys["limited"] = add_key(keyfile, "limited", "limited", rate=f"{RATE}/minute", tokens_per_day=1_000_000)
+    keys["frugal"] = add_key(keyfile, "frugal", "frugal", tokens_per_day=10)
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "REDIS_URL": redis.url, "RAGROUTE_ADMIN_TOKEN": TOKEN,
            "RAGROUTE_CACHE_RETRY_S": "0.5", "RAGROUTE_API_KEYS": str(keyfile), "RAGROUTE_RAG_WORKERS": "2",
            **GENEROUS_BUDGETS,
@@ -138,3 +140,20 @@ def test_the_rate_limit_is_shared_by_both_workers(stack):
     assert len(pids) == 2, pids
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert 'ragroute_denied_total{status="429"}' in metrics and 'ragroute_tenant_requests_total{tenant="limited"}' in metrics
+
+
+def test_the_openai_client_uses_its_api_key_and_the_key_s_quota(stack):
+    server, _ = stack
+    question = [{"role": "user", "content": Q}]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="rr-not-a-key", max_retries=0).models.list()
+    acme = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.keys["acme"], max_retries=0, timeout=120)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        acme.chat.completions.create(model="ragroute", messages=question, extra_body={"ragroute": {"tenant": "ops"}})
+    assert info.value.code == "tenant_not_allowed"
+    frugal = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.keys["frugal"], max_retries=0, timeout=120)
+    first = frugal.chat.completions.create(model="small", messages=question, extra_body={"ragroute": {"top_k": 1}})
+    assert first.usage.total_tokens > 10 and first.model_extra["ragroute"]["cache"]["status"] == "miss"
+    with pytest.raises(openai.RateLimitError) as info:  # the first answer used up the 10-token quota
+        frugal.chat.completions.create(model="small", messages=question, extra_body={"ragroute": {"top_k": 1}})
+    assert info.value.code == "insufficient_quota" and int(info.value.response.headers["retry-after"]) > 23 * 3600
