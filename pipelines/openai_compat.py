@@ -13,8 +13,9 @@ Plain logic, no server: ``services/openai_app.py`` mounts it under ``/v1`` on th
   assistant turns are accepted and not used (ragroute writes its own grounded prompt).
 - Sampling is set per tier and answers are shared through the cache, so parameters that would
   change an answer are honoured only where they already hold (``max_tokens`` at or above
-  what the tier generates, ``temperature``/``top_p`` equal to the tier's, ``n`` = 1) and
-  refused with a 400 naming the parameter otherwise. Unknown fields are ignored.
+  what the longest-answering tier generates, ``temperature``/``top_p`` equal to the one all
+  tiers use, ``n`` = 1) and refused with a 400 naming the parameter otherwise (the published
+  OpenAPI document states the same bounds). Unknown fields are ignored.
 - ragroute's own report (sources, route, cache, budget, timings, warnings) travels as the
   ``ragroute`` extension field of the completion (and of the last streamed chunk).
 """
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import BadRequest, RagrouteError
-from pipelines.schema import MAX_QUERY_CHARS, RagRequest, RagResponse, Tenant
+from pipelines.schema import MAX_QUERY_CHARS, NON_BLANK, WHITESPACE, RagRequest, RagResponse, Tenant
 
 AUTO, CASCADE = "ragroute", "ragroute-cascade"
 MAX_MESSAGES = 128
@@ -68,21 +69,25 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
+NonBlank = Annotated[StrictStr, Field(max_length=MAX_MESSAGE_CHARS, pattern=NON_BLANK)]
+
+
 class _TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: StrictStr
+    text: NonBlank
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[StrictStr, Field(max_length=MAX_MESSAGE_CHARS)] | list[_TextPart] | None = None
+    content: NonBlank | Annotated[list[_TextPart], Field(min_length=1, max_length=64)] = Field(
+        description="a non-blank string, or text parts")
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
-        return self.content or ""
+        return self.content
 
 
 class RagrouteOptions(BaseModel):
@@ -103,8 +108,8 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(strict=True, ge=0, le=1)] | None = None
     n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
     stop: str | list[str] | None = None
     tools: list[Any] | None = None
@@ -130,7 +135,7 @@ def parse_request(body: Any) -> ChatRequest:
         param = _param(err["loc"])
         message = err["msg"]
         if param.endswith(".content"):  # a union: pydantic's first complaint names only one branch
-            message = (f"must be a string of at most {MAX_MESSAGE_CHARS} characters or a list of "
+            message = (f"must be a non-blank string of at most {MAX_MESSAGE_CHARS} characters or a list of "
                        "{'type': 'text', 'text': ...} parts")
         raise OpenAIError(400, f"{param}: {message}", param, "invalid_value") from None
 
@@ -186,14 +191,14 @@ def standalone_question(messages: list[Message]) -> tuple[str, bool]:
     if last.role != "user":
         raise OpenAIError(400, f"messages.[{len(messages) - 1}].role: the last message must be the user's question "
                                f"(got '{last.role}')", f"messages.[{len(messages) - 1}].role", "invalid_value")
-    question = last.text().strip()
+    question = last.text().strip(WHITESPACE)
     param = f"messages.[{len(messages) - 1}].content"
     if not question:
         raise OpenAIError(400, f"{param}: the question is empty", param, "invalid_value")
     if len(question) > MAX_QUERY_CHARS:
         raise OpenAIError(400, f"{param}: the question is {len(question)} characters; at most {MAX_QUERY_CHARS}",
                           param, "string_too_long")
-    earlier = [m.text().strip() for m in messages[:-1] if m.role == "user" and m.text().strip()]
+    earlier = [m.text().strip(WHITESPACE) for m in messages[:-1] if m.role == "user" and m.text().strip(WHITESPACE)]
     if not earlier or not is_follow_up(question):
         return question, False
     previous, _ = standalone_question([Message(role="user", content=t) for t in earlier])
@@ -208,7 +213,7 @@ def standalone_question(messages: list[Message]) -> tuple[str, bool]:
 def to_rag_request(chat: ChatRequest, tiers: dict[str, TierConfig]) -> tuple[RagRequest, bool]:
     """The ``rag_query`` request for a chat request (and whether the question was rewritten)."""
     tier = resolve_model(chat.model, list(tiers))
-    _check_sampling(chat, [tiers[tier]] if tier in tiers else list(tiers.values()))
+    _check_sampling(chat, list(tiers.values()))
     question, rewritten = standalone_question(chat.messages)
     opts = chat.ragroute
     try:
@@ -218,22 +223,27 @@ def to_rag_request(chat: ChatRequest, tiers: dict[str, TierConfig]) -> tuple[Rag
         raise OpenAIError(400, str(exc)) from None
 
 
+def max_answer_tokens(tiers: list[TierConfig]) -> int:
+    """The least ``max_tokens`` a request may ask for: what the longest-answering tier generates."""
+    return max((t.max_tokens for t in tiers), default=1)
+
+
 def _check_sampling(chat: ChatRequest, tiers: list[TierConfig]) -> None:
     def refuse(param: str, why: str) -> None:
         raise OpenAIError(400, f"{param}: {why}", param, "unsupported_parameter")
 
-    longest = max((t.max_tokens for t in tiers), default=0)
+    longest = max_answer_tokens(tiers)
     for param in ("max_tokens", "max_completion_tokens"):
         value = getattr(chat, param)
         if value is not None and value < longest:
-            refuse(param, f"{value} is below the answer length model '{chat.model}' generates (up to {longest} "
-                          "tokens); answers are shared through the cache, so their length is set per tier "
+            refuse(param, f"{value} is below the answer length of the configured tiers (up to {longest} tokens); "
+                          "answers are shared through the cache, so their length is set per tier "
                           "(RAGROUTE_<TIER>_MAX_TOKENS)")
     for param in ("temperature", "top_p"):
         value = getattr(chat, param)
         configured = {getattr(t, param) for t in tiers}
         if value is not None and configured != {value}:
-            refuse(param, f"{value} differs from the configured {param} of model '{chat.model}' "
+            refuse(param, f"{value} differs from the configured tiers' {param} "
                           f"({', '.join(map(str, sorted(configured)))}); answers are shared through the cache, "
                           "so sampling is set per tier (RAGROUTE_<TIER>_" + param.upper() + ")")
     if chat.n not in (None, 1):
@@ -242,7 +252,7 @@ def _check_sampling(chat: ChatRequest, tiers: list[TierConfig]) -> None:
         refuse("stop", "stop sequences are not supported")
     if chat.tools or chat.functions:
         refuse("tools" if chat.tools else "functions", "tool calling is not supported")
-    if chat.response_format and chat.response_format.get("type") != "text":
+    if chat.response_format and chat.response_format.get("type", "text") != "text":
         refuse("response_format", "only {'type': 'text'} is supported")
     if chat.logprobs:
         refuse("logprobs", "token log-probabilities are not returned (usage in the ragroute field has the mean)")

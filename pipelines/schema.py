@@ -11,6 +11,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 MAX_QUERY_CHARS = 2000
+# Unicode White_Space: what pydantic's strip_whitespace trims (Python's str.strip also trims
+# U+001C-U+001F; use strip(WHITESPACE) where the two must agree). NON_BLANK: a pattern any
+# regex dialect reads the same way (Python, Rust, ECMA: the published OpenAPI document).
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+NON_BLANK = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
 
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)]
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -122,6 +127,12 @@ class RagResponse(_Out):
     safety: SafetyInfo = Field(default_factory=lambda: SafetyInfo(checked=False))
     degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
     warnings: list[str] = Field(default_factory=list, description="what failed or degraded, and why")
+
+
+class StatsRequest(BaseModel):
+    """``cache_stats`` takes no fields (an empty object, or no body)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class PurgeRequest(BaseModel):

@@ -138,9 +138,11 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         status = getattr(exc, "status_code", 404)
-        return _error(OpenAIError(status, f"{request.method} {request.url.path}: "
-                                          f"{'no such endpoint' if status == 404 else 'method not allowed'}",
-                                  None, "unknown_url" if status == 404 else "method_not_allowed"))
+        response = _error(OpenAIError(status, f"{request.method} {request.url.path}: "
+                                              f"{'no such endpoint' if status == 404 else 'method not allowed'}",
+                                      None, "unknown_url" if status == 404 else "method_not_allowed"))
+        response.headers.update(getattr(exc, "headers", None) or {})  # a 405's Allow
+        return response
 
     return Starlette(routes=[Route("/chat/completions", chat_completions, methods=["POST"]),
                              Route("/models", list_models, methods=["GET"]),

@@ -1,4 +1,5 @@
-"""The playground page (``GET /playground``): ask a question, watch the answer stream, see the
+"""The playground page (``GET /playground``; mounted at ``/`` after ``/v1``, so BentoML's own
+routes and ``/v1`` come first, and ``/playground`` is answered without a redirect): ask a question, watch the answer stream, see the
 sources, the route, the cache verdict and each stage against its budget. One static HTML file
 with its script inline (no build step, no external assets: it works offline); it talks to
 ``/v1/chat/completions`` like any other client."""
@@ -21,4 +22,4 @@ async def _page(request: Request) -> Response:
                              "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
 
 
-app = Starlette(routes=[Route("/", _page, methods=["GET"])])
+app = Starlette(routes=[Route("/playground", _page, methods=["GET"])])

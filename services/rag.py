@@ -29,13 +29,14 @@ from pipelines.query.safety import SafetyConfig
 from pipelines.query.route import QueryFeatures, router_uses_retrieval
 from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
-from pipelines.schema import PurgeRequest, RagRequest, RagResponse
+from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
 from pipelines.text import content_id
 from services._common import TIMEOUT_S, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
 from services.openai_app import make_app
+from services.openapi import ApiContract
 from services.playground import app as playground
 from services.reranking import Reranking
 from services.retrieval import Retrieval
@@ -157,9 +158,10 @@ def _workers() -> int:
         return 1
 
 
-# OpenAI-compatible /v1 (chat completions, models) over this service's own pipeline.
+# OpenAI-compatible /v1 (chat completions, models) over this service's own pipeline, then the
+# playground page (mounted at "/": applied last, so matched after BentoML's routes and /v1).
+@bentoml.asgi_app(playground, path="/")
 @bentoml.asgi_app(make_app(bentoml.get_current_service), path="/v1")
-@bentoml.asgi_app(playground, path="/playground")
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]}, workers=_workers())
 class RAG:
     embedding = bentoml.depends(Embedding)
@@ -334,7 +336,7 @@ class RAG:
         log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
         return {"deleted": deleted}
 
-    @bentoml.api
+    @bentoml.api(input_spec=StatsRequest)
     def cache_stats(self, ctx: bentoml.Context) -> dict:
         if (denied := self._admin_denied(ctx)) is not None:
             return denied
@@ -344,6 +346,11 @@ class RAG:
             return self.cache.stats()
         except Exception as exc:  # noqa: BLE001
             return self._fail(ctx, StageError("cache", f"stats failed: {exc}"))
+
+
+# /docs.json: what the service really accepts and returns, /v1 and /playground included; a body
+# that is not JSON is a 415 (BentoML would answer some with a 500).
+RAG.add_asgi_middleware(ApiContract, service=RAG)
 
 
 def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig) -> str:

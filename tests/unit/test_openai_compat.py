@@ -40,6 +40,9 @@ def refused(fn, *args) -> OpenAIError:
     (body(("user", 5)), "messages.[0].content"),
     (body(("user", [{"type": "image_url", "image_url": {"url": "x"}}])), "messages.[0].content"),
     (body(("user", "x" * 40_000)), "messages.[0].content"),
+    (body(("user", "   ")), "messages.[0].content"),
+    ({"model": "ragroute", "messages": [{"role": "user"}]}, "messages.[0].content"),
+    (body(("user", [])), "messages.[0].content"),
     (body(("user", "q"), temperature="hot"), "temperature"),
     (body(("user", "q"), max_tokens=0), "max_tokens"),
     (body(("user", "q"), ragroute={"tenant": "../other"}), "ragroute.tenant"),
@@ -62,7 +65,6 @@ def test_unknown_fields_are_ignored_and_text_parts_are_joined():
 @pytest.mark.parametrize("turns, param", [
     ([("user", Q1), ("assistant", "It wraps a block.")], "messages.[1].role"),
     ([("system", "be brief")], "messages.[0].role"),
-    ([("user", "   ")], "messages.[0].content"),
     ([("user", "x" * 2001)], "messages.[0].content"),
 ])
 def test_the_last_message_must_be_a_usable_question(turns, param):
@@ -118,9 +120,10 @@ def test_parameters_that_already_hold_are_honoured():
                               response_format={"type": "text"}, user="u-1", model="small"))
     req, rewritten = to_rag_request(chat, TIERS)
     assert (req.query, req.tier, rewritten) == (Q1, "small", False)
-    # "small" generates up to 96 tokens, so 100 holds there but not for the auto mode (large: 128)
-    to_rag_request(parse_request(body(("user", Q1), max_tokens=100, model="small")), TIERS)
-    assert refused(to_rag_request, parse_request(body(("user", Q1), max_tokens=100)), TIERS).param == "max_tokens"
+    # the bound is the longest-answering tier's (large: 128), whichever model is asked
+    for model in ("small", "ragroute"):
+        err = refused(to_rag_request, parse_request(body(("user", Q1), max_tokens=100, model=model)), TIERS)
+        assert err.param == "max_tokens" and "up to 128 tokens" in err.message
 
 
 # -- the /v1 app over a real pipeline ---------------------------------------------------------------

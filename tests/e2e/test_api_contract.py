@@ -1,0 +1,60 @@
+"""The published OpenAPI document (/docs.json) against the service: schemathesis (pinned) runs
+every phase (examples, coverage, fuzzing, stateful, undeclared methods and content types) over
+every operation of a real `bentoml serve` with API keys and the admin API on, and every check
+(schemathesis' default: all of them):
+no 5xx, responses (status, content type, headers, body) as published, schema-valid requests
+accepted and schema-invalid ones refused.
+
+One exception, stated in the config below: /v1/chat/completions' rule that the *last* message is
+the user's question cannot be written in OpenAPI 3.0, so a schema-valid conversation that ends
+with an assistant turn is refused (400 naming the field) and positive_data_acceptance is off
+for that operation only."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evals.serving import serving
+from pipelines.access import add_key
+
+EXAMPLES = 25  # per operation and phase
+CONFIG = """
+[[operations]]
+include-path = "/v1/chat/completions"
+checks.positive_data_acceptance.enabled = false
+"""
+
+
+@pytest.fixture(scope="module")
+def contract_server(tmp_path_factory, model_cache):
+    home = tmp_path_factory.mktemp("ragroute-contract")
+    key = add_key(home / "keys.json", "fuzz", "fuzz")
+    # Short generation: fuzzed questions are answered (degraded, cut at the time limit) in about
+    # a second each. One bearer token serves both the query API (its key) and the admin API.
+    env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_API_KEYS": str(home / "keys.json"),
+           "RAGROUTE_ADMIN_TOKEN": key, "RAGROUTE_BUDGET_GENERATE_MS": "500", "RAGROUTE_BUDGET_TOTAL_MS": "3000"}
+    with serving(home, env) as server:
+        yield server, key, home
+
+
+def test_the_service_keeps_its_published_contract(contract_server):
+    server, key, home = contract_server
+    config = home / "schemathesis.toml"
+    config.write_text(CONFIG)
+    cmd = [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "--config-file", str(config), "run",
+           f"{server.url}/docs.json", "-n", str(EXAMPLES), "--generation-deterministic",
+           "--request-timeout", "60", "-H", f"Authorization: Bearer {key}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "SCHEMATHESIS_HOOKS": ""}, cwd=home)
+    report = out.stdout + out.stderr
+    tested = re.search(r"Tested: (\d+)", report)
+    assert out.returncode == 0, report[-12000:]
+    # every published operation was exercised: BentoML's infra endpoints, the three APIs, /v1, the page
+    assert tested and int(tested.group(1)) == 11, report[-3000:]
+    assert "No issues found" in report or "passed" in report, report[-3000:]
