@@ -86,8 +86,8 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
             log.info("request %s: /v1/chat/completions refused (%d): %s", request_id, err.status, err.message)
             return _error(err, request_id)
         req = req.model_copy(update={"tenant": admitted.tenant})
-        log.info("request %s: /v1/chat/completions model=%s stream=%s user=%s%s", request_id, chat.model,
-                 chat.stream, chat.user or "-", f" follow-up asked as {req.query!r}" if rewritten else "")
+        log.info("request %s: /v1/chat/completions model=%s stream=%s user=%r%s", request_id, chat.model,
+                 chat.stream, chat.user, f" follow-up asked as {req.query!r}" if rewritten else "")
         rewritten_query = req.query if rewritten else None
         fingerprint = rag.pipeline.fingerprint or "ragroute"
         if not chat.stream:
