@@ -63,7 +63,15 @@ class RedisServer:
         raise RuntimeError(f"redis-server not answering on {self.url} after {timeout_s} s")
 
     def stop(self) -> None:
-        """Kill -9: the tests use this to simulate Redis dying mid-run."""
+        """Kill -9: the tests use this to simulate Redis dying mid-run (``start()`` again brings
+        it back, empty, on the same port, and a later ``stop()`` or the ``with`` block's end stops
+        that one: no server outlives the test that started it)."""
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, 9)
             self.proc.wait(10)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -97,7 +97,7 @@ def test_redis_killed_mid_run_then_used_again(stack):
     down = [ask(server, query="How do I catch an exception?", tenant="ops") for _ in range(2)]
     for resp in down:
         assert resp["answer"] and resp["cache"]["status"] == "unavailable" and not resp["degraded"]
-    RedisServer(redis.workdir, port=redis.port).start()
+    redis.start()  # the same object: the fixture stops this one at the end
     time.sleep(1.0)
     first = ask(server, query="How do I catch an exception?", tenant="ops")
     assert first["cache"]["status"] == "miss"  # reachable again (and empty: no persistence)

@@ -132,22 +132,22 @@ def test_redis_down_fails_fast_then_recovers_after_restart(tmp_path):
     from evals.redis_server import RedisServer
     from pipelines.query.cache_redis import RedisCache
 
-    server = RedisServer(tmp_path / "r").start()
-    errors: list[str] = []
-    b = RedisCache(CacheConfig(redis_url=server.url, retry_s=0.5, timeout_ms=200), on_error=errors.append)
-    put(b, P, "h1", vec(1, 0), "before")
-    server.stop()
-    t0 = time.perf_counter()
-    with pytest.raises(CacheUnavailable):
-        b.get_exact(P, "h1")
-    with pytest.raises(CacheUnavailable):  # within retry_s: fails without touching the network
-        b.candidates(P, vec(1, 0), 3, 0.5)
-    assert time.perf_counter() - t0 < 1.0 and errors == ["get_exact"]
-    RedisServer(tmp_path / "r", port=server.port).start()  # same port, empty (no persistence)
-    time.sleep(0.6)
-    assert b.get_exact(P, "h1") is None  # the old data is gone with the old server
-    put(b, P, "h2", vec(1, 0), "after")  # the index is created again on the new server
-    assert [c.payload["answer"] for c in b.candidates(P, vec(1, 0), 3, 0.5)] == ["after"]
+    with RedisServer(tmp_path / "r").start() as server:
+        errors: list[str] = []
+        b = RedisCache(CacheConfig(redis_url=server.url, retry_s=0.5, timeout_ms=200), on_error=errors.append)
+        put(b, P, "h1", vec(1, 0), "before")
+        server.stop()
+        t0 = time.perf_counter()
+        with pytest.raises(CacheUnavailable):
+            b.get_exact(P, "h1")
+        with pytest.raises(CacheUnavailable):  # within retry_s: fails without touching the network
+            b.candidates(P, vec(1, 0), 3, 0.5)
+        assert time.perf_counter() - t0 < 1.0 and errors == ["get_exact"]
+        server.start()  # same port, empty (no persistence)
+        time.sleep(0.6)
+        assert b.get_exact(P, "h1") is None  # the old data is gone with the old server
+        put(b, P, "h2", vec(1, 0), "after")  # the index is created again on the new server
+        assert [c.payload["answer"] for c in b.candidates(P, vec(1, 0), 3, 0.5)] == ["after"]
 
 
 def test_redis_unreachable_at_start_does_not_block():

@@ -62,21 +62,21 @@ def test_degraded_answers_are_not_stored(redis_server):
 def test_redis_killed_mid_run_then_back(tmp_path):
     from evals.redis_server import RedisServer
 
-    server = RedisServer(tmp_path / "r").start()
-    s = stages()
-    p = pipeline_with(server.url, s)
-    ask(p, "What does with do?")
-    assert ask(p, "What does with do?").cache.hit
+    with RedisServer(tmp_path / "r").start() as server:
+        s = stages()
+        p = pipeline_with(server.url, s)
+        ask(p, "What does with do?")
+        assert ask(p, "What does with do?").cache.hit
 
-    server.stop()  # kill -9
-    for _ in range(3):
-        resp = ask(p, "What does with do?")
-        assert resp.answer == "the text of the chunk [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
-        assert not resp.degraded and any("cache" in w for w in resp.warnings)
-    assert s.calls.count("generate[large]") == 4  # every request was answered by the pipeline
+        server.stop()  # kill -9
+        for _ in range(3):
+            resp = ask(p, "What does with do?")
+            assert resp.answer == "the text of the chunk [1]" and not resp.cache.hit and resp.cache.status == "unavailable"
+            assert not resp.degraded and any("cache" in w for w in resp.warnings)
+        assert s.calls.count("generate[large]") == 4  # every request was answered by the pipeline
 
-    RedisServer(tmp_path / "r", port=server.port).start()
-    time.sleep(0.6)  # past retry_s
-    again = ask(p, "What does with do?")
-    assert again.cache.status == "miss" and not again.warnings  # Redis is used again (and was empty)
-    assert ask(p, "What does with do?").cache.kind == "exact"
+        server.start()  # back, empty, on the same port
+        time.sleep(0.6)  # past retry_s
+        again = ask(p, "What does with do?")
+        assert again.cache.status == "miss" and not again.warnings  # Redis is used again (and was empty)
+        assert ask(p, "What does with do?").cache.kind == "exact"
