@@ -237,7 +237,7 @@ class FrontDoor:
     """What every query endpoint (REST ``rag_query`` and ``/v1``) does around an answer: admit the
     caller (key, tenant, limits) before, and account for the answer after (metrics, token quota).
 
-    ``metrics``: ``observe(response)``, ``usage(tenant, tokens)``, ``denied(status)``."""
+    ``metrics``: ``observe(response)``, ``usage(tenant, tokens, response)``, ``denied(status)``."""
 
     def __init__(self, gate: Gate, metrics) -> None:
         self.gate = gate
@@ -264,5 +264,5 @@ class FrontDoor:
         resp.warnings.extend(admitted.warnings)
         self.metrics.observe(resp)
         tokens = resp.usage.tokens_in + resp.usage.tokens_out if not resp.cache.hit else 0
-        self.metrics.usage(admitted.tenant, tokens)
+        self.metrics.usage(admitted.tenant, tokens, resp)
         await self.gate.charge(admitted.caller, tokens)

@@ -360,7 +360,12 @@ class CacheConfig:
     pair_model: bool = True
     """the verifier's cross-encoder (pipelines/query/pairmodel.py); off: its features decide alone"""
     accept_probability: float | None = None
-    """None: the verifier's calibrated cut on P(same question); set: this cut instead"""
+    """None: the verifier's calibrated cut on P(same question); set: this cut instead (policy=verifier)"""
+    policy: str = "error-bound"
+    """error-bound: paraphrases served where observed wrong hits stay within max_error (95%
+    confidence); verifier: the verifier's fixed cut on P(same question)"""
+    max_error: float = 0.02
+    """the wrong-hit rate the operator accepts, in (0, 0.5]"""
     ttl_s: float = 3600.0
     sliding_ttl: bool = False
     max_entries: int = 10_000
@@ -377,6 +382,8 @@ class CacheConfig:
             verifier=_choice(env, "RAGROUTE_CACHE_VERIFIER", "on", ("on", "off")) == "on",
             pair_model=_choice(env, "RAGROUTE_CACHE_PAIR_MODEL", "on", ("on", "off")) == "on",
             accept_probability=_num(env, "RAGROUTE_CACHE_ACCEPT_PROBABILITY", None, float, 0.0, 1.0),  # type: ignore[arg-type]
+            policy=_choice(env, "RAGROUTE_CACHE_POLICY", "error-bound", ("error-bound", "verifier")),
+            max_error=_max_error(env),
             ttl_s=_num(env, "RAGROUTE_CACHE_TTL_S", 3600.0, float, 1.0, 30 * 86400.0),
             sliding_ttl=_choice(env, "RAGROUTE_CACHE_SLIDING_TTL", "off", ("on", "off")) == "on",
             max_entries=_num(env, "RAGROUTE_CACHE_MAX_ENTRIES", 10_000, int, 1, 10_000_000),
@@ -384,6 +391,21 @@ class CacheConfig:
             retry_s=_num(env, "RAGROUTE_CACHE_RETRY_S", 2.0, float, 0.1, 3600.0),
             namespace=_get(env, "RAGROUTE_CACHE_NAMESPACE", "ragroute"),
         )
+
+
+def _max_error(env: Mapping[str, str]) -> float:
+    """The wrong-hit bound: a number in (0, 0.5] (a rate of wrong answers a cache is for)."""
+    raw = env.get("RAGROUTE_CACHE_MAX_ERROR", "").strip()
+    if not raw:
+        return 0.02
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 0.5:
+        raise ConfigError(f"RAGROUTE_CACHE_MAX_ERROR={raw!r} must be a number in (0, 0.5]: the share of "
+                          "semantic hits allowed to be wrong, e.g. 0.02")
+    return value
 
 
 @dataclass(frozen=True)

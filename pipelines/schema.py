@@ -85,6 +85,11 @@ class CacheInfo(_Out):
         "miss", description="unavailable = the cache backend failed and was bypassed")
     verifier: list[str] = Field(default_factory=list,
                                 description="why each semantic candidate was accepted or rejected")
+    decision: Literal["hit", "verify", "observe"] | None = Field(
+        None, description="the error-bounded policy's decision on the best semantic candidate: hit; verify (a "
+                          "verification sample: answered fresh to check the cached answer); observe (not served yet: "
+                          "answered fresh, the cached answer compared); null: no candidate")
+    verification_sample: bool = Field(False, description="this lookup was a verification sample (decision verify)")
 
 
 class Usage(_Out):

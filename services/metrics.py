@@ -16,11 +16,23 @@
                                                        cache hits cost none
     ragroute_denied_total{status}                      requests refused by the front door: 401 | 403 | 429
     ragroute_limit_errors_total{op}                    rate/quota checks that failed (Redis down): let through
+    ragroute_cache_decisions_total{tenant,decision}    the error-bounded cache's decision on a semantic
+                                                       candidate: hit | verify (a verification sample) | observe
+  from the cache's statistics at scrape time (all replicas, persistent with Redis):
+    ragroute_cache_verification_samples{tenant}        would-be hits answered fresh and compared
+    ragroute_cache_wrong_hit_rate{tenant,stat}         wrong among them: observed | ci95_low | ci95_high
+    ragroute_cache_observations{tenant,outcome}        every comparison (samples and not-yet-served
+                                                       candidates): agree | wrong
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from pipelines.schema import RagResponse
 
@@ -78,9 +90,13 @@ class RagMetrics:
         self.limit_errors = Counter(
             name="ragroute_limit_errors_total", documentation="rate/quota checks that failed (their store is down); "
             "the request was let through", labelnames=["op"])
+        self.cache_decisions = Counter(
+            name="ragroute_cache_decisions_total", documentation="the error-bounded cache's decision on the best "
+            "semantic candidate: hit, verify (a verification sample, answered fresh), observe (not served yet)",
+            labelnames=["tenant", "decision"])
         self._tenants: set[str] = set()
 
-    def usage(self, tenant: str, tokens: int) -> None:
+    def usage(self, tenant: str, tokens: int, resp: RagResponse | None = None) -> None:
         if tenant not in self._tenants:
             if len(self._tenants) >= MAX_TENANT_LABELS:
                 tenant = "other"
@@ -88,6 +104,9 @@ class RagMetrics:
                 self._tenants.add(tenant)
         self.tenant_requests.labels(tenant=tenant).inc()
         self.tenant_tokens.labels(tenant=tenant).inc(tokens)
+        if resp is not None and resp.cache.decision is not None:
+            self.cache_decisions.labels(tenant=tenant, decision=resp.cache.decision).inc()
+
 
     def denied(self, status: int) -> None:
         self.denied_total.labels(status=str(status)).inc()
@@ -112,3 +131,43 @@ class RagMetrics:
                 self.escalations.labels(tier=step.tier, outcome=step.outcome).inc()
         if resp.usage.ttft_ms is not None:
             self.ttft.labels(tier=resp.route.tier).observe(resp.usage.ttft_ms / 1000)
+
+
+class CachePolicyCollector(Collector):
+    """The error-bounded cache's per-tenant statistics, read from the cache when scraped (so they
+    are the same on every replica, and survive restarts with Redis). A failing read exports
+    nothing for that scrape (the cache errors counter says why)."""
+
+    def __init__(self, tenants: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._tenants = tenants
+
+    def collect(self):
+        samples = GaugeMetricFamily("ragroute_cache_verification_samples", "would-be semantic hits answered fresh "
+                                    "and compared with the cached answer", labels=["tenant"])
+        rate = GaugeMetricFamily("ragroute_cache_wrong_hit_rate", "share of verification samples whose cached "
+                                 "answer was judged wrong (observed, and its 95% Clopper-Pearson interval)",
+                                 labels=["tenant", "stat"])
+        seen = GaugeMetricFamily("ragroute_cache_observations", "comparisons of cached answers with fresh ones, "
+                                 "by outcome", labels=["tenant", "outcome"])
+        try:
+            tenants = self._tenants()
+        except Exception:  # noqa: BLE001 - the cache is down: no statistics this scrape
+            tenants = {}
+        for tenant, t in list(tenants.items())[:MAX_TENANT_LABELS]:
+            samples.add_metric([tenant], t["verification_samples"])
+            if t["wrong_hit_rate"] is not None:
+                rate.add_metric([tenant, "observed"], t["wrong_hit_rate"])
+            rate.add_metric([tenant, "ci95_low"], t["wrong_hit_rate_ci95"][0])
+            rate.add_metric([tenant, "ci95_high"], t["wrong_hit_rate_ci95"][1])
+            seen.add_metric([tenant, "agree"], t["observations"] - t["observed_wrong"])
+            seen.add_metric([tenant, "wrong"], t["observed_wrong"])
+        yield from (samples, rate, seen)
+
+    def describe(self):
+        return []
+
+
+def register_cache_policy(tenants: Callable[[], dict[str, dict[str, Any]]]) -> CachePolicyCollector:
+    collector = CachePolicyCollector(tenants)
+    REGISTRY.register(collector)
+    return collector

@@ -8,7 +8,9 @@ or sampling settings starts afresh. Entries record the (hashed) ids of the docum
 answer cites, so they can be purged when those documents change.
 
 Backends (``InMemoryCache`` here, ``RedisCache`` in cache_redis.py) store and return
-candidates; :class:`SemanticCache` applies the threshold and the verifier, the same for all.
+candidates, and keep the error-bounded policy's statistics (per entry, and per tenant and
+score band: pipelines/query/cache_policy.py); :class:`SemanticCache` applies the threshold,
+the verifier and the policy, the same for all.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from pipelines.config import CacheConfig
+from pipelines.query.cache_policy import BANDS, Decision, EntryStats, ErrorBoundPolicy, PoolStats
 from pipelines.query.verify import HitVerifier
 from pipelines.text import content_id
 
@@ -49,6 +52,8 @@ class Candidate:
     similarity: float
     payload: dict[str, Any]
     vector: np.ndarray | None = None  # the cached question's embedding (the verifier's learned check reads it)
+    qhash: str = ""  # the entry's key within its partition (observations update it)
+    stats: EntryStats = EntryStats()
 
 
 @dataclass(frozen=True)
@@ -77,42 +82,89 @@ class CacheBackend(Protocol):
             doc_ids: Sequence[str]) -> None: ...
 
     def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
-        """Delete the entries of a tenant and/or those citing any of ``doc_ids``; returns how many."""
+        """Delete the entries of a tenant and/or those citing any of ``doc_ids``; returns how many.
+        Purging a tenant also deletes its policy statistics."""
+        ...
+
+    def pool(self, part: Partition) -> PoolStats:
+        """The policy's observations for ``part``'s tenant and generation settings (all index versions)."""
+        ...
+
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+        """Record one comparison of entry ``qhash``'s answer with a fresh one, atomically (the
+        entry's record, if it still exists, and its pool's)."""
+        ...
+
+    def pools(self) -> dict[str, PoolStats]:
+        """Each tenant's observations, summed over generation settings."""
         ...
 
     def stats(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
+class Observation:
+    """A candidate not served (or served only after a check): its cached answer is compared
+    with the fresh one once that is generated, and the outcome recorded."""
+
+    entry: Candidate
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class SemanticLookup:
     hit: CacheHit | None
     verdicts: tuple[str, ...]  # one line per candidate the verifier looked at
+    observe: Observation | None = None  # with the error-bounded policy: compare the fresh answer with this entry's
+
+    @property
+    def sample(self) -> bool:
+        return self.observe is not None and self.observe.decision.sample
+
+
+@dataclass(frozen=True)
+class Found:
+    candidates: list[Candidate]
+    pool: PoolStats | None = None  # read with the candidates when the policy decides
 
 
 class SemanticCache:
-    """The cache as the pipeline sees it: a backend plus the threshold and the verifier."""
+    """The cache as the pipeline sees it: a backend plus the threshold, the verifier and (when
+    an error bound is set) the error-bounded policy."""
 
     CANDIDATES = 3
     PLAIN_THRESHOLD = 0.95  # the cosine threshold without a verifier (unless configured)
 
-    def __init__(self, backend: CacheBackend, threshold: float | None, verifier: HitVerifier | None) -> None:
+    def __init__(self, backend: CacheBackend, threshold: float | None, verifier: HitVerifier | None,
+                 policy: ErrorBoundPolicy | None = None) -> None:
         self.backend = backend
         self.blocking = backend.blocking  # backend calls do network I/O: run them off the event loop
         # unset: the cosine floor the verifier was tuned with, or a strict plain threshold without it
         self.threshold = threshold if threshold is not None else \
             verifier.vector_threshold if verifier is not None else self.PLAIN_THRESHOLD
         self.verifier = verifier
+        self.policy = policy
 
     def get_exact(self, part: Partition, qhash: str) -> CacheHit | None:
         payload = self.backend.get_exact(part, qhash)
         return CacheHit(payload, "exact", 1.0) if payload is not None else None
 
     def get_semantic(self, part: Partition, query: str, vector: np.ndarray) -> SemanticLookup:
-        return self.verify(query, vector, self.candidates(part, vector))
+        found = self.find(part, vector)
+        return self.verify(query, vector, found.candidates, found.pool)
 
     def candidates(self, part: Partition, vector: np.ndarray) -> list[Candidate]:
         """The entries of ``part`` close enough to ``vector`` to be checked, most similar first."""
         return list(self.backend.candidates(part, vector, self.CANDIDATES, self.threshold))
+
+    def find(self, part: Partition, vector: np.ndarray) -> Found:
+        """The candidates, and the policy's statistics when there are some to decide on."""
+        cands = self.candidates(part, vector)
+        return Found(cands, self.backend.pool(part) if cands and self.policy is not None else None)
+
+    def observe(self, part: Partition, obs: Observation, wrong: bool) -> None:
+        self.backend.observe(part, obs.entry.qhash, obs.decision.band, obs.decision.score, wrong,
+                             obs.decision.sample)
 
     def verify_blocks(self, query: str, cands: Sequence[Candidate]) -> bool:
         """True when checking these candidates runs the verifier's pair model (a forward pass
@@ -120,11 +172,15 @@ class SemanticCache:
         v = self.verifier
         return v is not None and v.pair is not None and any(v.needs_pair(c.query, query, c.similarity) for c in cands)
 
-    def verify(self, query: str, vector: np.ndarray, cands: Sequence[Candidate]) -> SemanticLookup:
-        """The first candidate the verifier accepts (each one's verdict in ``verdicts``)."""
+    def verify(self, query: str, vector: np.ndarray, cands: Sequence[Candidate],
+               pool: PoolStats | None = None) -> SemanticLookup:
+        """The first candidate the verifier accepts (each one's verdict in ``verdicts``); with the
+        error-bounded policy, the policy's decision on the best-scored candidate no rule vetoed."""
         verdicts = []
-        if self.verifier is None:
+        if self.verifier is None and self.policy is None:
             return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity) if cands else None, ())
+        if self.policy is not None:
+            return self._decide(query, vector, cands, pool or PoolStats())
         checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands])
         for cand, verdict in zip(cands, checked, strict=True):
             line = f"{cand.query!r} (cosine {cand.similarity:.3f}) {verdict.reason}"
@@ -132,6 +188,35 @@ class SemanticCache:
             if verdict.accept:
                 return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts))
         return SemanticLookup(None, tuple(verdicts))
+
+    def _decide(self, query: str, vector: np.ndarray, cands: Sequence[Candidate], pool: PoolStats) -> SemanticLookup:
+        """Score each candidate (the verifier's P(same question), or the cosine without a learned
+        check; a near-miss rule vetoes), and let the policy decide on the best one."""
+        assert self.policy is not None
+        checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands]) \
+            if self.verifier is not None else [None] * len(cands)
+        verdicts, scored = [], []
+        for cand, verdict in zip(cands, checked, strict=True):
+            head = f"{cand.query!r} (cosine {cand.similarity:.3f})"
+            if verdict is not None and verdict.probability is None and not verdict.accept:
+                verdicts.append(f"{head} {verdict.reason}")  # a near-miss rule (or no usable embedding)
+                continue
+            if verdict is not None and verdict.probability is not None:
+                score = verdict.probability
+            else:  # no learned check, or near-identical wording it did not need to score
+                score = cand.similarity
+            scored.append((score, cand, head))
+        if not scored:
+            return SemanticLookup(None, tuple(verdicts))
+        scored.sort(key=lambda t: -t[0])
+        score, cand, head = scored[0]
+        decision = self.policy.decide(score, cand.stats, pool)
+        line = f"{head} P(same question) {score:.2f}; {decision.reason}"
+        verdicts.insert(0, line)
+        verdicts.extend(f"{h} P(same question) {s:.2f}: not the best-scored candidate" for s, _, h in scored[1:])
+        if decision.action == "hit":
+            return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts))
+        return SemanticLookup(None, tuple(verdicts), Observation(cand, decision))
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
             doc_ids: Iterable[str]) -> None:
@@ -141,11 +226,23 @@ class SemanticCache:
         return self.backend.purge(tenant=tenant, doc_ids=doc_ids)
 
     def stats(self) -> dict[str, Any]:
-        v = self.verifier
-        return {**self.backend.stats(), "threshold": self.threshold,
-                "verifier_rules": sorted(v.rules) if v else [],
-                "verifier_pair_model": bool(v and v.pair),
-                "verifier_accept_probability": v.accept_probability if v else None}
+        v, p = self.verifier, self.policy
+        out = {**self.backend.stats(), "threshold": self.threshold,
+               "verifier_rules": sorted(v.rules) if v else [],
+               "verifier_pair_model": bool(v and v.pair),
+               "verifier_accept_probability": None if p else v.accept_probability if v else None,
+               "policy": "error-bound" if p else "verifier" if v else "threshold",
+               "max_error": p.max_error if p else None}
+        if p is not None:
+            out["tenants"] = self.tenant_stats()
+        return out
+
+    def tenant_stats(self) -> dict[str, dict[str, Any]]:
+        """Per tenant: the error-bounded policy's observations, verification samples, the
+        observed wrong-hit rate with its 95% interval, and the score it currently serves from."""
+        if self.policy is None:
+            return {}
+        return {t: pool.summary(self.policy.max_error) for t, pool in sorted(self.backend.pools().items())}
 
 
 @dataclass
@@ -157,11 +254,24 @@ class _Entry:
     payload: dict[str, Any]
     doc_tags: frozenset[str]
     expires_at: float
+    stats: EntryStats = EntryStats()
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.verified = [0] * BANDS
+        self.wrong = [0] * BANDS
+        self.samples = 0
+        self.samples_wrong = 0
+
+    def frozen(self) -> PoolStats:
+        return PoolStats(tuple(self.verified), tuple(self.wrong), self.samples, self.samples_wrong)
 
 
 class InMemoryCache:
     """Process-local backend: fixed TTL (sliding if configured), FIFO eviction beyond
-    ``max_entries``. Semantic lookup is a dot product over the partition's live entries."""
+    ``max_entries``. Semantic lookup is a dot product over the partition's live entries.
+    The policy's statistics live as long as the process."""
 
     blocking = False  # microseconds per call: run inline
 
@@ -172,6 +282,7 @@ class InMemoryCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._matrices: dict[str, tuple[np.ndarray, list[_Entry]]] = {}
+        self._pools: dict[tuple[str, str], _Pool] = {}  # (tenant, generation settings) -> observations
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -207,7 +318,8 @@ class InMemoryCache:
                     break
                 if self._live(entries[i]):
                     self._touch(entries[i])
-                    out.append(Candidate(entries[i].query, float(sims[i]), entries[i].payload, entries[i].vector))
+                    e = entries[i]
+                    out.append(Candidate(e.query, float(sims[i]), e.payload, e.vector, e.qhash, e.stats))
             return out
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
@@ -232,7 +344,35 @@ class InMemoryCache:
                       if (tenant is None or e.part.tenant == tenant) and (not tags or e.doc_tags & tags)]
             for k in doomed:
                 self._matrices.pop(self._entries.pop(k).part.key, None)
+            if tenant is not None and not tags:
+                for key in [k for k in self._pools if k[0] == tenant]:
+                    del self._pools[key]
             return len(doomed)
+
+    def pool(self, part: Partition) -> PoolStats:
+        with self._lock:
+            pool = self._pools.get((part.tenant, part.fingerprint))
+            return pool.frozen() if pool else PoolStats()
+
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+        with self._lock:
+            entry = self._entries.get((part.key, qhash))
+            if entry is not None:
+                old = entry.stats
+                entry.stats = EntryStats(old.verified + 1, old.wrong + wrong,
+                                         max(old.wrong_max, score) if wrong else old.wrong_max)
+            pool = self._pools.setdefault((part.tenant, part.fingerprint), _Pool())
+            pool.verified[band] += 1
+            pool.wrong[band] += wrong
+            pool.samples += sample
+            pool.samples_wrong += sample and wrong
+
+    def pools(self) -> dict[str, PoolStats]:
+        with self._lock:
+            out: dict[str, PoolStats] = {}
+            for (tenant, _), pool in self._pools.items():
+                out[tenant] = out.get(tenant, PoolStats()) + pool.frozen()
+            return out
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "memory", "entries": len(self._entries)}
@@ -251,4 +391,5 @@ def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str
         backend: CacheBackend = RedisCache(cfg, on_error=on_error)
     else:
         backend = InMemoryCache(cfg)
-    return SemanticCache(backend, cfg.threshold, verifier)
+    policy = ErrorBoundPolicy(cfg.max_error) if cfg.policy == "error-bound" else None
+    return SemanticCache(backend, cfg.threshold, verifier, policy)

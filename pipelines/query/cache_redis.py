@@ -11,6 +11,12 @@ Failure isolation: every command has a short socket timeout; a failure marks Red
 for ``retry_s`` (commands fail fast with CacheUnavailable meanwhile, so requests bypass the
 cache without waiting), is logged once per outage and counted through ``on_error``. The
 first command after ``retry_s`` probes again; success logs the recovery.
+
+The error-bounded policy's statistics: each entry's record in its own hash (fields verified,
+wrong, wrong_max; reset when the entry's answer is replaced, gone with the entry) and one hash
+per tenant and generation settings under ``<namespace>:cache:v1-pool:`` (per-band counts,
+kept 30 days after the last observation). One Lua script updates both, so concurrent
+observations never lose an update and an entry deleted meanwhile is not re-created.
 """
 
 from __future__ import annotations
@@ -26,10 +32,35 @@ import numpy as np
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache import Candidate, CacheUnavailable, Partition, doc_tag
+from pipelines.query.cache_policy import EntryStats, PoolStats
+from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+POOL_TTL_S = 30 * 86400
+ENTRY_STATS = ("verified", "wrong", "wrong_max")
+
+# KEYS: entry, pool. ARGV: band, score, wrong (0/1), sample (0/1), tenant, pool TTL (s).
+_OBSERVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'verified', 1)
+  if ARGV[3] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'wrong', 1)
+    local cur = tonumber(redis.call('HGET', KEYS[1], 'wrong_max') or '-1')
+    if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'wrong_max', ARGV[2]) end
+  end
+end
+redis.call('HINCRBY', KEYS[2], 'n' .. ARGV[1], 1)
+if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'w' .. ARGV[1], 1) end
+if ARGV[4] == '1' then
+  redis.call('HINCRBY', KEYS[2], 'samples', 1)
+  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'samples_wrong', 1) end
+end
+redis.call('HSET', KEYS[2], 'tenant', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
 
 
 class RedisCache:
@@ -46,6 +77,8 @@ class RedisCache:
         self.prefix = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}:"
         self.order_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-order"
         self.meta_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-meta"  # the vector dimension
+        self.pool_prefix = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-pool:"
+        self._observe = self.client.register_script(_OBSERVE)
         self._index = None  # redisvl SearchIndex, built for the first vector's dimension
         self._on_error = on_error
         self._lock = threading.Lock()
@@ -178,13 +211,17 @@ class RedisCache:
             # the candidates' embeddings (for the verifier), in one round trip
             pipe = self.client.pipeline(transaction=False)
             for row in rows:
-                pipe.hget(row["id"], "embedding")
+                pipe.hmget(row["id"], ["embedding", "qhash", *ENTRY_STATS])
                 if self.cfg.sliding_ttl:
                     pipe.expire(row["id"], int(self.cfg.ttl_s))
             replies = pipe.execute()[:: 2 if self.cfg.sliding_ttl else 1]
-            return [Candidate(row["query"], 1.0 - float(row["vector_distance"]), json.loads(row["answer_json"]),
-                              None if blob is None else np.frombuffer(blob, dtype=np.float32))
-                    for row, blob in zip(rows, replies, strict=True)]
+            out = []
+            for row, (blob, qhash, verified, wrong, wrong_max) in zip(rows, replies, strict=True):
+                stats = EntryStats(int(verified or 0), int(wrong or 0), float(wrong_max or -1.0))
+                out.append(Candidate(row["query"], 1.0 - float(row["vector_distance"]), json.loads(row["answer_json"]),
+                                     None if blob is None else np.frombuffer(blob, dtype=np.float32),
+                                     (qhash or b"").decode(), stats))
+            return out
 
         return self._call("lookup", run)
 
@@ -204,6 +241,7 @@ class RedisCache:
             # One MULTI/EXEC: a reader sees the whole entry with its TTL, or nothing; concurrent
             # writers of the same question each write a complete entry and the last one wins.
             pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(key, *ENTRY_STATS)  # a new answer starts a new record
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, int(self.cfg.ttl_s))
             pipe.zadd(self.order_key, {key: now})
@@ -242,7 +280,42 @@ class RedisCache:
                 deleted += self.client.delete(*keys)
                 self.client.zrem(self.order_key, *keys)
 
-        return self._call("purge", run)
+        def run_and_forget() -> int:
+            deleted = run()
+            if tenant is not None and not doc_ids:  # the tenant is gone: so is what was learnt about it
+                doomed = [k for k in self.client.scan_iter(match=f"{self.pool_prefix}*", count=500)
+                          if (t := self.client.hget(k, "tenant")) is not None and t.decode() == tenant]
+                if doomed:
+                    self.client.delete(*doomed)
+            return deleted
+
+        return self._call("purge", run_and_forget)
+
+    # -- the error-bounded policy's statistics ------------------------------------------------------
+    def _pool_key(self, part: Partition) -> str:
+        return self.pool_prefix + content_id(part.tenant, part.fingerprint)
+
+    def pool(self, part: Partition) -> PoolStats:
+        key = self._pool_key(part)
+        return self._call("lookup", lambda: PoolStats.from_fields(
+            {k.decode(): v for k, v in self.client.hgetall(key).items()}))
+
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+        keys = [self._key(part, qhash), self._pool_key(part)]
+        args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
+        self._call("observe", lambda: self._observe(keys=keys, args=args))
+
+    def pools(self) -> dict[str, PoolStats]:
+        def run() -> dict[str, PoolStats]:
+            out: dict[str, PoolStats] = {}
+            for key in self.client.scan_iter(match=f"{self.pool_prefix}*", count=500):
+                fields = {k.decode(): v for k, v in self.client.hgetall(key).items()}
+                if "tenant" in fields:
+                    tenant = fields["tenant"].decode()
+                    out[tenant] = out.get(tenant, PoolStats()) + PoolStats.from_fields(fields)
+            return out
+
+        return self._call("stats", run)
 
     def stats(self) -> dict[str, Any]:
         return self._call("stats", lambda: {"backend": "redis", "entries": int(self.client.zcard(self.order_key)),

@@ -46,7 +46,8 @@ from pipelines.errors import BadRequest, StageError
 from pipelines.query import cascade as cascading
 from pipelines.query import cite, evidence
 from pipelines.query.generate import Delta
-from pipelines.query.cache import CacheHit, CacheUnavailable, Partition, SemanticCache
+from pipelines.query.cache import CacheHit, CacheUnavailable, Observation, Partition, SemanticCache
+from pipelines.query.cache_policy import answers_agree, comparable
 from pipelines.query.route import QueryFeatures
 from pipelines.records import Generation, RouteDecision, ScoredChunk
 from pipelines.query.safety import SafetyConfig
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 SNIPPET_CHARS = 300
 EXTRACT_SOURCES = 3  # an extractive answer is taken from the best three sources
 EXTRACT_EMBED_MS = 500.0  # at most this long to embed their sentences (else lexical scores only)
+COMPARE_EMBED_MS = 500.0  # the cache's answer comparison: at most this long to embed the two answers
 CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
 T = TypeVar("T")
 
@@ -108,6 +110,7 @@ class _Prepared:
     retrieved_version: str
     ranked: list[ScoredChunk]
     route: RouteDecision
+    observe: Observation | None = None  # a cached answer to compare with the fresh one (error-bounded cache)
 
 
 class _Request:
@@ -277,8 +280,9 @@ class QueryPipeline:
                            budget_profile=self.budget.name, warnings=r.warnings)
 
     def _from_cache(self, r: _Request, hit: CacheHit, verdicts: Sequence[str] = ()) -> RagResponse:
+        decision = "hit" if hit.kind == "semantic" and self.cache is not None and self.cache.policy else None
         return self._respond(r, hit.payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
-                                                       status="hit", verifier=list(verdicts)))
+                                                       status="hit", verifier=list(verdicts), decision=decision))
 
     def _validate(self, req: RagRequest) -> None:
         if req.tier not in ("auto", "cascade") and self.tiers and req.tier not in self.tiers:
@@ -295,6 +299,7 @@ class QueryPipeline:
         write = cache is not None and req.cache in ("use", "refresh")
         r.cache_status = "off" if cache is None else {"use": "miss", "bypass": "bypass", "refresh": "refresh"}[req.cache]
         verdicts: tuple[str, ...] = ()
+        observe: Observation | None = None
 
         index_version = await self.stages.index_version()
         # Same tenant, same index, same generation settings and request options -> same answer.
@@ -313,11 +318,13 @@ class QueryPipeline:
             log.warning("request %s: %s; retrieving lexically", r.id, exc)
             r.degrade(f"{exc}; sources were found by keyword (BM25) search")
         if read and vector is not None and r.cache_status != "unavailable":
-            cands = await self._cache_call(r, "lookup", cache.candidates, part, vector)
+            found = await self._cache_call(r, "lookup", cache.find, part, vector)
+            cands = found.candidates if found is not None else []
             lookup = None if not cands else await self._cache_call(
-                r, "lookup", cache.verify, req.query, vector, cands, blocking=cache.verify_blocks(req.query, cands))
+                r, "lookup", cache.verify, req.query, vector, cands, found.pool,
+                blocking=cache.verify_blocks(req.query, cands))
             if lookup is not None:
-                verdicts = lookup.verdicts
+                verdicts, observe = lookup.verdicts, lookup.observe
                 if lookup.hit:
                     log.debug("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
                     return self._from_cache(r, lookup.hit, verdicts)
@@ -351,7 +358,8 @@ class QueryPipeline:
             if routing is not None and not routing.done():
                 routing.cancel()
         return _Prepared(part=part, qhash=qhash, vector=vector, verdicts=verdicts, write=write,
-                         index_version=index_version, retrieved_version=retrieved_version, ranked=ranked, route=route)
+                         index_version=index_version, retrieved_version=retrieved_version, ranked=ranked, route=route,
+                         observe=observe)
 
     async def run(self, req: RagRequest, request_id: str = "-") -> RagResponse:
         self._validate(req)
@@ -399,7 +407,7 @@ class QueryPipeline:
                          "score": None if prep.route.router in ("request", "cascade") else round(prep.route.score, 6),
                          "reason": prep.route.reason, "path": [s.model_dump() for s in r.steps]},
                "sources": [s.model_dump() for s in _sources(prep.ranked)],
-               "cache": CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts)).model_dump()}
+               "cache": self._miss_info(r, prep).model_dump()}
         generation: Generation | None = None
         sent: list[str] = []
         if req.tier == "cascade" and head is not None and r.steps[-1].outcome != "escalated":
@@ -477,14 +485,45 @@ class QueryPipeline:
         # an answer the cascade judged unsure but kept (no time to escalate) is served, not cached
         unsure = any(step.outcome == "kept" for step in r.steps)
         good = not r.degraded and safety.checked and not safety.problems and not unsure
+        if prep.observe is not None and good and r.cache_status != "unavailable":
+            await self._compare(r, prep, prep.observe, answer, [s.chunk.doc_id for s in ranked])
         if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
             await self._cache_call(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
                                    payload, [s.chunk.doc_id for s in ranked])
-        response = self._respond(r, {**payload, "degraded": r.degraded},
-                                 CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts)))
+        response = self._respond(r, {**payload, "degraded": r.degraded}, self._miss_info(r, prep))
         log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response
+
+    @staticmethod
+    def _miss_info(r: _Request, prep: _Prepared) -> CacheInfo:
+        obs = prep.observe
+        return CacheInfo(hit=False, status=r.cache_status, verifier=list(prep.verdicts),
+                         decision=obs.decision.action if obs else None,
+                         verification_sample=obs is not None and obs.decision.sample)
+
+    async def _compare(self, r: _Request, prep: _Prepared, obs: Observation, answer: str,
+                       doc_ids: list[str]) -> None:
+        """The error-bounded cache learns: was the cached candidate's answer as good an answer to
+        this question as the fresh one? (pipelines/query/cache_policy.py: answers_agree). The
+        outcome updates the entry's and the tenant's statistics; a failed update is dropped
+        (reported, counted by the backend), never retried into a corrupted count."""
+        vectors = None
+        try:
+            async with asyncio.timeout(COMPARE_EMBED_MS / 1000):
+                vectors = await self.stages.embed_many([comparable(obs.entry.payload.get("answer", "")),
+                                                        comparable(answer)])
+        except Exception as exc:  # noqa: BLE001 - no embeddings: the sources alone are compared
+            log.debug("request %s: answers not embedded for the cache comparison: %s", r.id, exc)
+        agree, why = answers_agree(obs.entry.payload, doc_ids, vectors)
+        log.info("request %s: cache %s of %r: %s (%s)", r.id,
+                 "verification sample" if obs.decision.sample else "observation", obs.entry.query,
+                 "agrees" if agree else "WRONG", why)
+        before = r.cache_status
+        await self._cache_call(r, "observe", self.cache.observe, prep.part, obs, not agree)
+        if r.cache_status == "unavailable" and before != "unavailable":
+            r.warnings[-1] = "cache statistics update failed (dropped); the answer is fresh"
+        prep.verdicts = (*prep.verdicts, f"compared with the cached answer: {'agrees' if agree else 'differs'} ({why})")
 
     async def _extract(self, r: _Request, prep: _Prepared) -> str:
         """The answer of last resort: the sentences of the top sources that best answer the

@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache import CacheUnavailable, InMemoryCache, Partition
+from pipelines.query.cache_policy import EntryStats, PoolStats
 from tests.fakes import unit
 
 P = Partition("acme", "idx-v1", "fp1")
@@ -126,7 +127,107 @@ def test_concurrent_writers_of_one_question_leave_a_whole_entry(make_backend):
     assert b.stats()["entries"] == 1
 
 
+# -- the error-bounded policy's statistics ---------------------------------------------------------
+
+def test_observations_update_the_entry_and_its_tenant_pool(make_backend):
+    b = make_backend()
+    put(b, P, "h1", vec(1, 0), "A")
+    b.observe(P, "h1", 9, 0.95, wrong=False, sample=True)
+    b.observe(P, "h1", 8, 0.83, wrong=True, sample=False)
+    b.observe(P, "h1", 7, 0.71, wrong=True, sample=False)  # a lower wrong score leaves the boundary alone
+    (cand,) = b.candidates(P, vec(1, 0), 3, 0.9)
+    assert (cand.qhash, cand.stats) == ("h1", EntryStats(verified=3, wrong=2, wrong_max=0.83))
+    pool = b.pool(P)
+    assert pool.verified[7:] == (1, 1, 1) and pool.wrong[7:] == (1, 1, 0)
+    assert (pool.samples, pool.samples_wrong) == (1, 0)
+    # another index version of the same tenant and settings shares the pool (the documents changed,
+    # not how question similarity predicts a right answer); other settings or tenants do not
+    assert b.pool(Partition("acme", "idx-v2", "fp1")) == pool
+    assert b.pool(Partition("acme", "idx-v1", "fp2")) == PoolStats()
+    assert b.pool(Partition("globex", "idx-v1", "fp1")) == PoolStats()
+    assert set(b.pools()) == {"acme"} and b.pools()["acme"] == pool
+
+
+def test_a_new_answer_starts_a_new_record_and_a_gone_entry_is_not_recreated(make_backend):
+    b = make_backend()
+    put(b, P, "h1", vec(1, 0), "A")
+    b.observe(P, "h1", 8, 0.85, wrong=True, sample=True)
+    put(b, P, "h1", vec(1, 0), "A, answered again")
+    (cand,) = b.candidates(P, vec(1, 0), 3, 0.9)
+    assert cand.stats == EntryStats()
+    b.observe(P, "gone", 9, 0.9, wrong=False, sample=False)  # evicted meanwhile: only the pool counts it
+    assert b.get_exact(P, "gone") is None and b.stats()["entries"] == 1
+    assert b.pool(P).verified[8:] == (1, 1)
+
+
+def test_tenants_never_share_statistics_and_purging_a_tenant_forgets_them(make_backend):
+    b = make_backend()
+    other = Partition("globex", "idx-v1", "fp1")
+    put(b, P, "h1", vec(1, 0), "acme's")
+    put(b, other, "h1", vec(1, 0), "globex's")
+    for _ in range(3):
+        b.observe(P, "h1", 9, 0.95, wrong=True, sample=False)
+    (theirs,) = b.candidates(other, vec(1, 0), 3, 0.9)
+    assert theirs.stats == EntryStats() and b.pool(other) == PoolStats()
+    b.purge(tenant="acme")
+    assert b.pool(P) == PoolStats() and set(b.pools()) == set()
+    b.observe(other, "h1", 9, 0.95, wrong=False, sample=False)
+    b.purge(doc_ids=["doc-1"])  # a document purge keeps what was learnt
+    assert b.pool(other).verified[9] == 1
+
+
+def test_concurrent_observers_never_lose_an_update(make_backend):
+    b = make_backend()
+    put(b, P, "h1", vec(1, 0), "A")
+    errors = []
+
+    def observe(i: int) -> None:
+        try:
+            for j in range(25):
+                b.observe(P, "h1", 9, 0.9 + i / 100, wrong=j % 5 == 0, sample=j % 2 == 0)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=observe, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    (cand,) = b.candidates(P, vec(1, 0), 3, 0.9)
+    assert cand.stats == EntryStats(verified=200, wrong=40, wrong_max=0.97)
+    pool = b.pool(P)
+    assert (pool.verified[9], pool.wrong[9], pool.samples, pool.samples_wrong) == (200, 40, 104, 24)  # wrong samples: j = 0, 10, 20
+
+
 # -- Redis only ------------------------------------------------------------------------------------
+
+def test_redis_statistics_survive_a_restart_of_the_service(redis_server):
+    from pipelines.query.cache_redis import RedisCache
+
+    cfg = CacheConfig(redis_url=redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}")
+    first = RedisCache(cfg)
+    put(first, P, "h1", vec(1, 0), "A")
+    first.observe(P, "h1", 9, 0.93, wrong=True, sample=True)
+    again = RedisCache(cfg)  # a new process: nothing held in memory
+    (cand,) = again.candidates(P, vec(1, 0), 3, 0.9)
+    assert cand.stats == EntryStats(1, 1, 0.93)
+    assert again.pool(P).samples_wrong == 1
+
+
+def test_redis_down_during_an_observation_drops_it_and_counts_it(tmp_path):
+    from evals.redis_server import RedisServer
+    from pipelines.query.cache_redis import RedisCache
+
+    with RedisServer(tmp_path / "r").start() as server:
+        errors: list[str] = []
+        b = RedisCache(CacheConfig(redis_url=server.url, retry_s=0.5, timeout_ms=200), on_error=errors.append)
+        put(b, P, "h1", vec(1, 0), "A")
+        b.observe(P, "h1", 9, 0.95, wrong=False, sample=False)
+        server.stop()
+        with pytest.raises(CacheUnavailable):
+            b.observe(P, "h1", 9, 0.95, wrong=True, sample=True)
+        assert errors == ["observe"]
 
 def test_redis_down_fails_fast_then_recovers_after_restart(tmp_path):
     from evals.redis_server import RedisServer

@@ -139,7 +139,7 @@ class Observed(list):
     def observe(self, resp):
         self.append(resp)
 
-    def usage(self, tenant, tokens):
+    def usage(self, tenant, tokens, resp=None):
         self.tenants.append((tenant, tokens))
 
     def denied(self, status):

@@ -198,7 +198,8 @@ def test_the_accept_probability_setting_reaches_the_cache_and_its_stats():
     from pipelines.config import CacheConfig
     from pipelines.query.cache import make_cache
 
-    cfg = CacheConfig.from_env({"RAGROUTE_CACHE_PAIR_MODEL": "off", "RAGROUTE_CACHE_ACCEPT_PROBABILITY": "0.6"})
+    cfg = CacheConfig.from_env({"RAGROUTE_CACHE_PAIR_MODEL": "off", "RAGROUTE_CACHE_ACCEPT_PROBABILITY": "0.6",
+                                "RAGROUTE_CACHE_POLICY": "verifier"})
     cache = make_cache(cfg, embedding_model="all-MiniLM-L6-v2")
     assert cache.verifier.accept_probability == 0.6
     assert cache.stats()["verifier_accept_probability"] == 0.6

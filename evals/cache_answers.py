@@ -1,0 +1,96 @@
+"""Answers to the in-domain paraphrase set through the real pipeline (demo index, shipped
+CPU tiers, cache bypassed): what the error-bounded cache's answer comparison is measured on.
+
+    python -m evals.cache_answers --questions 40     # ~3 answers per question, ~4 s each on 2 cores
+
+For the first ``--questions`` entries of evals/data/cache_paraphrases.jsonl it answers the
+question, its first rewording and its first near-miss, and appends them to
+evals/out/cache_policy/answers.jsonl (rows already there are kept, so runs resume).
+``python -m evals.cache_policy`` then reports how often the service's comparison of two
+answers (pipelines/query/cache_policy.py: ``answers_agree``) matches the labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from evals.serving import ROOT
+
+log = logging.getLogger("evals.cache_answers")
+
+DATA = ROOT / "evals" / "data" / "cache_paraphrases.jsonl"
+OUT = ROOT / "evals" / "out" / "cache_policy" / "answers.jsonl"
+
+
+def build():
+    """The pipeline over the real stages on the demo index, shipped defaults (cpu profile), no cache."""
+    from pipelines.budget import BudgetProfile
+    from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RerankConfig, RetrievalConfig, \
+        RoutingConfig
+    from pipelines.query.embed import SentenceTransformerEmbedder
+    from pipelines.query.generate import Generator
+    from pipelines.query.local import LocalStages
+    from pipelines.query.pipeline import QueryPipeline
+    from pipelines.query.rerank import make_reranker
+    from pipelines.query.retrieve import open_index
+    from pipelines.query.route import load_router, router_uses_retrieval
+
+    env = {"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_BUDGET_PROFILE": "cpu"}
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    store = open_index(RetrievalConfig.from_env({}))
+    gen_cfg = GenerationConfig.from_env(env)
+    generator = Generator(gen_cfg)
+    routing = RoutingConfig.from_env({})
+    router = load_router(routing)
+    stages = LocalStages(embedder, store, make_reranker(RerankConfig()), router.router, router.threshold, generator)
+    pipeline = QueryPipeline(stages, None, RagConfig.from_env(env), budget=BudgetProfile.from_env(env),
+                             tiers=list(gen_cfg.tiers), tier_configs=dict(gen_cfg.tiers),
+                             route_uses_retrieval=router_uses_retrieval(routing))
+    return pipeline, generator, embedder
+
+
+async def collect(n: int, out: Path) -> None:
+    from pipelines.schema import RagRequest
+
+    items = [json.loads(line) for line in DATA.open() if line.strip()][:n]
+    done = {(r["question"], r["role"]) for r in map(json.loads, out.open())} if out.exists() else set()
+    pipeline, generator, _ = build()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with out.open("a") as f:
+            for i, item in enumerate(items):
+                asks = [("question", item["question"]), ("rewording", item["rewordings"][0]),
+                        ("near_miss", item["near_misses"][0])]
+                for role, text in asks:
+                    if (item["question"], role) in done:
+                        continue
+                    t0 = time.perf_counter()
+                    resp = await pipeline.run(RagRequest(query=text, cache="bypass"), f"{i}-{role}")
+                    f.write(json.dumps({"question": item["question"], "role": role, "text": text,
+                                        "answer": resp.answer, "degraded": resp.degraded,
+                                        "sources": [s.doc_id for s in resp.sources],
+                                        "wall_ms": round((time.perf_counter() - t0) * 1000, 1)}) + "\n")
+                    f.flush()
+                log.info("%d/%d questions answered", i + 1, len(items))
+    finally:
+        await generator.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evals.cache_answers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--questions", type=int, default=40, help="how many questions of the set (default 40)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    asyncio.run(collect(args.questions, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

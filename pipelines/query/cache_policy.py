@@ -1,0 +1,194 @@
+"""Error-bounded semantic hits: the operator states the wrong-hit rate they accept
+(``RAGROUTE_CACHE_MAX_ERROR``, default 2%), and a paraphrase is served from the cache only
+where what has been *observed* shows that rate is kept, at 95% confidence.
+
+How a semantic candidate is decided (after the verifier's near-miss rules, which still veto
+outright, and the cosine floor):
+
+1. **Its score** is the verifier's P(same question) (or the cosine when no learned check
+   runs), and falls in one of ten bands (0.0-0.1, ..., 0.9-1.0).
+2. **Observations** are kept per tenant and generation settings, per band: how many times a
+   candidate in that band was checked against a fresh answer, and how many times the cached
+   answer was judged wrong for the new question (:func:`answers_agree`). A candidate is served
+   only when the observations at its score *or above* (P is meant to rise with correctness,
+   so serving band b means serving every band above it too) have a one-sided 95%
+   Clopper-Pearson upper bound on the wrong rate within the bound, and its own band's
+   estimate ((wrong + 0.5) / (verified + 1): some 25 clean observations at a 2% bound) is
+   within it too, so a band no one has looked at is not vouched for by the bands above it.
+   That is a threshold on P learnt per tenant, which moves down as evidence of safe hits
+   accumulates.
+3. **Each entry's own record**: an entry whose answer was judged wrong for a question scored
+   P = x is never served again to questions scored at or below x (a per-entry decision
+   boundary, learnt online).
+4. **Where to learn from**: a candidate that is not (yet) served is answered fresh anyway, so
+   comparing the fresh answer with the cached one costs no generation ("observe"). A candidate
+   that would be served is, with a probability that shrinks as the upper bound falls below the
+   bound, answered fresh instead and compared ("verification sample"); that is the only cost.
+
+Statistics live with the entries (Redis hash fields, HINCRBY under one Lua script: concurrent
+writers never lose an update) and survive restarts with the Redis backend.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy.stats import beta
+
+BANDS = 10
+CONFIDENCE = 0.95
+MIN_SAMPLE_RATE = 0.02  # verification never stops: drift (new documents, new traffic) shows up
+AGREE_COSINE = 0.70  # answers at least this similar (and sharing a source document) agree; see answers_agree
+
+
+def band(score: float) -> int:
+    return min(BANDS - 1, max(0, int(math.floor(score * BANDS))))
+
+
+def upper_bound(wrong: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound on a rate seen ``wrong`` times in ``n``."""
+    if n <= 0:
+        return 1.0
+    if wrong >= n:
+        return 1.0
+    return float(beta.ppf(confidence, wrong + 1, n - wrong))
+
+
+def interval(wrong: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval (for reporting)."""
+    if n <= 0:
+        return 0.0, 1.0
+    tail = (1 - confidence) / 2
+    low = 0.0 if wrong == 0 else float(beta.ppf(tail, wrong, n - wrong + 1))
+    high = 1.0 if wrong == n else float(beta.ppf(1 - tail, wrong + 1, n - wrong))
+    return low, high
+
+
+@dataclass(frozen=True)
+class EntryStats:
+    """What is known about one cached entry's answer for other questions."""
+
+    verified: int = 0
+    wrong: int = 0
+    wrong_max: float = -1.0  # the highest score at which its answer was judged wrong (-1: never)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Observations of a tenant's (and generation settings') candidates, per score band, and of
+    the verification samples (lookups that would have been hits)."""
+
+    verified: tuple[int, ...] = (0,) * BANDS
+    wrong: tuple[int, ...] = (0,) * BANDS
+    samples: int = 0
+    samples_wrong: int = 0
+
+    def __add__(self, other: PoolStats) -> PoolStats:
+        return PoolStats(tuple(x + y for x, y in zip(self.verified, other.verified, strict=True)),
+                         tuple(x + y for x, y in zip(self.wrong, other.wrong, strict=True)),
+                         self.samples + other.samples, self.samples_wrong + other.samples_wrong)
+
+    def at_or_above(self, b: int) -> tuple[int, int]:
+        return sum(self.verified[b:]), sum(self.wrong[b:])
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> PoolStats:
+        def num(key: str) -> int:
+            return int(fields.get(key, 0) or 0)
+
+        return cls(tuple(num(f"n{b}") for b in range(BANDS)), tuple(num(f"w{b}") for b in range(BANDS)),
+                   num("samples"), num("samples_wrong"))
+
+    def summary(self, max_error: float) -> dict[str, Any]:
+        low, high = interval(self.samples_wrong, self.samples)
+        served = next((b for b in range(BANDS) if upper_bound(self.at_or_above(b)[1], self.at_or_above(b)[0])
+                       <= max_error), None)
+        return {"observations": sum(self.verified), "observed_wrong": sum(self.wrong),
+                "verification_samples": self.samples, "verification_wrong": self.samples_wrong,
+                "wrong_hit_rate": round(self.samples_wrong / self.samples, 6) if self.samples else None,
+                "wrong_hit_rate_ci95": [round(low, 6), round(high, 6)],
+                "serving_from_score": None if served is None else served / BANDS}
+
+
+Action = Literal["hit", "verify", "observe"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action  # hit: serve the cached answer; verify/observe: answer fresh and compare
+    reason: str
+    score: float
+    band: int
+
+    @property
+    def sample(self) -> bool:
+        """A verification sample: a would-be hit answered fresh to check it."""
+        return self.action == "verify"
+
+
+@dataclass
+class ErrorBoundPolicy:
+    max_error: float
+    confidence: float = CONFIDENCE
+    min_sample_rate: float = MIN_SAMPLE_RATE
+    rng: random.Random = field(default_factory=random.Random)
+
+    def sample_rate(self, ub: float) -> float:
+        """Verification rate of a would-be hit: ~1 while the bound is barely met, falling with
+        the square of how far below it the upper bound is (never below ``min_sample_rate``)."""
+        return max(self.min_sample_rate, min(1.0, (ub / self.max_error) ** 2))
+
+    def decide(self, score: float, entry: EntryStats, pool: PoolStats) -> Decision:
+        b = band(score)
+        n, wrong = pool.at_or_above(b)
+        ub = upper_bound(wrong, n, self.confidence)
+        seen = f"entry verified {entry.verified} times, {entry.wrong} wrong"
+        evidence = (f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong, "
+                    f"{self.confidence:.0%} upper bound {ub:.3f}")
+        if entry.wrong_max >= score:
+            return Decision("observe", f"not served: this entry's answer was judged wrong for a question scored "
+                                       f"{entry.wrong_max:.2f} >= {score:.2f} ({seen}); answered fresh, compared", score, b)
+        if ub > self.max_error:
+            return Decision("observe", f"learning: {evidence} > bound {self.max_error:g} ({seen}); "
+                                       "answered fresh, compared with the cached answer", score, b)
+        own_n, own_wrong = pool.verified[b], pool.wrong[b]
+        if (own_wrong + 0.5) / (own_n + 1) > self.max_error:
+            return Decision("observe", f"learning: {evidence}, but its own band {b / BANDS:.1f}-{(b + 1) / BANDS:.1f} "
+                                       f"has {own_n} verified, {own_wrong} wrong: too few to vouch for it ({seen}); "
+                                       "answered fresh, compared with the cached answer", score, b)
+        rate = self.sample_rate(ub)
+        if self.rng.random() < rate:
+            return Decision("verify", f"verification sample (rate {rate:.2f}): {evidence} <= bound "
+                                      f"{self.max_error:g} ({seen}); answered fresh to check the cached answer", score, b)
+        return Decision("hit", f"hit: {evidence} <= bound {self.max_error:g} ({seen})", score, b)
+
+
+_CITATION = re.compile(r"\[\d+\]")
+
+
+def answers_agree(cached: dict[str, Any], fresh_sources: Sequence[str], vectors: np.ndarray | None,
+                  cosine: float = AGREE_COSINE) -> tuple[bool, str]:
+    """Whether a cached answer is as good an answer to the new question as the fresh one: the
+    two were built from an overlapping set of documents (the cached answer's sources against
+    the fresh retrieval's) and say nearly the same thing (cosine of the two answers'
+    embeddings, citation markers removed, in ``vectors``). Returns (agree, why)."""
+    old = {s["doc_id"] for s in cached.get("sources", [])}
+    new = set(fresh_sources)
+    shared = len(old & new) / max(1, len(old | new))
+    if not old & new:
+        return False, f"no source document in common ({sorted(old)[:3]} vs {sorted(new)[:3]})"
+    if vectors is None:
+        return shared >= 0.5, f"sources overlap {shared:.0%} (answers not compared: no embeddings)"
+    sim = float(np.dot(vectors[0], vectors[1]))
+    return sim >= cosine, f"sources overlap {shared:.0%}, answers' cosine {sim:.2f} (agree at >= {cosine:.2f})"
+
+
+def comparable(answer: str) -> str:
+    """An answer as the comparison reads it: citation markers removed."""
+    return _CITATION.sub("", answer).strip()
