@@ -97,6 +97,15 @@ class PoolStats:
     def at_or_above(self, b: int) -> tuple[int, int]:
         return sum(self.verified[b:]), sum(self.wrong[b:])
 
+    def own_estimate(self, b: int) -> float:
+        """Band b's own wrong rate, shrunk towards 1/2 when little is seen: (wrong + 0.5) / (n + 1)."""
+        return (self.wrong[b] + 0.5) / (self.verified[b] + 1)
+
+    def vouches(self, b: int, max_error: float, confidence: float = CONFIDENCE) -> bool:
+        """Whether band b's candidates may be served: see the module's docstring, step 2."""
+        n, wrong = self.at_or_above(b)
+        return upper_bound(wrong, n, confidence) <= max_error and self.own_estimate(b) <= max_error
+
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> PoolStats:
         def num(key: str) -> int:
@@ -107,8 +116,7 @@ class PoolStats:
 
     def summary(self, max_error: float) -> dict[str, Any]:
         low, high = interval(self.samples_wrong, self.samples)
-        served = next((b for b in range(BANDS) if upper_bound(self.at_or_above(b)[1], self.at_or_above(b)[0])
-                       <= max_error), None)
+        served = next((b for b in range(BANDS) if self.vouches(b, max_error)), None)
         return {"observations": sum(self.verified), "observed_wrong": sum(self.wrong),
                 "verification_samples": self.samples, "verification_wrong": self.samples_wrong,
                 "wrong_hit_rate": round(self.samples_wrong / self.samples, 6) if self.samples else None,
@@ -158,7 +166,7 @@ class ErrorBoundPolicy:
             return Decision("observe", f"learning: {evidence} > bound {self.max_error:g} ({seen}); "
                                        "answered fresh, compared with the cached answer", score, b)
         own_n, own_wrong = pool.verified[b], pool.wrong[b]
-        if (own_wrong + 0.5) / (own_n + 1) > self.max_error:
+        if pool.own_estimate(b) > self.max_error:
             return Decision("observe", f"learning: {evidence}, but its own band {b / BANDS:.1f}-{(b + 1) / BANDS:.1f} "
                                        f"has {own_n} verified, {own_wrong} wrong: too few to vouch for it ({seen}); "
                                        "answered fresh, compared with the cached answer", score, b)
