@@ -462,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections, "cpus": os.cpu_count(), "machine": platform.machine(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result: dict = {"meta": meta}
-    env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
+    # semantic hits from the first paraphrase: the verifier's fixed cut (the default error-bounded
+    # policy serves them only after hundreds of observations; evals/cache_policy.py measures it)
+    env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache()), "RAGROUTE_CACHE_POLICY": "verifier"}
     if args.vllm_only and args.vllm_venv is None:
         p.error("--vllm-only needs --vllm-venv")
     if not args.vllm_only:

@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args.url, args.runs)
     else:
         # A fresh home (demo index built on start); the model cache is the real one.
-        env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache())}
+        # the verifier's fixed cut: semantic hits from the first paraphrase (the default error-bounded
+        # policy serves them only after hundreds of observations; evals/cache_policy.py measures it)
+        env = {"RAGROUTE_MODEL_CACHE": str(config.model_cache()), "RAGROUTE_CACHE_POLICY": "verifier"}
         with tempfile.TemporaryDirectory(prefix="ragroute-bench-") as tmp:
             redis = RedisServer(Path(tmp) / "redis").start() if args.redis else None
             if redis:

@@ -15,6 +15,9 @@ GENEROUS_BUDGETS = {f"RAGROUTE_BUDGET_{s}_MS": "30000" for s in ("CACHE", "EMBED
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, model_cache) -> Server:
     # A fresh RAGROUTE_HOME: the service must build the demo index itself on first start.
-    env = {"RAGROUTE_MODEL_CACHE": str(model_cache), **GENEROUS_BUDGETS}
+    # RAGROUTE_CACHE_POLICY=verifier: the tests on this server measure semantic hits (their hops,
+    # under load) from the first paraphrase on; the default error-bounded policy serves them only
+    # after hundreds of observations and is tested through its own server (test_redis_cache.py).
+    env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_CACHE_POLICY": "verifier", **GENEROUS_BUDGETS}
     with serving(tmp_path_factory.mktemp("ragroute-home"), env) as srv:
         yield srv

@@ -66,9 +66,18 @@ def test_tenants_never_share_answers(stack):
     assert ask(server, query=Q, tenant="acme")["cache"]["kind"] == "exact"
     b = ask(server, query=Q, tenant="globex")  # the identical question, another tenant
     assert not b["cache"]["hit"] and b["request_id"] != a["request_id"]
-    assert ask(server, query=Q + " exactly", tenant="globex")["cache"]["kind"] == "semantic"
+    # The default error-bounded cache has seen nothing for globex yet: the paraphrase is answered
+    # fresh, and its answer compared with the cached one (the first observation of the tenant).
+    para = ask(server, query=Q + " exactly", tenant="globex")["cache"]
+    assert not para["hit"] and para["decision"] == "observe" and not para["verification_sample"]
+    assert "learning: tenant's candidates at P >= 0.9: 0 verified" in para["verifier"][0]
+    assert para["verifier"][-1].startswith("compared with the cached answer:")
     stats = admin(server, "cache_stats").json()
-    assert stats["backend"] == "redis" and stats["entries"] == 2
+    assert stats["backend"] == "redis" and stats["entries"] == 3 and stats["policy"] == "error-bound"
+    assert stats["tenants"]["globex"]["observations"] == 1 and "acme" not in stats["tenants"]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert 'ragroute_cache_observations{tenant="globex",outcome="agree"}' in metrics or \
+        'ragroute_cache_observations{tenant="globex",outcome="wrong"}' in metrics
 
 
 def test_admin_purge_by_document_and_tenant(stack):
