@@ -23,6 +23,7 @@ or the hash's first 8 hex digits identify a key in logs and metrics).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -237,11 +239,23 @@ class FrontDoor:
     """What every query endpoint (REST ``rag_query`` and ``/v1``) does around an answer: admit the
     caller (key, tenant, limits) before, and account for the answer after (metrics, token quota).
 
-    ``metrics``: ``observe(response)``, ``usage(tenant, tokens, response)``, ``denied(status)``."""
+    ``metrics``: ``observe(response)``, ``usage(tenant, tokens, response)``, ``denied(status)``,
+    ``cache_policy(tenant, summary)``. ``cache_summary(tenant)``: the error-bounded cache's
+    statistics of a tenant (read after each semantic decision, for the metrics' gauges)."""
 
-    def __init__(self, gate: Gate, metrics) -> None:
+    def __init__(self, gate: Gate, metrics, cache_summary: Callable[[str], dict | None] | None = None) -> None:
         self.gate = gate
         self.metrics = metrics
+        self.cache_summary = cache_summary
+
+    async def _cache_gauges(self, tenant: str) -> None:
+        try:
+            summary = await asyncio.to_thread(self.cache_summary, tenant)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the cache is down: the gauges keep their last values
+            log.debug("cache statistics of %s not read: %s", tenant, exc)
+            return
+        if summary is not None:
+            self.metrics.cache_policy(tenant, summary)
 
     def authenticate(self, authorization: str | None) -> Caller:
         try:
@@ -265,4 +279,6 @@ class FrontDoor:
         self.metrics.observe(resp)
         tokens = resp.usage.tokens_in + resp.usage.tokens_out if not resp.cache.hit else 0
         self.metrics.usage(admitted.tenant, tokens, resp)
+        if self.cache_summary is not None and resp.cache.decision is not None:
+            await self._cache_gauges(admitted.tenant)
         await self.gate.charge(admitted.caller, tokens)

@@ -18,7 +18,8 @@
     ragroute_limit_errors_total{op}                    rate/quota checks that failed (Redis down): let through
     ragroute_cache_decisions_total{tenant,decision}    the error-bounded cache's decision on a semantic
                                                        candidate: hit | verify (a verification sample) | observe
-  from the cache's statistics at scrape time (all replicas, persistent with Redis):
+  the tenant's statistics as the cache holds them (shared by replicas, persistent with Redis),
+  refreshed after each semantic decision:
     ragroute_cache_verification_samples{tenant}        would-be hits answered fresh and compared
     ragroute_cache_wrong_hit_rate{tenant,stat}         wrong among them: observed | ci95_low | ci95_high
     ragroute_cache_observations{tenant,outcome}        every comparison (samples and not-yet-served
@@ -27,12 +28,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge, Histogram
 
 from pipelines.schema import RagResponse
 
@@ -94,7 +92,30 @@ class RagMetrics:
             name="ragroute_cache_decisions_total", documentation="the error-bounded cache's decision on the best "
             "semantic candidate: hit, verify (a verification sample, answered fresh), observe (not served yet)",
             labelnames=["tenant", "decision"])
+        # gauges of values read from the cache: the most recent write wins across worker processes
+        self.cache_samples = Gauge(
+            name="ragroute_cache_verification_samples", documentation="would-be semantic hits answered fresh and "
+            "compared with the cached answer", labelnames=["tenant"], multiprocess_mode="mostrecent")
+        self.cache_wrong_rate = Gauge(
+            name="ragroute_cache_wrong_hit_rate", documentation="share of verification samples whose cached answer "
+            "was judged wrong: observed, and its 95% Clopper-Pearson interval", labelnames=["tenant", "stat"],
+            multiprocess_mode="mostrecent")
+        self.cache_observations = Gauge(
+            name="ragroute_cache_observations", documentation="comparisons of cached answers with fresh ones",
+            labelnames=["tenant", "outcome"], multiprocess_mode="mostrecent")
         self._tenants: set[str] = set()
+
+    def cache_policy(self, tenant: str, t: dict[str, Any]) -> None:
+        """The tenant's error-bounded cache statistics (CacheStats.tenants[tenant])."""
+        if tenant not in self._tenants:
+            return  # label budget spent: usage() counts it as "other"
+        self.cache_samples.labels(tenant=tenant).set(t["verification_samples"])
+        if t["wrong_hit_rate"] is not None:
+            self.cache_wrong_rate.labels(tenant=tenant, stat="observed").set(t["wrong_hit_rate"])
+        self.cache_wrong_rate.labels(tenant=tenant, stat="ci95_low").set(t["wrong_hit_rate_ci95"][0])
+        self.cache_wrong_rate.labels(tenant=tenant, stat="ci95_high").set(t["wrong_hit_rate_ci95"][1])
+        self.cache_observations.labels(tenant=tenant, outcome="agree").set(t["observations"] - t["observed_wrong"])
+        self.cache_observations.labels(tenant=tenant, outcome="wrong").set(t["observed_wrong"])
 
     def usage(self, tenant: str, tokens: int, resp: RagResponse | None = None) -> None:
         if tenant not in self._tenants:
@@ -131,43 +152,3 @@ class RagMetrics:
                 self.escalations.labels(tier=step.tier, outcome=step.outcome).inc()
         if resp.usage.ttft_ms is not None:
             self.ttft.labels(tier=resp.route.tier).observe(resp.usage.ttft_ms / 1000)
-
-
-class CachePolicyCollector(Collector):
-    """The error-bounded cache's per-tenant statistics, read from the cache when scraped (so they
-    are the same on every replica, and survive restarts with Redis). A failing read exports
-    nothing for that scrape (the cache errors counter says why)."""
-
-    def __init__(self, tenants: Callable[[], dict[str, dict[str, Any]]]) -> None:
-        self._tenants = tenants
-
-    def collect(self):
-        samples = GaugeMetricFamily("ragroute_cache_verification_samples", "would-be semantic hits answered fresh "
-                                    "and compared with the cached answer", labels=["tenant"])
-        rate = GaugeMetricFamily("ragroute_cache_wrong_hit_rate", "share of verification samples whose cached "
-                                 "answer was judged wrong (observed, and its 95% Clopper-Pearson interval)",
-                                 labels=["tenant", "stat"])
-        seen = GaugeMetricFamily("ragroute_cache_observations", "comparisons of cached answers with fresh ones, "
-                                 "by outcome", labels=["tenant", "outcome"])
-        try:
-            tenants = self._tenants()
-        except Exception:  # noqa: BLE001 - the cache is down: no statistics this scrape
-            tenants = {}
-        for tenant, t in list(tenants.items())[:MAX_TENANT_LABELS]:
-            samples.add_metric([tenant], t["verification_samples"])
-            if t["wrong_hit_rate"] is not None:
-                rate.add_metric([tenant, "observed"], t["wrong_hit_rate"])
-            rate.add_metric([tenant, "ci95_low"], t["wrong_hit_rate_ci95"][0])
-            rate.add_metric([tenant, "ci95_high"], t["wrong_hit_rate_ci95"][1])
-            seen.add_metric([tenant, "agree"], t["observations"] - t["observed_wrong"])
-            seen.add_metric([tenant, "wrong"], t["observed_wrong"])
-        yield from (samples, rate, seen)
-
-    def describe(self):
-        return []
-
-
-def register_cache_policy(tenants: Callable[[], dict[str, dict[str, Any]]]) -> CachePolicyCollector:
-    collector = CachePolicyCollector(tenants)
-    REGISTRY.register(collector)
-    return collector

@@ -34,7 +34,7 @@ from pipelines.text import content_id
 from services._common import TIMEOUT_S, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
-from services.metrics import RagMetrics, register_cache_policy
+from services.metrics import RagMetrics
 from services.openai_app import make_app
 from services.openapi import ApiContract
 from services.playground import app as playground
@@ -179,14 +179,13 @@ class RAG:
             self.metrics = RagMetrics()
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
                                     embedding_model=EmbeddingConfig.from_env().model)
-            if self.cache is not None and self.cache.policy is not None:
-                register_cache_policy(self.cache.tenant_stats)
             gen_cfg = GenerationConfig.from_env()
             self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg),
                                           BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
                                           tier_configs=dict(gen_cfg.tiers),
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
-            self.front = FrontDoor(self._gate(), self.metrics)
+            self.front = FrontDoor(self._gate(), self.metrics,
+                                   self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
         self._calibration: asyncio.Task | None = None
 

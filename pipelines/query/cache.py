@@ -95,8 +95,8 @@ class CacheBackend(Protocol):
         entry's record, if it still exists, and its pool's)."""
         ...
 
-    def pools(self) -> dict[str, PoolStats]:
-        """Each tenant's observations, summed over generation settings."""
+    def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
+        """Each tenant's observations (or only ``tenant``'s), summed over generation settings."""
         ...
 
     def stats(self) -> dict[str, Any]: ...
@@ -244,6 +244,13 @@ class SemanticCache:
             return {}
         return {t: pool.summary(self.policy.max_error) for t, pool in sorted(self.backend.pools().items())}
 
+    def tenant_summary(self, tenant: str) -> dict[str, Any] | None:
+        """One tenant's ``tenant_stats`` (None before its first observation)."""
+        if self.policy is None:
+            return None
+        pool = self.backend.pools(tenant).get(tenant)
+        return None if pool is None else pool.summary(self.policy.max_error)
+
 
 @dataclass
 class _Entry:
@@ -367,11 +374,13 @@ class InMemoryCache:
             pool.samples += sample
             pool.samples_wrong += sample and wrong
 
-    def pools(self) -> dict[str, PoolStats]:
+    def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
         with self._lock:
             out: dict[str, PoolStats] = {}
-            for (tenant, _), pool in self._pools.items():
-                out[tenant] = out.get(tenant, PoolStats()) + pool.frozen()
+            for (t, _), pool in self._pools.items():
+                if tenant is not None and t != tenant:
+                    continue
+                out[t] = out.get(t, PoolStats()) + pool.frozen()
             return out
 
     def stats(self) -> dict[str, Any]:

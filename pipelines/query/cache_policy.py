@@ -15,8 +15,8 @@ outright, and the cosine floor):
    Clopper-Pearson upper bound on the wrong rate within the bound, and its own band's
    estimate ((wrong + 0.5) / (verified + 1): some 25 clean observations at a 2% bound) is
    within it too, so a band no one has looked at is not vouched for by the bands above it.
-   That is a threshold on P learnt per tenant, which moves down as evidence of safe hits
-   accumulates.
+   The lowest band that passes sets a threshold on P, learnt per tenant, that moves down as
+   evidence of safe hits accumulates: every candidate scored at or above it is served.
 3. **Each entry's own record**: an entry whose answer was judged wrong for a question scored
    P = x is never served again to questions scored at or below x (a per-entry decision
    boundary, learnt online).
@@ -44,7 +44,7 @@ from scipy.stats import beta
 BANDS = 10
 CONFIDENCE = 0.95
 MIN_SAMPLE_RATE = 0.02  # verification never stops: drift (new documents, new traffic) shows up
-AGREE_COSINE = 0.70  # answers at least this similar (and sharing a source document) agree; see answers_agree
+AGREE_COSINE = 0.70  # answers at least this similar (and on the same best source) agree; see answers_agree
 
 
 def band(score: float) -> int:
@@ -102,9 +102,14 @@ class PoolStats:
         return (self.wrong[b] + 0.5) / (self.verified[b] + 1)
 
     def vouches(self, b: int, max_error: float, confidence: float = CONFIDENCE) -> bool:
-        """Whether band b's candidates may be served: see the module's docstring, step 2."""
+        """Whether the candidates scored in band b or above may be served: see the module's docstring, step 2."""
         n, wrong = self.at_or_above(b)
         return upper_bound(wrong, n, confidence) <= max_error and self.own_estimate(b) <= max_error
+
+    def serving_band(self, max_error: float, confidence: float = CONFIDENCE) -> int | None:
+        """The lowest band that vouches for itself and those above it: candidates scored there or
+        higher are served (None: nothing is, yet)."""
+        return next((b for b in range(BANDS) if self.vouches(b, max_error, confidence)), None)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> PoolStats:
@@ -116,7 +121,7 @@ class PoolStats:
 
     def summary(self, max_error: float) -> dict[str, Any]:
         low, high = interval(self.samples_wrong, self.samples)
-        served = next((b for b in range(BANDS) if self.vouches(b, max_error)), None)
+        served = self.serving_band(max_error)
         return {"observations": sum(self.verified), "observed_wrong": sum(self.wrong),
                 "verification_samples": self.samples, "verification_wrong": self.samples_wrong,
                 "wrong_hit_rate": round(self.samples_wrong / self.samples, 6) if self.samples else None,
@@ -154,27 +159,28 @@ class ErrorBoundPolicy:
 
     def decide(self, score: float, entry: EntryStats, pool: PoolStats) -> Decision:
         b = band(score)
-        n, wrong = pool.at_or_above(b)
-        ub = upper_bound(wrong, n, self.confidence)
+        start = pool.serving_band(self.max_error, self.confidence)
         seen = f"entry verified {entry.verified} times, {entry.wrong} wrong"
-        evidence = (f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong, "
-                    f"{self.confidence:.0%} upper bound {ub:.3f}")
         if entry.wrong_max >= score:
             return Decision("observe", f"not served: this entry's answer was judged wrong for a question scored "
                                        f"{entry.wrong_max:.2f} >= {score:.2f} ({seen}); answered fresh, compared", score, b)
-        if ub > self.max_error:
-            return Decision("observe", f"learning: {evidence} > bound {self.max_error:g} ({seen}); "
-                                       "answered fresh, compared with the cached answer", score, b)
-        own_n, own_wrong = pool.verified[b], pool.wrong[b]
-        if pool.own_estimate(b) > self.max_error:
-            return Decision("observe", f"learning: {evidence}, but its own band {b / BANDS:.1f}-{(b + 1) / BANDS:.1f} "
-                                       f"has {own_n} verified, {own_wrong} wrong: too few to vouch for it ({seen}); "
-                                       "answered fresh, compared with the cached answer", score, b)
+        if start is None or b < start:
+            n, wrong = pool.at_or_above(b)
+            ub = upper_bound(wrong, n, self.confidence)
+            serving = "nothing yet" if start is None else f"P >= {start / BANDS:.1f}"
+            return Decision("observe", f"learning: tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, "
+                                       f"{wrong} wrong, {self.confidence:.0%} upper bound {ub:.3f}; bound "
+                                       f"{self.max_error:g} is met for {serving} ({seen}); answered fresh, compared "
+                                       "with the cached answer", score, b)
+        n, wrong = pool.at_or_above(start)
+        ub = upper_bound(wrong, n, self.confidence)
+        evidence = (f"tenant's candidates at P >= {start / BANDS:.1f}: {n} verified, {wrong} wrong, "
+                    f"{self.confidence:.0%} upper bound {ub:.3f} <= bound {self.max_error:g}")
         rate = self.sample_rate(ub)
         if self.rng.random() < rate:
-            return Decision("verify", f"verification sample (rate {rate:.2f}): {evidence} <= bound "
-                                      f"{self.max_error:g} ({seen}); answered fresh to check the cached answer", score, b)
-        return Decision("hit", f"hit: {evidence} <= bound {self.max_error:g} ({seen})", score, b)
+            return Decision("verify", f"verification sample (rate {rate:.2f}): {evidence} ({seen}); answered fresh "
+                                      "to check the cached answer", score, b)
+        return Decision("hit", f"hit: {evidence} ({seen})", score, b)
 
 
 _CITATION = re.compile(r"\[\d+\]")
@@ -182,19 +188,20 @@ _CITATION = re.compile(r"\[\d+\]")
 
 def answers_agree(cached: dict[str, Any], fresh_sources: Sequence[str], vectors: np.ndarray | None,
                   cosine: float = AGREE_COSINE) -> tuple[bool, str]:
-    """Whether a cached answer is as good an answer to the new question as the fresh one: the
-    two were built from an overlapping set of documents (the cached answer's sources against
-    the fresh retrieval's) and say nearly the same thing (cosine of the two answers'
-    embeddings, citation markers removed, in ``vectors``). Returns (agree, why)."""
-    old = {s["doc_id"] for s in cached.get("sources", [])}
-    new = set(fresh_sources)
-    shared = len(old & new) / max(1, len(old | new))
-    if not old & new:
-        return False, f"no source document in common ({sorted(old)[:3]} vs {sorted(new)[:3]})"
+    """Whether a cached answer is as good an answer to the new question as the fresh one: both
+    were built on the same best source document (the cached answer's first source against the
+    fresh ranking's) and say nearly the same thing (cosine of the two answers' embeddings,
+    citation markers removed, in ``vectors``). Errs towards "differs": a right answer judged
+    wrong costs hits, a wrong one judged right would hide errors from the bound. Measured on
+    real answers by evals/cache_policy.py (``service_comparison``). Returns (agree, why)."""
+    old = [s["doc_id"] for s in cached.get("sources", [])]
+    new = list(fresh_sources)
+    if not old or not new or old[0] != new[0]:
+        return False, f"another best source ({old[0] if old else None} vs {new[0] if new else None})"
     if vectors is None:
-        return shared >= 0.5, f"sources overlap {shared:.0%} (answers not compared: no embeddings)"
+        return False, f"same best source {new[0]}, answers not compared (no embeddings)"
     sim = float(np.dot(vectors[0], vectors[1]))
-    return sim >= cosine, f"sources overlap {shared:.0%}, answers' cosine {sim:.2f} (agree at >= {cosine:.2f})"
+    return sim >= cosine, f"same best source {new[0]}, answers' cosine {sim:.2f} (agree at >= {cosine:.2f})"
 
 
 def comparable(answer: str) -> str:

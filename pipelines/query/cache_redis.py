@@ -283,8 +283,7 @@ class RedisCache:
         def run_and_forget() -> int:
             deleted = run()
             if tenant is not None and not doc_ids:  # the tenant is gone: so is what was learnt about it
-                doomed = [k for k in self.client.scan_iter(match=f"{self.pool_prefix}*", count=500)
-                          if (t := self.client.hget(k, "tenant")) is not None and t.decode() == tenant]
+                doomed = list(self.client.scan_iter(match=f"{self.pool_prefix}{content_id(tenant)}:*", count=500))
                 if doomed:
                     self.client.delete(*doomed)
             return deleted
@@ -293,7 +292,7 @@ class RedisCache:
 
     # -- the error-bounded policy's statistics ------------------------------------------------------
     def _pool_key(self, part: Partition) -> str:
-        return self.pool_prefix + content_id(part.tenant, part.fingerprint)
+        return f"{self.pool_prefix}{content_id(part.tenant)}:{content_id(part.tenant, part.fingerprint)}"
 
     def pool(self, part: Partition) -> PoolStats:
         key = self._pool_key(part)
@@ -305,10 +304,12 @@ class RedisCache:
         args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
         self._call("observe", lambda: self._observe(keys=keys, args=args))
 
-    def pools(self) -> dict[str, PoolStats]:
+    def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
+        match = f"{self.pool_prefix}{content_id(tenant)}:*" if tenant is not None else f"{self.pool_prefix}*"
+
         def run() -> dict[str, PoolStats]:
             out: dict[str, PoolStats] = {}
-            for key in self.client.scan_iter(match=f"{self.pool_prefix}*", count=500):
+            for key in self.client.scan_iter(match=match, count=500):
                 fields = {k.decode(): v for k, v in self.client.hgetall(key).items()}
                 if "tenant" in fields:
                     tenant = fields["tenant"].decode()

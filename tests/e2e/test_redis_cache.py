@@ -3,6 +3,7 @@ two workers of the entry service (RAGROUTE_RAG_WORKERS=2) share the cache and th
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -75,9 +76,10 @@ def test_tenants_never_share_answers(stack):
     stats = admin(server, "cache_stats").json()
     assert stats["backend"] == "redis" and stats["entries"] == 3 and stats["policy"] == "error-bound"
     assert stats["tenants"]["globex"]["observations"] == 1 and "acme" not in stats["tenants"]
-    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
-    assert 'ragroute_cache_observations{tenant="globex",outcome="agree"}' in metrics or \
-        'ragroute_cache_observations{tenant="globex",outcome="wrong"}' in metrics
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # labels come sorted by name
+    seen = re.findall(r'ragroute_cache_observations\{outcome="(agree|wrong)",tenant="globex"\} (\S+)', metrics)
+    assert sorted(float(v) for _, v in seen) == [0.0, 1.0], seen
+    assert re.search(r'ragroute_cache_decisions_total\{decision="observe",tenant="globex"\} 1\.0', metrics)
 
 
 def test_admin_purge_by_document_and_tenant(stack):

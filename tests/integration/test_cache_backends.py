@@ -146,6 +146,7 @@ def test_observations_update_the_entry_and_its_tenant_pool(make_backend):
     assert b.pool(Partition("acme", "idx-v1", "fp2")) == PoolStats()
     assert b.pool(Partition("globex", "idx-v1", "fp1")) == PoolStats()
     assert set(b.pools()) == {"acme"} and b.pools()["acme"] == pool
+    assert b.pools("acme") == {"acme": pool} and b.pools("globex") == {}
 
 
 def test_a_new_answer_starts_a_new_record_and_a_gone_entry_is_not_recreated(make_backend):

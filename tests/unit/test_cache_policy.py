@@ -57,8 +57,8 @@ def test_scores_fall_in_ten_bands():
 def test_without_evidence_a_candidate_is_answered_fresh_and_observed():
     d = ErrorBoundPolicy(0.02, rng=Rng(0.0)).decide(0.97, EntryStats(), PoolStats())
     assert d.action == "observe" and not d.sample
-    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong")
-    assert "upper bound 1.000 > bound 0.02" in d.reason
+    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong, 95% upper bound "
+                               "1.000; bound 0.02 is met for nothing yet (entry verified 0 times, 0 wrong)")
 
 
 def test_enough_clean_observations_at_or_above_the_score_serve_it():
@@ -68,11 +68,15 @@ def test_enough_clean_observations_at_or_above_the_score_serve_it():
     assert hit.action == "hit"
     assert hit.reason == ("hit: tenant's candidates at P >= 0.8: 200 verified, 0 wrong, 95% upper bound 0.015 "
                           "<= bound 0.02 (entry verified 14 times, 0 wrong)")
-    # the bands above a score vouch for it, never those below
-    assert policy.decide(0.95, EntryStats(), evidence).action == "observe"  # band 9 alone: 100 clean
+    # served from the lowest band that vouches for itself and the bands above it (P >= 0.8 here)
+    assert policy.decide(0.95, EntryStats(), evidence).action == "hit"
+    assert policy.decide(0.95, EntryStats(), pool(b9=(100, 0))).action == "observe"  # 100 alone: bound 0.03
     unseen = policy.decide(0.75, EntryStats(), evidence)  # band 7: nothing seen there itself
-    assert unseen.action == "observe" and "its own band 0.7-0.8 has 0 verified, 0 wrong: too few" in unseen.reason
+    assert unseen.action == "observe" and "bound 0.02 is met for P >= 0.8" in unseen.reason
+    # a band with too few of its own observations does not lower the threshold, however clean above it
+    assert policy.decide(0.75, EntryStats(), pool(b7=(10, 0), b8=(100, 0), b9=(100, 0))).action == "observe"
     assert policy.decide(0.75, EntryStats(), pool(b7=(30, 0), b8=(100, 0), b9=(100, 0))).action == "hit"
+    assert evidence.serving_band(0.02) == 8 and PoolStats().serving_band(0.5) is None
     # a looser bound serves on less evidence; wrong observations raise the bound
     assert ErrorBoundPolicy(0.05, rng=Rng(0.99)).decide(0.95, EntryStats(), evidence).action == "hit"
     assert policy.decide(0.85, EntryStats(), pool(b8=(100, 3), b9=(100, 0))).action == "observe"
@@ -107,15 +111,17 @@ def test_the_bound_is_validated_at_start_up():
             CacheConfig.from_env({"RAGROUTE_CACHE_MAX_ERROR": bad})
 
 
-def test_answers_agree_when_they_share_sources_and_say_the_same():
+def test_answers_agree_when_built_on_the_same_best_source_and_say_the_same():
     cached = {"answer": "x", "sources": [{"doc_id": "pydoc:with"}, {"doc_id": "pydoc:compound"}]}
     same = np.stack([unit([1, 0, 0]), unit([1, 0.2, 0])])
     other = np.stack([unit([1, 0, 0]), unit([0, 1, 0])])
-    assert answers_agree(cached, ["pydoc:with"], same)[0]
+    assert answers_agree(cached, ["pydoc:with", "pydoc:while"], same) == \
+        (True, "same best source pydoc:with, answers' cosine 0.98 (agree at >= 0.70)")
     ok, why = answers_agree(cached, ["pydoc:with"], other)
     assert not ok and "answers' cosine 0.00" in why
-    ok, why = answers_agree(cached, ["pydoc:while"], same)
-    assert not ok and why.startswith("no source document in common")
+    ok, why = answers_agree(cached, ["pydoc:compound", "pydoc:with"], same)  # sources overlap, not the best
+    assert not ok and why == "another best source (pydoc:with vs pydoc:compound)"
+    assert not answers_agree(cached, ["pydoc:with"], None)[0]  # not embedded: not vouched for
 
 
 # -- SemanticCache with the policy -----------------------------------------------------------------
@@ -179,7 +185,7 @@ def test_a_not_yet_served_paraphrase_is_answered_fresh_and_compared():
     ask(pipeline, "what does with do")
     resp = ask(pipeline, "what does with do exactly")
     assert not resp.cache.hit and resp.cache.decision == "observe" and not resp.cache.verification_sample
-    assert resp.cache.verifier[-1].startswith("compared with the cached answer: agrees (sources overlap 100%")
+    assert resp.cache.verifier[-1].startswith("compared with the cached answer: agrees (same best source d5")
     assert "embed_many" in stages.calls  # the two answers were embedded to compare them
     assert cache.stats()["tenants"]["default"]["observations"] == 1
 
