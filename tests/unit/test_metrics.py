@@ -66,3 +66,20 @@ def test_a_cascade_counts_its_escalation_and_both_tiers_costs(metrics):
     assert value("ragroute_route_decisions_total", tier="large", router="cascade") == before["cascade"] + 1
     assert abs(value("ragroute_cost_usd_total", tier="small") - (before["small_cost"] + 2e-6)) < 1e-12
     assert abs(value("ragroute_cost_usd_total", tier="large") - (before["large_cost"] + 2e-6)) < 1e-12
+
+
+def test_the_error_bounded_cache_is_reported_per_tenant(metrics):
+    from pipelines.query.cache_policy import PoolStats
+
+    metrics.usage("metrics-tenant", 0)  # a known tenant (label budget)
+    summary = PoolStats((0,) * 9 + (200,), (0,) * 9 + (3,), samples=40, samples_wrong=1).summary(0.02)
+    metrics.cache_policy("metrics-tenant", summary)
+    assert value("ragroute_cache_verification_samples", tenant="metrics-tenant") == 40
+    assert value("ragroute_cache_wrong_hit_rate", tenant="metrics-tenant", stat="observed") == 0.025
+    low = value("ragroute_cache_wrong_hit_rate", tenant="metrics-tenant", stat="ci95_low")
+    high = value("ragroute_cache_wrong_hit_rate", tenant="metrics-tenant", stat="ci95_high")
+    assert 0 < low < 0.025 < high < 0.2
+    assert value("ragroute_cache_observations", tenant="metrics-tenant", outcome="wrong") == 3
+    assert value("ragroute_cache_observations", tenant="metrics-tenant", outcome="agree") == 197
+    metrics.cache_policy("never-seen", summary)  # not a known tenant: no new label
+    assert REGISTRY.get_sample_value("ragroute_cache_verification_samples", {"tenant": "never-seen"}) is None
