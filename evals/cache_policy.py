@@ -224,9 +224,7 @@ def replay(stream: Stream, decide: Callable, seed: int, flip: tuple[float, float
             b = band(score)
             verified[b] += 1
             wrong[b] += seen_wrong
-            old = entry_stats.get(e, EntryStats())
-            entry_stats[e] = EntryStats(old.verified + 1, old.wrong + seen_wrong,
-                                        max(old.wrong_max, score) if seen_wrong else old.wrong_max)
+            entry_stats[e] = entry_stats.get(e, EntryStats()).after(score, seen_wrong)
             out.observations += 1
             out.samples += action == "verify"
         cached.append(q)  # answered fresh: cached for the next lookups

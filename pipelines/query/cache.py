@@ -365,9 +365,7 @@ class InMemoryCache:
         with self._lock:
             entry = self._entries.get((part.key, qhash))
             if entry is not None:
-                old = entry.stats
-                entry.stats = EntryStats(old.verified + 1, old.wrong + wrong,
-                                         max(old.wrong_max, score) if wrong else old.wrong_max)
+                entry.stats = entry.stats.after(score, wrong)
             pool = self._pools.setdefault((part.tenant, part.fingerprint), _Pool())
             pool.verified[band] += 1
             pool.wrong[band] += wrong

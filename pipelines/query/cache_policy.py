@@ -78,6 +78,10 @@ class EntryStats:
     wrong: int = 0
     wrong_max: float = -1.0  # the highest score at which its answer was judged wrong (-1: never)
 
+    def after(self, score: float, wrong: bool) -> EntryStats:
+        """The record once one more comparison, at ``score``, is counted."""
+        return EntryStats(self.verified + 1, self.wrong + wrong, max(self.wrong_max, score) if wrong else self.wrong_max)
+
 
 @dataclass(frozen=True)
 class PoolStats:
