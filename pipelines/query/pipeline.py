@@ -507,14 +507,16 @@ class QueryPipeline:
         """The error-bounded cache learns: was the cached candidate's answer as good an answer to
         this question as the fresh one? (pipelines/query/cache_policy.py: answers_agree). The
         outcome updates the entry's and the tenant's statistics; a failed update is dropped
-        (reported, counted by the backend), never retried into a corrupted count."""
-        vectors = None
+        (reported, counted by the backend), never retried into a corrupted count; answers that
+        could not be embedded in time are not compared (nothing is recorded)."""
         try:
             async with asyncio.timeout(COMPARE_EMBED_MS / 1000):
                 vectors = await self.stages.embed_many([comparable(obs.entry.payload.get("answer", "")),
                                                         comparable(answer)])
-        except Exception as exc:  # noqa: BLE001 - no embeddings: the sources alone are compared
-            log.debug("request %s: answers not embedded for the cache comparison: %s", r.id, exc)
+        except Exception as exc:  # noqa: BLE001 - the embedding stage is slow or down: no observation
+            log.info("request %s: cache comparison skipped, answers not embedded: %s", r.id, exc)
+            prep.verdicts = (*prep.verdicts, "not compared with the cached answer (answers not embedded in time)")
+            return
         agree, why = answers_agree(obs.entry.payload, doc_ids, vectors)
         log.info("request %s: cache %s of %r: %s (%s)", r.id,
                  "verification sample" if obs.decision.sample else "observation", obs.entry.query,

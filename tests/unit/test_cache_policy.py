@@ -228,3 +228,15 @@ def test_a_failed_statistics_update_keeps_the_fresh_answer_and_says_so():
     assert resp.answer == "the text of the chunk [1]" and not resp.degraded
     assert resp.cache.status == "unavailable"
     assert "cache statistics update failed (dropped); the answer is fresh" in resp.warnings
+
+
+def test_answers_that_cannot_be_embedded_are_not_compared():
+    stages = FakeStages(vectors={"what does with do": unit([1, 0, 0]), "what does with do exactly": unit([1, 0.1, 0])})
+    cache = policy_cache()
+    pipeline = QueryPipeline(stages, cache, CFG)
+    ask(pipeline, "what does with do")
+    stages.fail = {"embed_many"}
+    resp = ask(pipeline, "what does with do exactly")
+    assert resp.cache.decision == "observe" and not resp.degraded
+    assert resp.cache.verifier[-1] == "not compared with the cached answer (answers not embedded in time)"
+    assert cache.stats()["tenants"] == {}  # nothing recorded
