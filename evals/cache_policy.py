@@ -184,7 +184,7 @@ def replay(stream: Stream, decide: Callable, seed: int, flip: tuple[float, float
     rng.shuffle(order)
     cached = list(stream.initial)
     entry_stats: dict[int, EntryStats] = {}
-    verified, wrong = [0] * BANDS, [0] * BANDS
+    verified, wrong, looks = [0] * BANDS, [0] * BANDS, [0] * BANDS
     out = Outcome()
     meanings_cached = {stream.meaning[e] for e in cached}
     for q in order:
@@ -208,9 +208,11 @@ def replay(stream: Stream, decide: Callable, seed: int, flip: tuple[float, float
                 continue  # below the floor (or the same text)
             vetoed, p, accepts = v
             cands.append((e, float(sims[i]), vetoed, p if p is not None else float(sims[i]), accepts))
-        pool = PoolStats(tuple(verified), tuple(wrong))
+        pool = PoolStats(tuple(verified), tuple(wrong), lookups=tuple(looks))
         action, e = decide(cands, entry_stats, pool, rng) if cands else ("miss", None)
         right = e is not None and stream.meaning[e] == stream.meaning[q]
+        if action != "miss" and e is not None:
+            looks[band(next(c[3] for c in cands if c[0] == e))] += 1  # the policy's denominator
         if action == "hit":
             out.hits_right += right
             out.hits_wrong += not right

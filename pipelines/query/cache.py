@@ -95,6 +95,10 @@ class CacheBackend(Protocol):
         entry's record, if it still exists, and its pool's)."""
         ...
 
+    def count(self, part: Partition, band: int) -> None:
+        """One more lookup decided in ``band`` (served: observe counts its own)."""
+        ...
+
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
         """Each tenant's observations (or only ``tenant``'s), summed over generation settings."""
         ...
@@ -116,6 +120,7 @@ class SemanticLookup:
     hit: CacheHit | None
     verdicts: tuple[str, ...]  # one line per candidate the verifier looked at
     observe: Observation | None = None  # with the error-bounded policy: compare the fresh answer with this entry's
+    band: int | None = None  # with the error-bounded policy: the decided candidate's score band
 
     @property
     def sample(self) -> bool:
@@ -161,6 +166,10 @@ class SemanticCache:
         """The candidates, and the policy's statistics when there are some to decide on."""
         cands = self.candidates(part, vector)
         return Found(cands, self.backend.pool(part) if cands and self.policy is not None else None)
+
+    def count(self, part: Partition, band: int) -> None:
+        """A served semantic hit counts as a lookup of its band (the policy's denominator)."""
+        self.backend.count(part, band)
 
     def observe(self, part: Partition, obs: Observation, wrong: bool) -> None:
         self.backend.observe(part, obs.entry.qhash, obs.decision.band, obs.decision.score, wrong,
@@ -215,8 +224,9 @@ class SemanticCache:
         verdicts.insert(0, line)
         verdicts.extend(f"{h} P(same question) {s:.2f}: not the best-scored candidate" for s, _, h in scored[1:])
         if decision.action == "hit":
-            return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts))
-        return SemanticLookup(None, tuple(verdicts), Observation(cand, decision))
+            return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts),
+                                  band=decision.band)
+        return SemanticLookup(None, tuple(verdicts), Observation(cand, decision), decision.band)
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
             doc_ids: Iterable[str]) -> None:
@@ -270,9 +280,10 @@ class _Pool:
         self.wrong = [0] * BANDS
         self.samples = 0
         self.samples_wrong = 0
+        self.lookups = [0] * BANDS
 
     def frozen(self) -> PoolStats:
-        return PoolStats(tuple(self.verified), tuple(self.wrong), self.samples, self.samples_wrong)
+        return PoolStats(tuple(self.verified), tuple(self.wrong), self.samples, self.samples_wrong, tuple(self.lookups))
 
 
 class InMemoryCache:
@@ -367,10 +378,15 @@ class InMemoryCache:
             if entry is not None:
                 entry.stats = entry.stats.after(score, wrong)
             pool = self._pools.setdefault((part.tenant, part.fingerprint), _Pool())
+            pool.lookups[band] += 1
             pool.verified[band] += 1
             pool.wrong[band] += wrong
             pool.samples += sample
             pool.samples_wrong += sample and wrong
+
+    def count(self, part: Partition, band: int) -> None:
+        with self._lock:
+            self._pools.setdefault((part.tenant, part.fingerprint), _Pool()).lookups[band] += 1
 
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
         with self._lock:

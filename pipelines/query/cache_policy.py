@@ -1,22 +1,25 @@
 """Error-bounded semantic hits: the operator states the wrong-hit rate they accept
 (``RAGROUTE_CACHE_MAX_ERROR``, default 2%), and a paraphrase is served from the cache only
-where what has been *observed* shows that rate is kept, at 95% confidence.
+where what has been *observed* shows that rate is kept, at 95% confidence. As in vCache, the
+rate is over lookups: the share of answers that are wrong because the cache served them (a
+fresh answer counts as right).
 
 How a semantic candidate is decided (after the verifier's near-miss rules, which still veto
 outright, and the cosine floor):
 
 1. **Its score** is the verifier's P(same question) (or the cosine when no learned check
    runs), and falls in one of ten bands (0.0-0.1, ..., 0.9-1.0).
-2. **Observations** are kept per tenant and generation settings, per band: how many times a
-   candidate in that band was checked against a fresh answer, and how many times the cached
-   answer was judged wrong for the new question (:func:`answers_agree`). A candidate is served
-   only when the observations at its score *or above* (P is meant to rise with correctness,
-   so serving band b means serving every band above it too) have a one-sided 95%
-   Clopper-Pearson upper bound on the wrong rate within the bound, and its own band's
-   estimate ((wrong + 0.5) / (verified + 1): some 25 clean observations at a 2% bound) is
-   within it too, so a band no one has looked at is not vouched for by the bands above it.
-   The lowest band that passes sets a threshold on P, learnt per tenant, that moves down as
-   evidence of safe hits accumulates: every candidate scored at or above it is served.
+2. **Observations** are kept per tenant and generation settings, per band: how many lookups
+   were decided there, how many candidates were checked against a fresh answer, and how many
+   of those cached answers were judged wrong for the new question (:func:`answers_agree`).
+   Serving every candidate scored in band b or above would make wrong hits on (their share of
+   the lookups) x (their wrong rate) of lookups; a band is served when that, with the wrong
+   rate's one-sided 95% Clopper-Pearson upper bound, is within the bound, and its own share
+   x its own shrunk estimate ((wrong + 0.5) / (n + 1)) is too (a band no one has looked at is
+   not vouched for by those above it). The lowest such band sets a threshold on P, learnt per
+   tenant, that moves down as evidence accumulates: every candidate at or above it is served.
+   The denominator only counts lookups that had a candidate to decide on (conservative: a
+   lookup without one cannot be a wrong hit).
 3. **Each entry's own record**: an entry whose answer was judged wrong for a question scored
    P = x is never served again to questions scored at or below x (a per-entry decision
    boundary, learnt online).
@@ -92,23 +95,40 @@ class PoolStats:
     wrong: tuple[int, ...] = (0,) * BANDS
     samples: int = 0
     samples_wrong: int = 0
+    lookups: tuple[int, ...] = (0,) * BANDS  # decisions taken per band (hits, samples and observations)
 
     def __add__(self, other: PoolStats) -> PoolStats:
-        return PoolStats(tuple(x + y for x, y in zip(self.verified, other.verified, strict=True)),
-                         tuple(x + y for x, y in zip(self.wrong, other.wrong, strict=True)),
-                         self.samples + other.samples, self.samples_wrong + other.samples_wrong)
+        def add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(x + y for x, y in zip(a, b, strict=True))
+
+        return PoolStats(add(self.verified, other.verified), add(self.wrong, other.wrong),
+                         self.samples + other.samples, self.samples_wrong + other.samples_wrong,
+                         add(self.lookups, other.lookups))
 
     def at_or_above(self, b: int) -> tuple[int, int]:
         return sum(self.verified[b:]), sum(self.wrong[b:])
 
+    def share(self, b: int, only: bool = False) -> float:
+        """The share of the tenant's decided lookups whose candidate scored in band b (or above)."""
+        total = sum(self.lookups)
+        return (self.lookups[b] if only else sum(self.lookups[b:])) / total if total else 1.0
+
+    def bound_at(self, b: int, confidence: float = CONFIDENCE) -> float:
+        """Upper bound on the wrong-hit rate over lookups if every candidate scored in band b or
+        above were served: their share of lookups x the upper bound on their wrong rate."""
+        n, wrong = self.at_or_above(b)
+        return self.share(b) * upper_bound(wrong, n, confidence)
+
     def own_estimate(self, b: int) -> float:
-        """Band b's own wrong rate, shrunk towards 1/2 when little is seen: (wrong + 0.5) / (n + 1)."""
-        return (self.wrong[b] + 0.5) / (self.verified[b] + 1)
+        """Band b's own contribution to the wrong-hit rate: its share of lookups x its wrong
+        rate shrunk towards 1/2 when little is seen ((wrong + 0.5) / (n + 1))."""
+        return self.share(b, only=True) * (self.wrong[b] + 0.5) / (self.verified[b] + 1)
 
     def vouches(self, b: int, max_error: float, confidence: float = CONFIDENCE) -> bool:
-        """Whether the candidates scored in band b or above may be served: see the module's docstring, step 2."""
-        n, wrong = self.at_or_above(b)
-        return upper_bound(wrong, n, confidence) <= max_error and self.own_estimate(b) <= max_error
+        """Whether the candidates scored in band b or above may be served (band b itself must have
+        been observed): see the module's docstring, step 2."""
+        return self.verified[b] > 0 and self.bound_at(b, confidence) <= max_error and \
+            self.own_estimate(b) <= max_error
 
     def serving_band(self, max_error: float, confidence: float = CONFIDENCE) -> int | None:
         """The lowest band that vouches for itself and those above it: candidates scored there or
@@ -121,16 +141,21 @@ class PoolStats:
             return int(fields.get(key, 0) or 0)
 
         return cls(tuple(num(f"n{b}") for b in range(BANDS)), tuple(num(f"w{b}") for b in range(BANDS)),
-                   num("samples"), num("samples_wrong"))
+                   num("samples"), num("samples_wrong"), tuple(num(f"l{b}") for b in range(BANDS)))
 
     def summary(self, max_error: float) -> dict[str, Any]:
-        low, high = interval(self.samples_wrong, self.samples)
+        """For cache_stats and /metrics. The observed wrong-hit rate: the share of verification
+        samples found wrong (a sample is a would-be hit) x the share of lookups served from the
+        cache's current threshold, with the 95% Clopper-Pearson interval scaled alike."""
         served = self.serving_band(max_error)
-        return {"observations": sum(self.verified), "observed_wrong": sum(self.wrong),
+        scale = self.share(served) if served is not None else 0.0
+        low, high = interval(self.samples_wrong, self.samples)
+        return {"lookups": sum(self.lookups), "observations": sum(self.verified), "observed_wrong": sum(self.wrong),
                 "verification_samples": self.samples, "verification_wrong": self.samples_wrong,
-                "wrong_hit_rate": round(self.samples_wrong / self.samples, 6) if self.samples else None,
-                "wrong_hit_rate_ci95": [round(low, 6), round(high, 6)],
-                "serving_from_score": None if served is None else served / BANDS}
+                "wrong_hit_rate": round(scale * self.samples_wrong / self.samples, 6) if self.samples else None,
+                "wrong_hit_rate_ci95": [round(scale * low, 6), round(scale * high, 6)],
+                "serving_from_score": None if served is None else served / BANDS,
+                "wrong_hit_rate_bound": None if served is None else round(self.bound_at(served), 6)}
 
 
 Action = Literal["hit", "verify", "observe"]
@@ -161,6 +186,12 @@ class ErrorBoundPolicy:
         the square of how far below it the upper bound is (never below ``min_sample_rate``)."""
         return max(self.min_sample_rate, min(1.0, (ub / self.max_error) ** 2))
 
+    def _evidence(self, pool: PoolStats, b: int) -> str:
+        n, wrong = pool.at_or_above(b)
+        return (f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong, "
+                f"{pool.share(b):.0%} of {sum(pool.lookups)} lookups; wrong hits <= {pool.bound_at(b, self.confidence):.3f} "
+                f"of lookups at {self.confidence:.0%} confidence")
+
     def decide(self, score: float, entry: EntryStats, pool: PoolStats) -> Decision:
         b = band(score)
         start = pool.serving_band(self.max_error, self.confidence)
@@ -169,17 +200,11 @@ class ErrorBoundPolicy:
             return Decision("observe", f"not served: this entry's answer was judged wrong for a question scored "
                                        f"{entry.wrong_max:.2f} >= {score:.2f} ({seen}); answered fresh, compared", score, b)
         if start is None or b < start:
-            n, wrong = pool.at_or_above(b)
-            ub = upper_bound(wrong, n, self.confidence)
             serving = "nothing yet" if start is None else f"P >= {start / BANDS:.1f}"
-            return Decision("observe", f"learning: tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, "
-                                       f"{wrong} wrong, {self.confidence:.0%} upper bound {ub:.3f}; bound "
-                                       f"{self.max_error:g} is met for {serving} ({seen}); answered fresh, compared "
-                                       "with the cached answer", score, b)
-        n, wrong = pool.at_or_above(start)
-        ub = upper_bound(wrong, n, self.confidence)
-        evidence = (f"tenant's candidates at P >= {start / BANDS:.1f}: {n} verified, {wrong} wrong, "
-                    f"{self.confidence:.0%} upper bound {ub:.3f} <= bound {self.max_error:g}")
+            return Decision("observe", f"learning: {self._evidence(pool, b)}; bound {self.max_error:g} is met for "
+                                       f"{serving} ({seen}); answered fresh, compared with the cached answer", score, b)
+        ub = pool.bound_at(start, self.confidence)
+        evidence = f"{self._evidence(pool, start)} <= bound {self.max_error:g}"
         rate = self.sample_rate(ub)
         if self.rng.random() < rate:
             return Decision("verify", f"verification sample (rate {rate:.2f}): {evidence} ({seen}); answered fresh "

@@ -51,6 +51,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'wrong_max', ARGV[2]) end
   end
 end
+redis.call('HINCRBY', KEYS[2], 'l' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[2], 'n' .. ARGV[1], 1)
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'w' .. ARGV[1], 1) end
 if ARGV[4] == '1' then
@@ -303,6 +304,18 @@ class RedisCache:
         keys = [self._key(part, qhash), self._pool_key(part)]
         args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
         self._call("observe", lambda: self._observe(keys=keys, args=args))
+
+    def count(self, part: Partition, band: int) -> None:
+        key = self._pool_key(part)
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hincrby(key, f"l{band}", 1)
+            pipe.hset(key, "tenant", part.tenant)
+            pipe.expire(key, POOL_TTL_S)
+            pipe.execute()
+
+        self._call("count", run)
 
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
         match = f"{self.pool_prefix}{content_id(tenant)}:*" if tenant is not None else f"{self.pool_prefix}*"

@@ -327,6 +327,8 @@ class QueryPipeline:
                 verdicts, observe = lookup.verdicts, lookup.observe
                 if lookup.hit:
                     log.debug("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
+                    if lookup.band is not None:  # the error-bounded policy's denominator
+                        await self._cache_call(r, "lookup", cache.count, part, lookup.band)
                     return self._from_cache(r, lookup.hit, verdicts)
 
         n = max(self.cfg.candidates, req.top_k)

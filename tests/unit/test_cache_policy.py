@@ -32,12 +32,15 @@ class Rng(random.Random):
         return self.value
 
 
-def pool(**bands: tuple[int, int]) -> PoolStats:
-    """pool(b9=(n, wrong), ...)"""
+def pool(lookups: dict[int, int] | None = None, **bands: tuple[int, int]) -> PoolStats:
+    """pool(b9=(n, wrong), ...): every lookup observed, unless ``lookups`` {band: count} says more."""
     verified, wrong = [0] * BANDS, [0] * BANDS
     for name, (n, w) in bands.items():
         verified[int(name[1:])], wrong[int(name[1:])] = n, w
-    return PoolStats(tuple(verified), tuple(wrong))
+    seen = list(verified)
+    for b, n in (lookups or {}).items():
+        seen[b] = n
+    return PoolStats(tuple(verified), tuple(wrong), lookups=tuple(seen))
 
 
 def test_the_upper_bound_is_clopper_pearsons():
@@ -57,8 +60,9 @@ def test_scores_fall_in_ten_bands():
 def test_without_evidence_a_candidate_is_answered_fresh_and_observed():
     d = ErrorBoundPolicy(0.02, rng=Rng(0.0)).decide(0.97, EntryStats(), PoolStats())
     assert d.action == "observe" and not d.sample
-    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong, 95% upper bound "
-                               "1.000; bound 0.02 is met for nothing yet (entry verified 0 times, 0 wrong)")
+    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong, 100% of 0 lookups; "
+                               "wrong hits <= 1.000 of lookups at 95% confidence; bound 0.02 is met for nothing yet "
+                               "(entry verified 0 times, 0 wrong)")
 
 
 def test_enough_clean_observations_at_or_above_the_score_serve_it():
@@ -66,20 +70,32 @@ def test_enough_clean_observations_at_or_above_the_score_serve_it():
     evidence = pool(b8=(100, 0), b9=(100, 0))
     hit = policy.decide(0.85, EntryStats(14, 0), evidence)
     assert hit.action == "hit"
-    assert hit.reason == ("hit: tenant's candidates at P >= 0.8: 200 verified, 0 wrong, 95% upper bound 0.015 "
-                          "<= bound 0.02 (entry verified 14 times, 0 wrong)")
+    assert hit.reason == ("hit: tenant's candidates at P >= 0.8: 200 verified, 0 wrong, 100% of 200 lookups; wrong "
+                          "hits <= 0.015 of lookups at 95% confidence <= bound 0.02 (entry verified 14 times, 0 wrong)")
     # served from the lowest band that vouches for itself and the bands above it (P >= 0.8 here)
     assert policy.decide(0.95, EntryStats(), evidence).action == "hit"
     assert policy.decide(0.95, EntryStats(), pool(b9=(100, 0))).action == "observe"  # 100 alone: bound 0.03
     unseen = policy.decide(0.75, EntryStats(), evidence)  # band 7: nothing seen there itself
     assert unseen.action == "observe" and "bound 0.02 is met for P >= 0.8" in unseen.reason
-    # a band with too few of its own observations does not lower the threshold, however clean above it
-    assert policy.decide(0.75, EntryStats(), pool(b7=(10, 0), b8=(100, 0), b9=(100, 0))).action == "observe"
+    # a wrong observation in band 7 keeps the threshold at 0.8; many clean ones lower it
+    assert policy.decide(0.75, EntryStats(), pool(b7=(3, 1), b8=(100, 0), b9=(100, 0))).action == "observe"
     assert policy.decide(0.75, EntryStats(), pool(b7=(30, 0), b8=(100, 0), b9=(100, 0))).action == "hit"
+    # a band carrying much of the traffic needs evidence of its own, however clean the bands above
+    busy = pool(lookups={7: 800}, b7=(5, 0), b8=(300, 0), b9=(300, 0))
+    assert busy.own_estimate(7) > 0.02 and policy.decide(0.75, EntryStats(), busy).action == "observe"
     assert evidence.serving_band(0.02) == 8 and PoolStats().serving_band(0.5) is None
     # a looser bound serves on less evidence; wrong observations raise the bound
     assert ErrorBoundPolicy(0.05, rng=Rng(0.99)).decide(0.95, EntryStats(), evidence).action == "hit"
     assert policy.decide(0.85, EntryStats(), pool(b8=(100, 3), b9=(100, 0))).action == "observe"
+
+
+def test_the_bound_is_on_wrong_hits_over_lookups():
+    # band 9 is wrong 5% of the time but carries a fifth of the lookups: ~1% of lookups at most
+    mixed = pool(lookups={0: 4000}, b0=(10, 9), b9=(1000, 50))
+    assert mixed.bound_at(9) == pytest.approx(1000 / 5000 * upper_bound(50, 1000))
+    assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), mixed).action == "hit"
+    # the same wrong rate on all the traffic: not within 2%
+    assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), pool(b9=(1000, 50))).action == "observe"
 
 
 def test_verification_samples_thin_out_as_confidence_grows():

@@ -72,7 +72,10 @@ def test_the_error_bounded_cache_is_reported_per_tenant(metrics):
     from pipelines.query.cache_policy import PoolStats
 
     metrics.usage("metrics-tenant", 0)  # a known tenant (label budget)
-    summary = PoolStats((0,) * 9 + (200,), (0,) * 9 + (3,), samples=40, samples_wrong=1).summary(0.02)
+    # served from band 9 (1 wrong in 300 observed), which is all of the lookups: the rate over
+    # lookups is the samples' wrong share
+    summary = PoolStats((0,) * 9 + (300,), (0,) * 9 + (3,), samples=40, samples_wrong=1,
+                        lookups=(0,) * 9 + (300,)).summary(0.05)
     metrics.cache_policy("metrics-tenant", summary)
     assert value("ragroute_cache_verification_samples", tenant="metrics-tenant") == 40
     assert value("ragroute_cache_wrong_hit_rate", tenant="metrics-tenant", stat="observed") == 0.025
@@ -80,6 +83,6 @@ def test_the_error_bounded_cache_is_reported_per_tenant(metrics):
     high = value("ragroute_cache_wrong_hit_rate", tenant="metrics-tenant", stat="ci95_high")
     assert 0 < low < 0.025 < high < 0.2
     assert value("ragroute_cache_observations", tenant="metrics-tenant", outcome="wrong") == 3
-    assert value("ragroute_cache_observations", tenant="metrics-tenant", outcome="agree") == 197
+    assert value("ragroute_cache_observations", tenant="metrics-tenant", outcome="agree") == 297
     metrics.cache_policy("never-seen", summary)  # not a known tenant: no new label
     assert REGISTRY.get_sample_value("ragroute_cache_verification_samples", {"tenant": "never-seen"}) is None
