@@ -184,7 +184,7 @@ def replay(stream: Stream, decide: Callable, seed: int, flip: tuple[float, float
     rng.shuffle(order)
     cached = list(stream.initial)
     entry_stats: dict[int, EntryStats] = {}
-    verified, wrong, looks = [0] * BANDS, [0] * BANDS, [0] * BANDS
+    verified, wrong, looks, other = [0] * BANDS, [0] * BANDS, [0] * BANDS, 0
     out = Outcome()
     meanings_cached = {stream.meaning[e] for e in cached}
     for q in order:
@@ -208,11 +208,13 @@ def replay(stream: Stream, decide: Callable, seed: int, flip: tuple[float, float
                 continue  # below the floor (or the same text)
             vetoed, p, accepts = v
             cands.append((e, float(sims[i]), vetoed, p if p is not None else float(sims[i]), accepts))
-        pool = PoolStats(tuple(verified), tuple(wrong), lookups=tuple(looks))
+        pool = PoolStats(tuple(verified), tuple(wrong), lookups=tuple(looks), other_lookups=other)
         action, e = decide(cands, entry_stats, pool, rng) if cands else ("miss", None)
         right = e is not None and stream.meaning[e] == stream.meaning[q]
-        if action != "miss" and e is not None:
-            looks[band(next(c[3] for c in cands if c[0] == e))] += 1  # the policy's denominator
+        if action != "miss" and e is not None:  # the policy's denominator: every lookup
+            looks[band(next(c[3] for c in cands if c[0] == e))] += 1
+        else:
+            other += 1
         if action == "hit":
             out.hits_right += right
             out.hits_wrong += not right

@@ -95,8 +95,9 @@ class CacheBackend(Protocol):
         entry's record, if it still exists, and its pool's)."""
         ...
 
-    def count(self, part: Partition, band: int) -> None:
-        """One more lookup decided in ``band`` (served: observe counts its own)."""
+    def count(self, part: Partition, band: int | None) -> None:
+        """One more semantic lookup: decided in ``band`` (a hit; observations count their own), or
+        with no candidate to decide on (None)."""
         ...
 
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
@@ -167,8 +168,9 @@ class SemanticCache:
         cands = self.candidates(part, vector)
         return Found(cands, self.backend.pool(part) if cands and self.policy is not None else None)
 
-    def count(self, part: Partition, band: int) -> None:
-        """A served semantic hit counts as a lookup of its band (the policy's denominator)."""
+    def count(self, part: Partition, band: int | None) -> None:
+        """A semantic lookup the policy's denominator counts: a hit in its band, or one with no
+        candidate to decide on (None); observations count their own."""
         self.backend.count(part, band)
 
     def observe(self, part: Partition, obs: Observation, wrong: bool) -> None:
@@ -281,9 +283,11 @@ class _Pool:
         self.samples = 0
         self.samples_wrong = 0
         self.lookups = [0] * BANDS
+        self.other_lookups = 0
 
     def frozen(self) -> PoolStats:
-        return PoolStats(tuple(self.verified), tuple(self.wrong), self.samples, self.samples_wrong, tuple(self.lookups))
+        return PoolStats(tuple(self.verified), tuple(self.wrong), self.samples, self.samples_wrong, tuple(self.lookups),
+                         self.other_lookups)
 
 
 class InMemoryCache:
@@ -384,9 +388,13 @@ class InMemoryCache:
             pool.samples += sample
             pool.samples_wrong += sample and wrong
 
-    def count(self, part: Partition, band: int) -> None:
+    def count(self, part: Partition, band: int | None) -> None:
         with self._lock:
-            self._pools.setdefault((part.tenant, part.fingerprint), _Pool()).lookups[band] += 1
+            pool = self._pools.setdefault((part.tenant, part.fingerprint), _Pool())
+            if band is None:
+                pool.other_lookups += 1
+            else:
+                pool.lookups[band] += 1
 
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
         with self._lock:

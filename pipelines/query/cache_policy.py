@@ -18,8 +18,8 @@ outright, and the cosine floor):
    x its own shrunk estimate ((wrong + 0.5) / (n + 1)) is too (a band no one has looked at is
    not vouched for by those above it). The lowest such band sets a threshold on P, learnt per
    tenant, that moves down as evidence accumulates: every candidate at or above it is served.
-   The denominator only counts lookups that had a candidate to decide on (conservative: a
-   lookup without one cannot be a wrong hit).
+   The denominator counts every semantic lookup of the tenant (those with no candidate, or only
+   vetoed ones, cannot be wrong hits).
 3. **Each entry's own record**: an entry whose answer was judged wrong for a question scored
    P = x is never served again to questions scored at or below x (a per-entry decision
    boundary, learnt online).
@@ -96,6 +96,7 @@ class PoolStats:
     samples: int = 0
     samples_wrong: int = 0
     lookups: tuple[int, ...] = (0,) * BANDS  # decisions taken per band (hits, samples and observations)
+    other_lookups: int = 0  # semantic lookups with no candidate to decide on (none close, or all vetoed)
 
     def __add__(self, other: PoolStats) -> PoolStats:
         def add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
@@ -103,15 +104,18 @@ class PoolStats:
 
         return PoolStats(add(self.verified, other.verified), add(self.wrong, other.wrong),
                          self.samples + other.samples, self.samples_wrong + other.samples_wrong,
-                         add(self.lookups, other.lookups))
+                         add(self.lookups, other.lookups), self.other_lookups + other.other_lookups)
 
     def at_or_above(self, b: int) -> tuple[int, int]:
         return sum(self.verified[b:]), sum(self.wrong[b:])
 
+    @property
+    def total(self) -> int:
+        return sum(self.lookups) + self.other_lookups
+
     def share(self, b: int, only: bool = False) -> float:
-        """The share of the tenant's decided lookups whose candidate scored in band b (or above)."""
-        total = sum(self.lookups)
-        return (self.lookups[b] if only else sum(self.lookups[b:])) / total if total else 1.0
+        """The share of the tenant's semantic lookups whose candidate scored in band b (or above)."""
+        return (self.lookups[b] if only else sum(self.lookups[b:])) / self.total if self.total else 1.0
 
     def bound_at(self, b: int, confidence: float = CONFIDENCE) -> float:
         """Upper bound on the wrong-hit rate over lookups if every candidate scored in band b or
@@ -141,7 +145,7 @@ class PoolStats:
             return int(fields.get(key, 0) or 0)
 
         return cls(tuple(num(f"n{b}") for b in range(BANDS)), tuple(num(f"w{b}") for b in range(BANDS)),
-                   num("samples"), num("samples_wrong"), tuple(num(f"l{b}") for b in range(BANDS)))
+                   num("samples"), num("samples_wrong"), tuple(num(f"l{b}") for b in range(BANDS)), num("l_other"))
 
     def summary(self, max_error: float) -> dict[str, Any]:
         """For cache_stats and /metrics. The observed wrong-hit rate: the share of verification
@@ -150,7 +154,7 @@ class PoolStats:
         served = self.serving_band(max_error)
         scale = self.share(served) if served is not None else 0.0
         low, high = interval(self.samples_wrong, self.samples)
-        return {"lookups": sum(self.lookups), "observations": sum(self.verified), "observed_wrong": sum(self.wrong),
+        return {"lookups": self.total, "observations": sum(self.verified), "observed_wrong": sum(self.wrong),
                 "verification_samples": self.samples, "verification_wrong": self.samples_wrong,
                 "wrong_hit_rate": round(scale * self.samples_wrong / self.samples, 6) if self.samples else None,
                 "wrong_hit_rate_ci95": [round(scale * low, 6), round(scale * high, 6)],
@@ -189,7 +193,7 @@ class ErrorBoundPolicy:
     def _evidence(self, pool: PoolStats, b: int) -> str:
         n, wrong = pool.at_or_above(b)
         return (f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong, "
-                f"{pool.share(b):.0%} of {sum(pool.lookups)} lookups; wrong hits <= {pool.bound_at(b, self.confidence):.3f} "
+                f"{pool.share(b):.0%} of {pool.total} lookups; wrong hits <= {pool.bound_at(b, self.confidence):.3f} "
                 f"of lookups at {self.confidence:.0%} confidence")
 
     def decide(self, score: float, entry: EntryStats, pool: PoolStats) -> Decision:

@@ -305,12 +305,12 @@ class RedisCache:
         args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
         self._call("observe", lambda: self._observe(keys=keys, args=args))
 
-    def count(self, part: Partition, band: int) -> None:
+    def count(self, part: Partition, band: int | None) -> None:
         key = self._pool_key(part)
 
         def run() -> None:
             pipe = self.client.pipeline(transaction=True)
-            pipe.hincrby(key, f"l{band}", 1)
+            pipe.hincrby(key, "l_other" if band is None else f"l{band}", 1)
             pipe.hset(key, "tenant", part.tenant)
             pipe.expire(key, POOL_TTL_S)
             pipe.execute()

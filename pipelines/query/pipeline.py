@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 SNIPPET_CHARS = 300
 EXTRACT_SOURCES = 3  # an extractive answer is taken from the best three sources
 EXTRACT_EMBED_MS = 500.0  # at most this long to embed their sentences (else lexical scores only)
-COMPARE_EMBED_MS = 500.0  # the cache's answer comparison: at most this long to embed the two answers
+COMPARE_EMBED_MS = 2000.0  # the cache's answer comparison: at most this long (and the time left) to embed the answers
 CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
 T = TypeVar("T")
 
@@ -325,11 +325,12 @@ class QueryPipeline:
                 blocking=cache.verify_blocks(req.query, cands))
             if lookup is not None:
                 verdicts, observe = lookup.verdicts, lookup.observe
-                if lookup.hit:
-                    log.debug("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
-                    if lookup.band is not None:  # the error-bounded policy's denominator
-                        await self._cache_call(r, "lookup", cache.count, part, lookup.band)
-                    return self._from_cache(r, lookup.hit, verdicts)
+            if cache.policy is not None and found is not None and observe is None:
+                # the policy's denominator: every semantic lookup (an observation counts itself)
+                await self._cache_call(r, "lookup", cache.count, part, lookup.band if lookup else None)
+            if lookup is not None and lookup.hit:
+                log.debug("request %s: semantic cache hit (%.3f)", r.id, lookup.hit.similarity)
+                return self._from_cache(r, lookup.hit, verdicts)
 
         n = max(self.cfg.candidates, req.top_k)
         # The router runs alongside retrieval (and reranking): it needs the query embedding, and
@@ -512,11 +513,12 @@ class QueryPipeline:
         (reported, counted by the backend), never retried into a corrupted count; answers that
         could not be embedded in time are not compared (nothing is recorded)."""
         try:
-            async with asyncio.timeout(COMPARE_EMBED_MS / 1000):
+            async with asyncio.timeout(max(0.0, min(COMPARE_EMBED_MS, r.deadline.remaining_ms())) / 1000):
                 vectors = await self.stages.embed_many([comparable(obs.entry.payload.get("answer", "")),
                                                         comparable(answer)])
         except Exception as exc:  # noqa: BLE001 - the embedding stage is slow or down: no observation
-            log.info("request %s: cache comparison skipped, answers not embedded: %s", r.id, exc)
+            log.info("request %s: cache comparison skipped, answers not embedded: %s", r.id,
+                     f"{type(exc).__name__}: {exc}")
             prep.verdicts = (*prep.verdicts, "not compared with the cached answer (answers not embedded in time)")
             return
         agree, why = answers_agree(obs.entry.payload, doc_ids, vectors)

@@ -138,8 +138,10 @@ def test_observations_update_the_entry_and_its_tenant_pool(make_backend):
     (cand,) = b.candidates(P, vec(1, 0), 3, 0.9)
     assert (cand.qhash, cand.stats) == ("h1", EntryStats(verified=3, wrong=2, wrong_max=0.83))
     b.count(P, 9)  # a served hit: a lookup, no observation
+    b.count(P, None)  # a lookup with no candidate
     pool = b.pool(P)
     assert pool.verified[7:] == (1, 1, 1) and pool.wrong[7:] == (1, 1, 0) and pool.lookups[7:] == (1, 1, 2)
+    assert pool.other_lookups == 1 and pool.total == 5
     assert (pool.samples, pool.samples_wrong) == (1, 0)
     # another index version of the same tenant and settings shares the pool (the documents changed,
     # not how question similarity predicts a right answer); other settings or tenants do not

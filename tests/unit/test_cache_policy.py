@@ -94,6 +94,9 @@ def test_the_bound_is_on_wrong_hits_over_lookups():
     mixed = pool(lookups={0: 4000}, b0=(10, 9), b9=(1000, 50))
     assert mixed.bound_at(9) == pytest.approx(1000 / 5000 * upper_bound(50, 1000))
     assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), mixed).action == "hit"
+    # lookups with no candidate count as well (they cannot be wrong hits)
+    others = PoolStats(mixed.verified, mixed.wrong, lookups=(0,) * 9 + (1000,), other_lookups=4000)
+    assert others.bound_at(9) == pytest.approx(mixed.bound_at(9)) and others.total == 5000
     # the same wrong rate on all the traffic: not within 2%
     assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), pool(b9=(1000, 50))).action == "observe"
 
@@ -255,4 +258,5 @@ def test_answers_that_cannot_be_embedded_are_not_compared():
     resp = ask(pipeline, "what does with do exactly")
     assert resp.cache.decision == "observe" and not resp.degraded
     assert resp.cache.verifier[-1] == "not compared with the cached answer (answers not embedded in time)"
-    assert cache.stats()["tenants"] == {}  # nothing recorded
+    assert cache.stats()["tenants"]["default"]["observations"] == 0  # nothing recorded
+    assert cache.stats()["tenants"]["default"]["lookups"] == 1  # the first ask found no candidate: counted
