@@ -57,7 +57,7 @@ IN_DOMAIN = ROOT / "evals" / "data" / "cache_paraphrases.jsonl"
 ANSWERS = ROOT / "evals" / "out" / "cache_policy" / "answers.jsonl"
 PLAIN = (0.85, 0.90, 0.95)
 BOUNDS = (0.01, 0.02, 0.05)
-SWEEP = np.round(np.arange(0.80, 1.0001, 0.005), 3)
+SWEEP = np.round(np.arange(0.80, 1.0001, 0.01), 3)
 K = 3  # candidates per lookup, as the service
 
 
@@ -310,7 +310,7 @@ def comparison_errors(cache_dir: Path) -> dict | None:
 def best_static(stream: Stream, seeds: list[int], max_wrong: float, verifier_p: bool) -> dict:
     """The static threshold with the most right hits whose median wrong-hit rate is within ``max_wrong``."""
     best = {"threshold": None, "hit_rate_on_paraphrases": 0.0, "wrong_hit_rate": 0.0}
-    grid = np.round(np.arange(0.0, 1.0001, 0.02), 3) if verifier_p else SWEEP
+    grid = np.round(np.arange(0.0, 1.0001, 0.05), 3) if verifier_p else SWEEP
     for t in grid:
         runs = [replay(stream, verifier_cut(float(t)) if verifier_p else plain(float(t)), s).row() for s in seeds]
         hit = statistics.median(r["hit_rate_on_paraphrases"] for r in runs)

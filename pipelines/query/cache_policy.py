@@ -16,7 +16,7 @@ outright, and the cosine floor):
    the lookups) x (their wrong rate) of lookups; a band is served when that, with the wrong
    rate's one-sided 95% Clopper-Pearson upper bound, is within the bound, and its own share
    x its own shrunk estimate ((wrong + 0.5) / (n + 1)) is too (a band no one has looked at is
-   not vouched for by those above it). The lowest such band sets a threshold on P, learnt per
+   not vouched for by those above it; at least 10 comparisons at or above it). The lowest such band sets a threshold on P, learnt per
    tenant, that moves down as evidence accumulates: every candidate at or above it is served.
    The denominator counts every semantic lookup of the tenant (those with no candidate, or only
    vetoed ones, cannot be wrong hits).
@@ -47,6 +47,7 @@ from scipy.stats import beta
 BANDS = 10
 CONFIDENCE = 0.95
 MIN_SAMPLE_RATE = 0.02  # verification never stops: drift (new documents, new traffic) shows up
+MIN_EVIDENCE = 10  # comparisons at or above a band before it can be served, however rare its lookups
 AGREE_COSINE = 0.70  # answers at least this similar (and on the same best source) agree; see answers_agree
 
 
@@ -131,8 +132,8 @@ class PoolStats:
     def vouches(self, b: int, max_error: float, confidence: float = CONFIDENCE) -> bool:
         """Whether the candidates scored in band b or above may be served (band b itself must have
         been observed): see the module's docstring, step 2."""
-        return self.verified[b] > 0 and self.bound_at(b, confidence) <= max_error and \
-            self.own_estimate(b) <= max_error
+        return self.verified[b] > 0 and self.at_or_above(b)[0] >= MIN_EVIDENCE and \
+            self.bound_at(b, confidence) <= max_error and self.own_estimate(b) <= max_error
 
     def serving_band(self, max_error: float, confidence: float = CONFIDENCE) -> int | None:
         """The lowest band that vouches for itself and those above it: candidates scored there or
@@ -192,9 +193,11 @@ class ErrorBoundPolicy:
 
     def _evidence(self, pool: PoolStats, b: int) -> str:
         n, wrong = pool.at_or_above(b)
-        return (f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong, "
-                f"{pool.share(b):.0%} of {pool.total} lookups; wrong hits <= {pool.bound_at(b, self.confidence):.3f} "
-                f"of lookups at {self.confidence:.0%} confidence")
+        head = f"tenant's candidates at P >= {b / BANDS:.1f}: {n} verified, {wrong} wrong"
+        if n == 0:
+            return f"{head} (of {pool.total} lookups)"
+        return (f"{head}, {pool.share(b):.0%} of {pool.total} lookups; wrong hits <= "
+                f"{pool.bound_at(b, self.confidence):.3f} of lookups at {self.confidence:.0%} confidence")
 
     def decide(self, score: float, entry: EntryStats, pool: PoolStats) -> Decision:
         b = band(score)

@@ -60,9 +60,8 @@ def test_scores_fall_in_ten_bands():
 def test_without_evidence_a_candidate_is_answered_fresh_and_observed():
     d = ErrorBoundPolicy(0.02, rng=Rng(0.0)).decide(0.97, EntryStats(), PoolStats())
     assert d.action == "observe" and not d.sample
-    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong, 100% of 0 lookups; "
-                               "wrong hits <= 1.000 of lookups at 95% confidence; bound 0.02 is met for nothing yet "
-                               "(entry verified 0 times, 0 wrong)")
+    assert d.reason.startswith("learning: tenant's candidates at P >= 0.9: 0 verified, 0 wrong (of 0 lookups); "
+                               "bound 0.02 is met for nothing yet (entry verified 0 times, 0 wrong)")
 
 
 def test_enough_clean_observations_at_or_above_the_score_serve_it():
@@ -94,6 +93,10 @@ def test_the_bound_is_on_wrong_hits_over_lookups():
     mixed = pool(lookups={0: 4000}, b0=(10, 9), b9=(1000, 50))
     assert mixed.bound_at(9) == pytest.approx(1000 / 5000 * upper_bound(50, 1000))
     assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), mixed).action == "hit"
+    # a rare band still needs some evidence of its own before it is served
+    rare = pool(lookups={0: 5000}, b9=(3, 0))
+    assert rare.bound_at(9) < 0.02 and ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), rare).action == "observe"
+    assert ErrorBoundPolicy(0.02, rng=Rng(0.99)).decide(0.95, EntryStats(), pool(lookups={0: 5000}, b9=(10, 0))).action == "hit"
     # lookups with no candidate count as well (they cannot be wrong hits)
     others = PoolStats(mixed.verified, mixed.wrong, lookups=(0,) * 9 + (1000,), other_lookups=4000)
     assert others.bound_at(9) == pytest.approx(mixed.bound_at(9)) and others.total == 5000
