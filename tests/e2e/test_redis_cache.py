@@ -75,7 +75,9 @@ def test_tenants_never_share_answers(stack):
     assert para["verifier"][-1].startswith("compared with the cached answer:")
     stats = admin(server, "cache_stats").json()
     assert stats["backend"] == "redis" and stats["entries"] == 3 and stats["policy"] == "error-bound"
-    assert stats["tenants"]["globex"]["observations"] == 1 and "acme" not in stats["tenants"]
+    globex, acme = stats["tenants"]["globex"], stats["tenants"]["acme"]
+    assert (globex["observations"], globex["lookups"]) == (1, 2)  # the first ask found no candidate
+    assert (acme["observations"], acme["lookups"]) == (0, 1)  # its second ask was an exact hit
     metrics = httpx.get(f"{server.url}/metrics", timeout=30).text  # labels come sorted by name
     seen = re.findall(r'ragroute_cache_observations\{outcome="(agree|wrong)",tenant="globex"\} (\S+)', metrics)
     assert sorted(float(v) for _, v in seen) == [0.0, 1.0], seen
