@@ -73,14 +73,11 @@ def citation_precision(answer: str, cited_texts: dict[int, str], answers: list[s
     return good / len(numbers)
 
 
-def build(data: Path):
-    """The pipeline over the real stages, with the shipped defaults (cpu profile)."""
-    from index.store import IndexStore
+def cpu_pipeline(embedder, store):
+    """The pipeline over the real stages on ``store``, with the shipped defaults (cpu profile),
+    no cache: (pipeline, generator, generation config)."""
     from pipelines.budget import BudgetProfile
-    from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RerankConfig, RoutingConfig
-    from pipelines.indexing.build import build_index
-    from pipelines.indexing.load import load_beir
-    from pipelines.query.embed import SentenceTransformerEmbedder
+    from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RoutingConfig
     from pipelines.query.generate import Generator
     from pipelines.query.local import LocalStages
     from pipelines.query.pipeline import QueryPipeline
@@ -88,11 +85,6 @@ def build(data: Path):
     from pipelines.query.route import load_router, router_uses_retrieval
 
     env = {"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_BUDGET_PROFILE": "cpu"}
-    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
-    directory = WORK / f"index-{data.name}"
-    if not (directory / "manifest.json").is_file():
-        build_index(load_beir(data / "corpus.jsonl"), directory, embedder, source=str(data / "corpus.jsonl"))
-    store = IndexStore.load(directory, embedding_model=embedder.model_id)
     gen_cfg = GenerationConfig.from_env(env)
     generator = Generator(gen_cfg)
     routing = RoutingConfig.from_env({})
@@ -101,6 +93,23 @@ def build(data: Path):
     pipeline = QueryPipeline(stages, None, RagConfig.from_env(env), budget=BudgetProfile.from_env(env),
                              tiers=list(gen_cfg.tiers), tier_configs=dict(gen_cfg.tiers),
                              route_uses_retrieval=router_uses_retrieval(routing))
+    return pipeline, generator, gen_cfg
+
+
+def build(data: Path):
+    """The pipeline over the real stages, with the shipped defaults (cpu profile)."""
+    from index.store import IndexStore
+    from pipelines.config import EmbeddingConfig
+    from pipelines.indexing.build import build_index
+    from pipelines.indexing.load import load_beir
+    from pipelines.query.embed import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
+    directory = WORK / f"index-{data.name}"
+    if not (directory / "manifest.json").is_file():
+        build_index(load_beir(data / "corpus.jsonl"), directory, embedder, source=str(data / "corpus.jsonl"))
+    store = IndexStore.load(directory, embedding_model=embedder.model_id)
+    pipeline, generator, gen_cfg = cpu_pipeline(embedder, store)
     fingerprint = "|".join(f"{t.name}:{t.model}:{t.max_tokens}:{t.source_tokens}" for t in gen_cfg.tiers.values())
     return pipeline, generator, {c.id: c for c in store.chunks}, gen_cfg, fingerprint
 

@@ -29,28 +29,13 @@ OUT = ROOT / "evals" / "out" / "cache_policy" / "answers.jsonl"
 
 def build():
     """The pipeline over the real stages on the demo index, shipped defaults (cpu profile), no cache."""
-    from pipelines.budget import BudgetProfile
-    from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RerankConfig, RetrievalConfig, \
-        RoutingConfig
+    from evals.answer_quality import cpu_pipeline
+    from pipelines.config import EmbeddingConfig, RetrievalConfig
     from pipelines.query.embed import SentenceTransformerEmbedder
-    from pipelines.query.generate import Generator
-    from pipelines.query.local import LocalStages
-    from pipelines.query.pipeline import QueryPipeline
-    from pipelines.query.rerank import make_reranker
     from pipelines.query.retrieve import open_index
-    from pipelines.query.route import load_router, router_uses_retrieval
 
-    env = {"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_BUDGET_PROFILE": "cpu"}
     embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
-    store = open_index(RetrievalConfig.from_env({}))
-    gen_cfg = GenerationConfig.from_env(env)
-    generator = Generator(gen_cfg)
-    routing = RoutingConfig.from_env({})
-    router = load_router(routing)
-    stages = LocalStages(embedder, store, make_reranker(RerankConfig()), router.router, router.threshold, generator)
-    pipeline = QueryPipeline(stages, None, RagConfig.from_env(env), budget=BudgetProfile.from_env(env),
-                             tiers=list(gen_cfg.tiers), tier_configs=dict(gen_cfg.tiers),
-                             route_uses_retrieval=router_uses_retrieval(routing))
+    pipeline, generator, _ = cpu_pipeline(embedder, open_index(RetrievalConfig.from_env({})))
     return pipeline, generator, embedder
 
 
