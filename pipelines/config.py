@@ -404,7 +404,7 @@ def _max_error(env: Mapping[str, str]) -> float:
         value = float("nan")
     if not 0.0 < value <= 0.5:
         raise ConfigError(f"RAGROUTE_CACHE_MAX_ERROR={raw!r} must be a number in (0, 0.5]: the share of "
-                          "semantic hits allowed to be wrong, e.g. 0.02")
+                          "semantic lookups the cache may answer wrongly, e.g. 0.02")
     return value
 
 
