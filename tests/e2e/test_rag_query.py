@@ -27,7 +27,8 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
     assert len(first["sources"]) == 4
     assert first["route"]["tier"] in ("small", "large") and first["route"]["model"]
     assert first["route"]["reason"].startswith("heuristic score")
-    assert first["cache"] == {"hit": False, "kind": None, "similarity": None, "status": "miss", "verifier": []}
+    assert first["cache"] == {"hit": False, "kind": None, "similarity": None, "status": "miss", "verifier": [],
+                              "decision": None, "verification_sample": False}
     assert set(first["timings_ms"]) == STAGES and first["timings_ms"]["total"] >= first["timings_ms"]["generate"]
     assert not first["degraded"] and first["usage"]["tokens_out"] > 0
     assert first["budget_profile"] == "cpu"
@@ -40,7 +41,8 @@ def test_question_is_answered_from_the_with_help_topic(server, first):
 
 def test_asking_again_is_an_exact_cache_hit(server, first):
     again = server.post({"query": "  what does the WITH statement do  "}).json()
-    assert again["cache"] == {"hit": True, "kind": "exact", "similarity": 1.0, "status": "hit", "verifier": []}
+    assert again["cache"] == {"hit": True, "kind": "exact", "similarity": 1.0, "status": "hit", "verifier": [],
+                              "decision": None, "verification_sample": False}
     assert again["answer"] == first["answer"] and again["sources"] == first["sources"]
     assert set(again["timings_ms"]) == {"cache", "total"}
 
