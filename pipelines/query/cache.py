@@ -123,10 +123,6 @@ class SemanticLookup:
     observe: Observation | None = None  # with the error-bounded policy: compare the fresh answer with this entry's
     band: int | None = None  # with the error-bounded policy: the decided candidate's score band
 
-    @property
-    def sample(self) -> bool:
-        return self.observe is not None and self.observe.decision.sample
-
 
 @dataclass(frozen=True)
 class Found:
