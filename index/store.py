@@ -13,6 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.fusion import Fusion, fuse
 from index.lexical import Bm25Index
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
 from pipelines.errors import ArtifactError, BadRequest
@@ -23,17 +24,58 @@ from pipelines.text import content_id
 log = logging.getLogger(__name__)
 
 HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 100
+# The index types `ragroute index build --index-type` offers, measured at 100k and 1M vectors by
+# evals/index_scale.py (README, "Index types by size").
+INDEX_SPECS = {
+    "flat": "exact inner product; every query scans every vector",
+    "hnsw": f"graph (HNSW, M={HNSW_M}); approximate, fast at any size, +{HNSW_M * 8} B/vector",
+    "ivf": "inverted lists (IVF, 4 x sqrt(n) lists) over full vectors; approximate, needs training",
+    "ivf-sq8": "inverted lists over 8-bit scalar-quantized vectors; approximate, 4x less memory",
+}
+# The search parameter each approximate type is loaded with unless the manifest names one:
+# the smallest that reached recall@10 >= 0.95 at 1M vectors in evals/index_scale.py.
+DEFAULT_SEARCH_PARAM = {"hnsw": 128, "ivf": 32, "ivf-sq8": 32}
 
 
-def _build_faiss(vectors: np.ndarray, index_type: str) -> faiss.Index:
+def _nlist(n: int) -> int:
+    return max(1, min(n // 39, int(4 * np.sqrt(n))))
+
+
+def build_faiss(vectors: np.ndarray, index_type: str) -> faiss.Index:
+    """A FAISS index of ``index_type`` (INDEX_SPECS) over L2-normalized ``vectors``."""
     dim = vectors.shape[1]
     if index_type == "flat":
         index = faiss.IndexFlatIP(dim)
-    else:
+    elif index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 200
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    elif index_type in ("ivf", "ivf-sq8"):
+        nlist = _nlist(len(vectors))
+        quantizer = faiss.IndexFlatIP(dim)
+        if index_type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()
+        sample = vectors if len(vectors) <= 64 * nlist else vectors[
+            np.random.default_rng(0).choice(len(vectors), 64 * nlist, replace=False)]
+        index.train(sample)
+        index.make_direct_map()  # reconstruct() gives lexical-only hits their dense score
+    else:
+        raise ValueError(f"index type {index_type!r} is not one of {', '.join(INDEX_SPECS)}")
     index.add(vectors)
     return index
+
+
+def set_search_param(index: faiss.Index, index_type: str, value: int) -> None:
+    """efSearch for HNSW, nprobe for IVF (how much of the index one query visits)."""
+    if index_type == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = value
+    elif index_type in ("ivf", "ivf-sq8"):
+        faiss.extract_index_ivf(index).nprobe = value
 
 
 def write(
@@ -58,7 +100,7 @@ def write(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        faiss.write_index(_build_faiss(vectors, index_type), str(tmp / INDEX_FILE))
+        faiss.write_index(build_faiss(vectors, index_type), str(tmp / INDEX_FILE))
         with (tmp / CHUNKS_FILE).open("w") as f:
             for c in chunks:
                 f.write(c.model_dump_json() + "\n")
@@ -103,12 +145,14 @@ def _to_gpu_if_available(index: faiss.Index) -> faiss.Index:
 class IndexStore:
     """A loaded, verified index. ``search`` returns the top chunks by cosine similarity."""
 
-    def __init__(self, directory: Path, manifest: IndexManifest, index: faiss.Index, chunks: list[Chunk]):
+    def __init__(self, directory: Path, manifest: IndexManifest, index: faiss.Index, chunks: list[Chunk],
+                 cpu_index: faiss.Index | None = None):
         self.directory = directory
         self.manifest = manifest
         self._index = index
+        self._cpu_index = cpu_index if cpu_index is not None else index  # reconstructs vectors for dense scores
         self.chunks = chunks
-        # For lexical retrieval when no query embedding is available (embedding slow or down).
+        # The lexical half of hybrid retrieval, and all of it when no query embedding is available.
         self.lexical = Bm25Index([f"{c.title} {c.text}" for c in chunks])
 
     @classmethod
@@ -135,23 +179,45 @@ class IndexStore:
                 f"index {directory} is inconsistent: manifest says {manifest.vector_count} x {manifest.dimension}, "
                 f"FAISS has {index.ntotal} x {index.d}, chunk store has {len(chunks)}"
             )
-        if isinstance(index, faiss.IndexHNSWFlat):
-            index.hnsw.efSearch = 128
+        if manifest.index_type in DEFAULT_SEARCH_PARAM:
+            set_search_param(index, manifest.index_type, DEFAULT_SEARCH_PARAM[manifest.index_type])
         log.info("loaded index %s (%s, %d vectors)", directory, manifest.index_version, manifest.vector_count)
-        return cls(directory, manifest, _to_gpu_if_available(index), chunks)
+        return cls(directory, manifest, _to_gpu_if_available(index), chunks, cpu_index=index)
 
-    def search(self, vector: Sequence[float] | np.ndarray, n: int) -> list[ScoredChunk]:
+    def _query_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.manifest.dimension:
             raise BadRequest("vector", f"has dimension {query.shape[1]}, this index expects {self.manifest.dimension}")
         if not np.all(np.isfinite(query)):
             raise BadRequest("vector", "contains NaN or infinite values")
-        scores, rows = self._index.search(query, min(n, self.manifest.vector_count))
-        return [
-            ScoredChunk(chunk=self.chunks[int(r)], score=float(s), dense_score=float(s))
-            for s, r in zip(scores[0], rows[0], strict=True)
-            if r >= 0
-        ]
+        return query
+
+    def dense_rows(self, vector: Sequence[float] | np.ndarray, n: int) -> list[tuple[int, float]]:
+        """(row, cosine) of the ``n`` nearest chunks, best first."""
+        scores, rows = self._index.search(self._query_vector(vector), min(n, self.manifest.vector_count))
+        return [(int(r), float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0]
+
+    def cosines(self, vector: Sequence[float] | np.ndarray, rows: Sequence[int]) -> np.ndarray:
+        """Cosine of the query and each of ``rows`` (vectors are stored normalized)."""
+        if not rows:
+            return np.zeros(0, dtype=np.float32)
+        stored = self._cpu_index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        return stored @ self._query_vector(vector)[0]
+
+    def search(self, vector: Sequence[float] | np.ndarray, n: int) -> list[ScoredChunk]:
+        return [ScoredChunk(chunk=self.chunks[r], score=s, dense_score=s) for r, s in self.dense_rows(vector, n)]
+
+    def search_hybrid(self, vector: Sequence[float] | np.ndarray, query: str, n: int, *, fusion: Fusion = "rrf",
+                      depth: int = 100, rrf_k: float = 60.0, weight: float = 0.5) -> list[ScoredChunk]:
+        """Dense and BM25 top-``depth`` lists fused (index/fusion.py); the best ``n``. ``score`` is the
+        fused score, ``dense_score`` the chunk's cosine whichever list found it."""
+        depth = max(depth, n)
+        dense = self.dense_rows(vector, depth)
+        fused = fuse(dense, self.lexical.top(query, depth), method=fusion, rrf_k=rrf_k, weight=weight)[:n]
+        cosine = dict(dense)
+        missing = [r for r, _ in fused if r not in cosine]
+        cosine.update(zip(missing, self.cosines(vector, missing).tolist(), strict=True))
+        return [ScoredChunk(chunk=self.chunks[r], score=s, dense_score=cosine[r]) for r, s in fused]
 
     def search_text(self, query: str, n: int) -> list[ScoredChunk]:
         """BM25 over the chunk store; ``dense_score`` is 0: there is no query vector to compare."""
