@@ -24,7 +24,7 @@ class IndexManifest(BaseModel):
     embedding_model: str
     dimension: int = Field(gt=0)
     metric: Literal["cosine"] = "cosine"
-    index_type: Literal["flat", "hnsw"]
+    index_type: Literal["flat", "hnsw", "ivf", "ivf-sq8"]
     vector_count: int = Field(ge=0)
     corpus_hash: str
     document_count: int = Field(ge=0)

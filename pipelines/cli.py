@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipelines import config, models
 from pipelines.errors import RagrouteError
+from index.store import INDEX_SPECS
 from pipelines.indexing.build import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
 
 log = logging.getLogger("ragroute")
@@ -213,8 +214,8 @@ def parser() -> argparse.ArgumentParser:
                    "--demo defaults to $RAGROUTE_HOME/indexes/demo)")
     b.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="chunk size in characters")
     b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="characters shared by consecutive chunks")
-    b.add_argument("--index-type", choices=("flat", "hnsw"), default="flat",
-                   help="flat = exact search; hnsw = approximate, for large corpora")
+    b.add_argument("--index-type", choices=tuple(INDEX_SPECS), default="flat",
+                   help="; ".join(f"{k} = {v}" for k, v in INDEX_SPECS.items()))
     b.add_argument("--model", default=None, help="embedding model: packaged name, local path or HF id "
                    "(default: $RAGROUTE_EMBED_MODEL or all-MiniLM-L6-v2)")
     b.add_argument("--batch-size", type=int, default=64, help="texts per embedding batch")
