@@ -124,8 +124,9 @@ class Split:
     lexical: list[Ranking]
 
 
-def load_split(store: IndexStore, embedder: SentenceTransformerEmbedder, data: Path, split: str, depth: int) -> Split:
-    queries, qrels = read_beir(data, split)
+def load_split(store: IndexStore, embedder: SentenceTransformerEmbedder, judged: tuple[dict, dict],
+               depth: int) -> Split:
+    queries, qrels = judged
     ids = sorted(queries)
     texts = [queries[q] for q in ids]
     vectors = embedder.encode(texts)
@@ -238,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "corpus.jsonl").is_file():
         raise SystemExit(f"{args.data}/corpus.jsonl not found: pass --data (a BEIR-layout folder)")
 
+    judged = {split: read_beir(args.data, split) for split in (args.tune_split, args.split)}  # refuse before indexing
+
     embedder = SentenceTransformerEmbedder(EmbeddingConfig())
     store = open_index(args.data, embedder, args.chunk_size, args.overlap)
     depth = max(args.depth, args.candidates)
-    train = load_split(store, embedder, args.data, args.tune_split, depth)
-    test = load_split(store, embedder, args.data, args.split, depth)
+    train = load_split(store, embedder, judged[args.tune_split], depth)
+    test = load_split(store, embedder, judged[args.split], depth)
     params = tune(store, train, args.candidates)
     quality = {name: run_method(store, test, m) for name, m in methods(store, params, args.candidates).items()}
     passes = [latency(store, embedder, test, params, depth, args.candidates) for _ in range(args.runs)]

@@ -70,11 +70,39 @@ class EmbeddingConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """How the Retrieval service ranks chunks for a query (index/fusion.py; chosen on SciFact
+    train by evals/retrieval.py)."""
+
+    mode: str = "hybrid"
+    """hybrid: dense and BM25 lists fused; dense: the embedding alone"""
+    fusion: str = "score"
+    weight: float = 0.5
+    """score fusion: the dense share"""
+    rrf_k: float = 60.0
+    depth: int = 100
+    """chunks taken from each list before fusion"""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> SearchConfig:
+        return cls(
+            mode=_choice(env, "RAGROUTE_RETRIEVAL", cls.mode, ("hybrid", "dense")),
+            fusion=_choice(env, "RAGROUTE_FUSION", cls.fusion, ("score", "rrf")),
+            weight=_num(env, "RAGROUTE_FUSION_WEIGHT", cls.weight, float, 0.0, 1.0),
+            rrf_k=_num(env, "RAGROUTE_RRF_K", cls.rrf_k, float, 1.0, 1000.0),
+            depth=_num(env, "RAGROUTE_FUSION_DEPTH", cls.depth, int, 1, 1000),
+        )
+
+
+@dataclass(frozen=True)
 class RetrievalConfig:
     index_dir: Path | None
     """None means: the demo index under RAGROUTE_HOME, built on first start."""
     demo_index_dir: Path
     embed_model: str
+    search: SearchConfig = SearchConfig()
+    collections_dir: Path | None = None
+    """more collections, one index directory each (index/collections.py)"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RetrievalConfig:
@@ -83,6 +111,8 @@ class RetrievalConfig:
             index_dir=Path(raw).expanduser() if raw else None,
             demo_index_dir=home(env) / "indexes" / "demo",
             embed_model=EmbeddingConfig.from_env(env).model,
+            search=SearchConfig.from_env(env),
+            collections_dir=Path(_get(env, "RAGROUTE_COLLECTIONS_DIR", str(home(env) / "collections"))).expanduser(),
         )
 
 

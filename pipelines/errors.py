@@ -2,6 +2,7 @@
 
     RagrouteError (500)
     ├── BadRequest (400)          the caller sent something we refuse; names the field
+    ├── NotFound (404)            the caller named something that does not exist (a collection)
     ├── ConfigError (500)         a setting is invalid; raised at start-up, names the key
     ├── ArtifactError (500)       an index/model on disk fails its manifest or sha256 check
     └── StageError (503)          a pipeline stage (a dependency service) failed or timed out
@@ -23,6 +24,10 @@ class BadRequest(RagrouteError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class NotFound(BadRequest):
+    status = 404
 
 
 class ConfigError(RagrouteError):

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import BadRequest, RagrouteError
-from pipelines.schema import MAX_QUERY_CHARS, NON_BLANK, WHITESPACE, RagRequest, RagResponse, Tenant
+from pipelines.schema import MAX_QUERY_CHARS, NON_BLANK, WHITESPACE, Collection, RagRequest, RagResponse, Tenant
 
 AUTO, CASCADE = "ragroute", "ragroute-cascade"
 MAX_MESSAGES = 128
@@ -53,7 +53,8 @@ class OpenAIError(Exception):
 
     @classmethod
     def of(cls, exc: RagrouteError) -> OpenAIError:
-        return cls(exc.status, str(exc), getattr(exc, "field", None))
+        field = getattr(exc, "field", None)
+        return cls(exc.status, str(exc), f"ragroute.{field}" if field == "collection" else field)
 
     @classmethod
     def denied(cls, exc: Denied) -> OpenAIError:
@@ -97,6 +98,7 @@ class RagrouteOptions(BaseModel):
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = 4
     cache: Literal["use", "bypass", "refresh"] = "use"
     tenant: Tenant = "default"
+    collection: Collection = "default"
 
 
 class ChatRequest(BaseModel):
@@ -218,7 +220,7 @@ def to_rag_request(chat: ChatRequest, tiers: dict[str, TierConfig]) -> tuple[Rag
     opts = chat.ragroute
     try:
         return RagRequest(query=question, top_k=opts.top_k, tier=tier, cache=opts.cache, tenant=opts.tenant,
-                          stream=chat.stream), rewritten
+                          collection=opts.collection, stream=chat.stream), rewritten
     except ValidationError as exc:  # pragma: no cover - every field was validated above
         raise OpenAIError(400, str(exc)) from None
 

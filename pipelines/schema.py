@@ -20,6 +20,8 @@ NON_BLANK = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
 Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)]
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
+COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # index/collections.py NAME
+Collection = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
 
 
 class RagRequest(BaseModel):
@@ -36,6 +38,8 @@ class RagRequest(BaseModel):
     tenant: Tenant = Field("default", description="cache partition: answers are never shared across tenants; with "
                                               "API keys (RAGROUTE_API_KEYS), the key's tenant (another is a 403)")
     stream: StrictBool = Field(False, description="stream the answer as server-sent events while it is generated")
+    collection: Collection = Field("default", description="the document collection to answer from (GET /collections "
+                                                          "lists them); an unknown one is a 404")
 
 
 class _Out(BaseModel):
@@ -129,13 +133,14 @@ class RagResponse(_Out):
     budget: dict[str, StageBudget] = Field(description="per stage: budget, time used and outcome")
     budget_profile: str = Field(description="the latency budget profile in force (cpu | gpu)")
     index_version: str
+    collection: str = Field("default", description="the collection the sources came from")
     safety: SafetyInfo = Field(default_factory=lambda: SafetyInfo(checked=False))
     degraded: bool = Field(False, description="true when a stage failed and a fallback produced this answer")
     warnings: list[str] = Field(default_factory=list, description="what failed or degraded, and why")
 
 
 class StatsRequest(BaseModel):
-    """``cache_stats`` takes no fields (an empty object, or no body)."""
+    """``cache_stats`` and ``collections`` take no fields (an empty object, or no body)."""
 
     model_config = ConfigDict(extra="forbid")
 

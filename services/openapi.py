@@ -79,13 +79,14 @@ OPENAI_ERRORS = {
     "400": _json(_ref("OpenAIError"), "invalid request; `param` names the field"),
     "401": _json(_ref("OpenAIError"), "no or wrong API key", WWW_AUTH),
     "403": _json(_ref("OpenAIError"), "the key belongs to another tenant"),
-    "404": _json(_ref("OpenAIError"), "unknown model (the message lists the valid ones)"),
+    "404": _json(_ref("OpenAIError"), "unknown model or collection (the message lists the valid ones)"),
     "429": _json(_ref("OpenAIError"), "over the key's rate limit or token quota", RETRY_AFTER),
     "503": _json(_ref("OpenAIError"), "no answer could be given"),
 }
 SSE = {"text/event-stream": {"schema": {"type": "object", "description": "one server-sent event",
                                         "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}}
-JSON_APIS = ("/rag_query", "/cache_purge", "/cache_stats")  # BentoML APIs: JSON bodies only
+JSON_APIS = ("/rag_query", "/cache_purge", "/cache_stats", "/collections")  # BentoML APIs: JSON bodies only
+NO_FIELDS = ("/cache_stats", "/collections")  # an empty object or no body
 
 
 def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
@@ -114,7 +115,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
         post = paths.get(path, {}).get("post")
         if post is None:
             continue
-        if path != "/cache_stats":  # the others have required fields: no body is a 400
+        if path not in NO_FIELDS:  # the others have required fields: no body is a 400
             post.setdefault("requestBody", {})["required"] = True
         responses = post["responses"] = {str(k): v for k, v in post["responses"].items()}
         for status in ("400", "404", "500"):  # BentoML's generic ones
@@ -122,6 +123,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
         responses.update(copy.deepcopy(REST_ERRORS))
         if path == "/rag_query":  # with "stream": true, server-sent events
             responses["200"]["content"].update(SSE)
+            responses["404"] = _json(_ref("Error"), "no such collection (the message lists the valid ones)")
     chat_schema = ChatRequest.model_json_schema(ref_template=REF)
     for name, sub in chat_schema.pop("$defs", {}).items():
         schemas[name] = sub

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 import os
 import secrets
+import time
 
 import bentoml
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.budget import BudgetProfile
 from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig, rag_workers
-from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
+from pipelines.errors import BadRequest, ConfigError, NotFound, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
 from pipelines.query.pipeline import QueryPipeline
@@ -45,6 +46,7 @@ from services.routing import Routing
 log = logging.getLogger(__name__)
 
 EMBED_CALL_MAX = 256  # texts per call of the Embedding service's `embed` (its bound)
+COLLECTIONS_RESCAN_S = 1.0  # an unknown collection name refreshes the list at most this often
 
 
 class _RemoteStages:
@@ -55,7 +57,8 @@ class _RemoteStages:
 
     def __init__(self, svc: RAG) -> None:
         self.svc = svc
-        self._index_version: str | None = None
+        self._versions: dict[str, str] = {}  # collection -> the index version last seen serving it
+        self._rescanned = 0.0
 
     async def _call(self, stage: str, method, *args, retry: bool = True, **kwargs):
         """``retry``: the call is idempotent, so a connection the dependency had already closed
@@ -74,11 +77,25 @@ class _RemoteStages:
             except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
                 raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
 
-    async def index_version(self) -> str:
-        if self._index_version is None:
-            info = await self._call("retrieve", self.svc.retrieval.to_async.info)
-            self._index_version = info["index_version"]
-        return self._index_version
+    async def index_version(self, collection: str = "default") -> str:
+        if collection not in self._versions:
+            # A name not seen yet: ask the Retrieval service for its collections (it looks for new
+            # ones at most once a second; so do we), so an unknown one is a 404 before any work.
+            now = time.monotonic()
+            if now - self._rescanned >= COLLECTIONS_RESCAN_S or not self._versions:
+                self._rescanned = now
+                known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
+                for c in known:
+                    self._versions.setdefault(c["name"], c["index_version"])
+            if collection not in self._versions:
+                raise NotFound("collection", f"{collection!r} is not a collection; valid: "
+                               f"{', '.join(sorted(self._versions))}")
+        return self._versions[collection]
+
+    async def collections(self) -> list[dict]:
+        known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
+        self._versions.update({c["name"]: c["index_version"] for c in known})
+        return known
 
     async def embed(self, text: str) -> np.ndarray:
         return (await self.embed_many([text]))[0]
@@ -92,14 +109,17 @@ class _RemoteStages:
         vectors = await self._call("embed", method, texts)
         return np.asarray(vectors, dtype=np.float32)
 
-    async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
-        return self._hits(await self._call("retrieve", self.svc.retrieval.to_async.search, vector=vector.tolist(), n=n))
+    async def retrieve(self, vector: np.ndarray, n: int, query: str = "",
+                       collection: str = "default") -> tuple[list[ScoredChunk], str]:
+        return self._hits(collection, await self._call("retrieve", self.svc.retrieval.to_async.search,
+                                                       vector=vector.tolist(), n=n, query=query, collection=collection))
 
-    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
-        return self._hits(await self._call("retrieve", self.svc.retrieval.to_async.search_text, query=query, n=n))
+    async def retrieve_text(self, query: str, n: int, collection: str = "default") -> tuple[list[ScoredChunk], str]:
+        return self._hits(collection, await self._call("retrieve", self.svc.retrieval.to_async.search_text,
+                                                       query=query, n=n, collection=collection))
 
-    def _hits(self, out: dict) -> tuple[list[ScoredChunk], str]:
-        self._index_version = out["index_version"]
+    def _hits(self, collection: str, out: dict) -> tuple[list[ScoredChunk], str]:
+        self._versions[collection] = out["index_version"]
         return [ScoredChunk.model_validate(h) for h in out["hits"]], out["index_version"]
 
     async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]:
@@ -232,7 +252,8 @@ class RAG:
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, ctx: bentoml.Context, query: str, top_k: int = 4, tier: str = "auto",
-                        cache: str = "use", tenant: str = "default", stream: bool = False) -> RagResponse:
+                        cache: str = "use", tenant: str = "default", stream: bool = False,
+                        collection: str = "default") -> RagResponse:
         """Answer a question from the index with the cheapest adequate model.
 
         With ``stream: true`` the answer comes as server-sent events while it is generated:
@@ -245,7 +266,8 @@ class RAG:
         except Denied as exc:
             log.info("request %s refused (%d): %s", request_id, exc.status, exc)
             return self._refuse(ctx, exc)  # type: ignore[return-value]
-        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=admitted.tenant, stream=stream)
+        req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=admitted.tenant, stream=stream,
+                         collection=collection)
         if stream:
             return await self._stream(ctx, req, request_id, admitted)  # type: ignore[return-value]
         try:
@@ -255,6 +277,16 @@ class RAG:
             return self._refuse(ctx, exc)  # type: ignore[return-value]
         await self.front.settle(admitted, response)
         return response
+
+    @bentoml.api(input_spec=StatsRequest)
+    async def collections(self, ctx: bentoml.Context) -> dict:
+        """The document collections ``rag_query`` answers from (its ``collection`` field): name,
+        index_version, chunk and document counts, source. With an API key file, needs a key."""
+        try:
+            self.front.authenticate(ctx.request.headers.get("authorization"))
+            return {"collections": await self.pipeline.stages.collections()}
+        except RagrouteError as exc:
+            return self._refuse(ctx, exc)  # type: ignore[return-value]
 
     @staticmethod
     def _refuse(ctx: bentoml.Context, exc: RagrouteError):

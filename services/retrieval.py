@@ -1,7 +1,8 @@
-"""Retrieval service: FAISS search over a verified index directory."""
+"""Retrieval service: hybrid (FAISS + BM25) search over named collections of verified indexes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import bentoml
@@ -11,36 +12,64 @@ from pipelines.config import RetrievalConfig
 from pipelines.errors import RagrouteError
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
+INLINE_SEARCH_MAX = 20_000  # chunks; above this a search runs off the event loop
+Collection = Annotated[str, MaxLen(64)]
+
 
 @bentoml.service(name="ragroute-retrieval", traffic={"timeout": TIMEOUT_S["retrieval"]},
                  runner_connection=RUNNER_CONNECTION, logging=STAGE_LOGGING)
 class Retrieval:
     def __init__(self) -> None:
-        from pipelines.query.retrieve import open_index
+        from pipelines.query.retrieve import open_collections, search  # FAISS and BM25 load in this service only
 
         setup_logging()
-        # Refuses to start (ArtifactError) on a manifest/model mismatch or a corrupt index.
+        # Refuses to start (ArtifactError) on a manifest/model mismatch or a corrupt default index;
+        # a broken extra collection is refused alone (index/collections.py).
         with refuse_to_start("retrieval"):
-            self.store = open_index(RetrievalConfig.from_env())
+            cfg = RetrievalConfig.from_env()
+            self.search_cfg = cfg.search
+            self.collections = open_collections(cfg)
+        self._search = search
 
-    # async: the search takes well under a millisecond on the demo index, less than the thread hop a
-    # sync API costs (evals/hops.py); FAISS runs its own threads for large indexes.
+    # async: on the demo index a search takes well under a millisecond, less than the thread hop a
+    # sync API costs (evals/hops.py); a large index's search (BM25 scores every chunk) runs in a
+    # thread so the event loop keeps serving.
     @bentoml.api
-    async def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20) -> dict:
-        """{"index_version": str, "hits": [ScoredChunk, ...]} best first."""
+    async def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20,
+                     query: Annotated[str, MaxLen(20_000)] = "", collection: Collection = "default") -> dict:
+        """{"index_version": str, "hits": [ScoredChunk, ...]} best first. With the query's text, the
+        configured hybrid search (RAGROUTE_RETRIEVAL) fuses BM25's best with the vector's."""
         try:
-            hits = self.store.search(vector, n)
+            store = self.collections.get(collection)
+            if store.manifest.vector_count <= INLINE_SEARCH_MAX:
+                hits = self._search(store, self.search_cfg, vector, query, n)
+            else:
+                hits = await asyncio.to_thread(self._search, store, self.search_cfg, vector, query, n)
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
-        return {"index_version": self.store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
+        return {"index_version": store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
 
     @bentoml.api
-    async def search_text(self, query: Annotated[str, MaxLen(20_000)], n: Annotated[int, Ge(1), Le(1000)] = 20) -> dict:
+    async def search_text(self, query: Annotated[str, MaxLen(20_000)], n: Annotated[int, Ge(1), Le(1000)] = 20,
+                          collection: Collection = "default") -> dict:
         """Lexical (BM25) search over the chunk store: the fallback when embedding is unavailable."""
-        hits = self.store.search_text(query, n)
-        return {"index_version": self.store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
+        try:
+            store = self.collections.get(collection)
+        except RagrouteError as exc:
+            raise to_bentoml(exc) from None
+        hits = store.search_text(query, n)
+        return {"index_version": store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
 
     @bentoml.api
-    def info(self) -> dict:
-        return self.store.manifest.model_dump()
+    def info(self, collection: Collection = "default") -> dict:
+        try:
+            return self.collections.get(collection).manifest.model_dump()
+        except RagrouteError as exc:
+            raise to_bentoml(exc) from None
 
+    @bentoml.api
+    def collections_info(self, rescan: bool = False) -> list[dict]:
+        """Every collection served: name, index_version, counts, source (``rescan``: look for new ones first)."""
+        if rescan:
+            self.collections.rescan()
+        return self.collections.describe()

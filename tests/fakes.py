@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from pipelines.errors import StageError
+from pipelines.errors import NotFound, StageError
 from pipelines.records import Chunk, Generation, RouteDecision, ScoredChunk
 
 
@@ -34,6 +34,9 @@ class FakeStages:
         self.delays: dict[str, float] = {}  # stage -> seconds to sleep (to exceed a budget)
         self.budgets: list[float] = []
         self.embedded: list[str] = []
+        self.retrieve_queries: list[str] = []  # the text each dense retrieval got (hybrid search)
+        self.retrieve_collections: list[str] = []
+        self.collections = {"default"}
         self.route_features = None
         self.stream_fail_after: int | None = None
         self.logprobs: dict[str, float] = {}  # tier -> logprob_mean (and min) of its answers
@@ -49,8 +52,10 @@ class FakeStages:
         if stage in self.fail:
             raise StageError(stage, "injected failure")
 
-    async def index_version(self) -> str:
-        return self.version
+    async def index_version(self, collection: str = "default") -> str:
+        if collection not in self.collections:
+            raise NotFound("collection", f"{collection!r} is not a collection; valid: {', '.join(sorted(self.collections))}")
+        return self.version if collection == "default" else f"{self.version}-{collection}"
 
     async def embed(self, text: str) -> np.ndarray:
         await self._enter("embed")
@@ -61,11 +66,14 @@ class FakeStages:
         await self._enter("embed_many")
         return np.stack([self.vectors.get(t, unit([0, 1, 0])) for t in texts])
 
-    async def retrieve(self, vector, n):
+    async def retrieve(self, vector, n, query="", collection="default"):
         await self._enter("retrieve")
-        return [chunk(i) for i in range(n)], self.retrieved_version
+        self.retrieve_queries.append(query)
+        self.retrieve_collections.append(collection)
+        version = self.retrieved_version if collection == "default" else f"{self.retrieved_version}-{collection}"
+        return [chunk(i) for i in range(n)], version
 
-    async def retrieve_text(self, query, n):
+    async def retrieve_text(self, query, n, collection="default"):
         await self._enter("retrieve_text")
         return [chunk(i, text=f"keyword match {i} for {query}.") for i in range(n)], self.retrieved_version
 

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from index.store import IndexStore
-from pipelines.errors import RagrouteError, StageError
+from pipelines.config import SearchConfig
+from pipelines.errors import NotFound, RagrouteError, StageError
 from pipelines.query.embed import Embedder
 from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import Reranker
+from pipelines.query.retrieve import search
 from pipelines.query.route import QueryFeatures, Router, decide
 from pipelines.records import Generation, RouteDecision, ScoredChunk
 
@@ -24,16 +26,23 @@ class LocalStages:
     calls run in threads so the event loop (and the pipeline's timeouts) keep running."""
 
     def __init__(self, embedder: Embedder, store: IndexStore, reranker: Reranker, router: Router,
-                 threshold: float, generator: Generator) -> None:
+                 threshold: float, generator: Generator, search: SearchConfig = SearchConfig()) -> None:
         self.embedder = embedder
         self.store = store
+        self.search = search
         self.reranker = reranker
         self.router = router
         self.threshold = threshold
         self.generator = generator
 
-    async def index_version(self) -> str:
+    async def index_version(self, collection: str = "default") -> str:
+        self._check(collection)
         return self.store.manifest.index_version
+
+    @staticmethod
+    def _check(collection: str) -> None:
+        if collection != "default":  # one store in process: the default collection
+            raise NotFound("collection", f"{collection!r} is not a collection; valid: default")
 
     async def embed(self, text: str) -> np.ndarray:
         return (await self.embed_many([text]))[0]
@@ -41,10 +50,14 @@ class LocalStages:
     async def embed_many(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embedder.encode, texts)
 
-    async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
-        return await asyncio.to_thread(self.store.search, vector, n), self.store.manifest.index_version
+    async def retrieve(self, vector: np.ndarray, n: int, query: str = "",
+                       collection: str = "default") -> tuple[list[ScoredChunk], str]:
+        self._check(collection)
+        hits = await asyncio.to_thread(search, self.store, self.search, vector, query, n)
+        return hits, self.store.manifest.index_version
 
-    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
+    async def retrieve_text(self, query: str, n: int, collection: str = "default") -> tuple[list[ScoredChunk], str]:
+        self._check(collection)
         return await asyncio.to_thread(self.store.search_text, query, n), self.store.manifest.index_version
 
     async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]:

@@ -67,7 +67,9 @@ T = TypeVar("T")
 
 
 class Stages(Protocol):
-    async def index_version(self) -> str: ...
+    async def index_version(self, collection: str = "default") -> str:
+        """The collection's served index version; NotFound (404) when there is no such collection."""
+        ...
 
     async def embed(self, text: str) -> np.ndarray: ...
 
@@ -75,11 +77,12 @@ class Stages(Protocol):
         """One unit vector per text (the extractive fallback scores sentences with them)."""
         ...
 
-    async def retrieve(self, vector: np.ndarray, n: int) -> tuple[list[ScoredChunk], str]:
-        """Candidates and the version of the index they came from."""
+    async def retrieve(self, vector: np.ndarray, n: int, query: str = "",
+                       collection: str = "default") -> tuple[list[ScoredChunk], str]:
+        """Candidates and the version of the index they came from; with ``query``, hybrid search."""
         ...
 
-    async def retrieve_text(self, query: str, n: int) -> tuple[list[ScoredChunk], str]:
+    async def retrieve_text(self, query: str, n: int, collection: str = "default") -> tuple[list[ScoredChunk], str]:
         """Lexical (BM25) candidates: the fallback when no query embedding is available."""
         ...
 
@@ -208,9 +211,9 @@ class _Request:
 
 
 @functools.lru_cache(maxsize=1024)
-def _options_id(fingerprint: str, tier: str, top_k: int) -> str:
+def _options_id(fingerprint: str, tier: str, top_k: int, collection: str) -> str:
     """The part of a cache partition's key that request options and generation settings make."""
-    return content_id(fingerprint, tier, str(top_k))
+    return content_id(fingerprint, tier, str(top_k), collection)
 
 
 def _sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
@@ -301,9 +304,9 @@ class QueryPipeline:
         verdicts: tuple[str, ...] = ()
         observe: Observation | None = None
 
-        index_version = await self.stages.index_version()
+        index_version = await self.stages.index_version(req.collection)
         # Same tenant, same index, same generation settings and request options -> same answer.
-        part = Partition(req.tenant, index_version, _options_id(self.fingerprint, req.tier, req.top_k))
+        part = Partition(req.tenant, index_version, _options_id(self.fingerprint, req.tier, req.top_k, req.collection))
         qhash = query_hash(req.query)
         hit = await self._cache_call(r, "lookup", cache.get_exact, part, qhash) if read else None
         if hit:
@@ -341,11 +344,12 @@ class QueryPipeline:
             routing = asyncio.create_task(self._route(r, vector, []))
         try:
             if vector is not None:
-                candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(vector, n),
+                candidates, retrieved_version = await r.run("retrieve", lambda: self.stages.retrieve(
+                    vector, n, query=req.query, collection=req.collection),
                                                             essential=True)
             else:
                 candidates, retrieved_version = await r.run(
-                    "retrieve", lambda: self.stages.retrieve_text(req.query, n), essential=True)
+                    "retrieve", lambda: self.stages.retrieve_text(req.query, n, collection=req.collection), essential=True)
             if routed and routing is None:
                 best = sorted(candidates, key=lambda c: -c.dense_score)[: req.top_k]
                 routing = asyncio.create_task(self._route(r, vector, best))
@@ -482,6 +486,7 @@ class QueryPipeline:
                 ttft_ms=generation.ttft_ms if generation else None,
             ).model_dump(),
             index_version=prep.retrieved_version,
+            collection=r.req.collection,
             safety=safety.model_dump(),
             degraded=r.degraded,
         )

@@ -1,4 +1,5 @@
-"""Retrieve stage: top-N chunks for a query vector from the FAISS index (see index/store.py)."""
+"""Retrieve stage: top-N chunks for a query from the index (index/store.py): its embedding's
+nearest chunks fused with BM25's best (hybrid, the default), or the embedding alone."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Protocol
 
 import numpy as np
 
+from index.collections import Collections
 from index.store import IndexStore
-from pipelines.config import EmbeddingConfig, RetrievalConfig
+from pipelines.config import EmbeddingConfig, RetrievalConfig, SearchConfig
 from pipelines.records import ScoredChunk
 
 
@@ -16,6 +18,20 @@ class Retriever(Protocol):
     index_version: str
 
     def search(self, vector: np.ndarray, n: int) -> list[ScoredChunk]: ...
+
+
+def search(store: IndexStore, cfg: SearchConfig, vector: np.ndarray | list[float], query: str,
+           n: int) -> list[ScoredChunk]:
+    """The best ``n`` chunks for the query; without its text, by the embedding alone."""
+    if cfg.mode == "hybrid" and query.strip():
+        return store.search_hybrid(vector, query, n, fusion=cfg.fusion,  # type: ignore[arg-type]
+                                   depth=cfg.depth, rrf_k=cfg.rrf_k, weight=cfg.weight)
+    return store.search(vector, n)
+
+
+def open_collections(cfg: RetrievalConfig) -> Collections:
+    """The default collection (``open_index``) and those in the collections folder."""
+    return Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model)
 
 
 def open_index(cfg: RetrievalConfig) -> IndexStore:

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.budget import BudgetProfile
 from pipelines.config import CacheConfig, RagConfig
+from pipelines.errors import NotFound
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.schema import RagRequest
@@ -56,6 +57,27 @@ def test_query_is_embedded_once_and_the_vector_reaches_the_router(pipeline, stag
     assert stages.embedded == ["what does with do"]
     np.testing.assert_allclose(stages.route_features.query_vector, unit([1, 0, 0]))
     assert stages.route_features.retrieval_scores  # reranked sources' dense scores
+
+
+def test_retrieval_gets_the_question_text_for_hybrid_search(pipeline, stages):
+    run(pipeline, query="What does the walrus operator do?")
+    assert stages.retrieve_queries == ["What does the walrus operator do?"]
+
+
+def test_an_unknown_collection_is_a_404_naming_the_valid_ones_before_any_work(pipeline, stages):
+    with pytest.raises(NotFound, match="'handbook' is not a collection; valid: default") as err:
+        run(pipeline, query="q", collection="handbook")
+    assert err.value.status == 404 and stages.embedded == []
+
+
+def test_collections_are_searched_and_cached_apart(pipeline, stages):
+    stages.collections.add("handbook")
+    first = run(pipeline, query="what does with do", collection="handbook")
+    assert first.collection == "handbook" and first.index_version == "v1-handbook"
+    assert stages.retrieve_collections == ["handbook"]
+    assert not run(pipeline, query="what does with do").cache.hit  # same question, default collection: a miss
+    again = run(pipeline, query="what does with do", collection="handbook")
+    assert again.cache.hit and again.collection == "handbook"
 
 
 def test_exact_hit_short_circuits_before_embedding(pipeline, stages):

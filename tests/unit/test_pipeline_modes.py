@@ -157,9 +157,9 @@ def test_a_router_that_needs_no_retrieval_runs_concurrently_with_retrieval():
     stages.route_gate = asyncio.Event()
     original = stages.retrieve
 
-    async def retrieve(vector, n):
+    async def retrieve(vector, n, **kwargs):
         await asyncio.wait_for(stages.route_gate.wait(), 2.0)
-        return await original(vector, n)
+        return await original(vector, n, **kwargs)
 
     stages.retrieve = retrieve
     resp = run(pipeline(stages, route_uses_retrieval=False))
