@@ -12,7 +12,8 @@ collection is a subdirectory of the collections folder (RAGROUTE_COLLECTIONS_DIR
 that fails its checks (model, sha256) is refused and logged, never served half-checked; the
 others still serve. A name asked for but not loaded triggers a rescan of the folder (at most
 once per ``RESCAN_S``), so a collection built while the service runs is picked up without a
-restart.
+restart. A collection already served keeps its loaded version until the service restarts
+(rebuilding one in place while serving is not picked up yet).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Collections:
                 return
             for path in sorted(self.folder.iterdir()):
                 name = path.name
+                if name.startswith("."):  # an index being written (index/store.py writes beside, then renames)
+                    continue
                 if name in self._stores or name in self._refused or not (path / MANIFEST).is_file():
                     continue
                 if name == DEFAULT or not NAME.match(name):

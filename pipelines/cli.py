@@ -60,6 +60,15 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
         check_params(args.chunk_size, args.overlap)
     except ValueError as exc:
         raise SystemExit(f"ragroute index build: {exc}") from None
+    if args.collection is not None:
+        from index.collections import DEFAULT, NAME, NAME_RULE
+
+        if args.out is not None:
+            raise SystemExit("ragroute index build: give --out or --collection, not both")
+        if not NAME.match(args.collection) or args.collection == DEFAULT:
+            raise SystemExit(f"ragroute index build: --collection {args.collection!r}: {NAME_RULE}, and not "
+                             f"{DEFAULT!r} (the default collection is RAGROUTE_INDEX_DIR)")
+        args.out = config.RetrievalConfig.from_env().collections_dir / args.collection
     if args.demo:
         docs, source = load_pydoc_topics(), "pydoc_data.topics"
         out = args.out or config.RetrievalConfig.from_env().demo_index_dir
@@ -210,8 +219,10 @@ def parser() -> argparse.ArgumentParser:
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", type=Path, help="a folder of .txt/.md/.rst files, or a BEIR-style corpus.jsonl")
     src.add_argument("--demo", action="store_true", help="index the Python help topics (pydoc_data.topics)")
-    b.add_argument("--out", type=Path, help="index directory to write (required with --source; "
+    b.add_argument("--out", type=Path, help="index directory to write (--out or --collection with --source; "
                    "--demo defaults to $RAGROUTE_HOME/indexes/demo)")
+    b.add_argument("--collection", default=None, help="write the collection NAME instead of --out: "
+                   "$RAGROUTE_COLLECTIONS_DIR/NAME, served by a running service without a restart")
     b.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="chunk size in characters")
     b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="characters shared by consecutive chunks")
     b.add_argument("--index-type", choices=tuple(INDEX_SPECS), default="flat",
@@ -313,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if getattr(args, "action", None) == "build" and not args.demo and args.out is None:
-        parser().error("index build --source needs --out DIR")
+    if getattr(args, "action", None) == "build" and not args.demo and args.out is None and args.collection is None:
+        parser().error("index build --source needs --out DIR or --collection NAME")
     try:
         return args.func(args)
     except RagrouteError as exc:

@@ -32,12 +32,11 @@ def handbook(server, tmp_path_factory) -> dict:
     docs = tmp_path_factory.mktemp("handbook-docs")
     (docs / "releases.md").write_text(f"# Release process\n\n{FACT}\n\nHotfixes skip the train.\n")
     (docs / "oncall.md").write_text("# On-call\n\nThe on-call engineer owns paging for the payments cluster.\n")
-    out = server.home / "collections" / "handbook"
     cli = Path(sys.executable).with_name("ragroute")
     env = {"RAGROUTE_HOME": str(server.home), "PATH": str(cli.parent)}
-    subprocess.run([str(cli), "index", "build", str(docs), "--out", str(out), "--quiet"], check=True, env=env,
-                   capture_output=True, timeout=300)
-    return json.loads((out / "manifest.json").read_text())
+    subprocess.run([str(cli), "index", "build", "--source", str(docs), "--collection", "handbook", "--quiet"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    return json.loads((server.home / "collections" / "handbook" / "manifest.json").read_text())
 
 
 def test_a_collection_built_while_serving_is_listed_and_answers(server, handbook):
