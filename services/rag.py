@@ -20,7 +20,8 @@ import numpy as np
 
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.budget import BudgetProfile
-from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RoutingConfig, rag_workers
+from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RetrievalConfig, RoutingConfig, rag_workers
+from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.errors import BadRequest, ConfigError, NotFound, RagrouteError, StageError
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
@@ -36,6 +37,7 @@ from services._common import TIMEOUT_S, error_body, error_response, refuse_to_st
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
+from services.ingest_app import make_app as make_ingest_app
 from services.openai_app import make_app
 from services.openapi import ApiContract
 from services.playground import app as playground
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 
 EMBED_CALL_MAX = 256  # texts per call of the Embedding service's `embed` (its bound)
 COLLECTIONS_RESCAN_S = 1.0  # an unknown collection name refreshes the list at most this often
+# A managed collection's served version is asked again after this long: a cached answer is keyed
+# by the version, so a swap made elsewhere hides the old answers within this time.
+MANAGED_VERSION_TTL_S = 0.5
 
 
 class _RemoteStages:
@@ -58,6 +63,7 @@ class _RemoteStages:
     def __init__(self, svc: RAG) -> None:
         self.svc = svc
         self._versions: dict[str, str] = {}  # collection -> the index version last seen serving it
+        self._managed: dict[str, float] = {}  # managed collection -> when its version was last asked
         self._rescanned = 0.0
 
     async def _call(self, stage: str, method, *args, retry: bool = True, **kwargs):
@@ -77,16 +83,20 @@ class _RemoteStages:
             except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
                 raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
 
+    def forget(self, collection: str) -> None:
+        """The collection's version changed (an ingestion job here swapped it): ask again."""
+        self._versions.pop(collection, None)
+        self._rescanned = 0.0
+
     async def index_version(self, collection: str = "default") -> str:
-        if collection not in self._versions:
+        stale = collection in self._managed and time.monotonic() - self._managed[collection] >= MANAGED_VERSION_TTL_S
+        if collection not in self._versions or stale:
             # A name not seen yet: ask the Retrieval service for its collections (it looks for new
             # ones at most once a second; so do we), so an unknown one is a 404 before any work.
             now = time.monotonic()
-            if now - self._rescanned >= COLLECTIONS_RESCAN_S or not self._versions:
+            if now - self._rescanned >= COLLECTIONS_RESCAN_S or not self._versions or stale:
                 self._rescanned = now
-                known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
-                for c in known:
-                    self._versions.setdefault(c["name"], c["index_version"])
+                self._learn(await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True))
             if collection not in self._versions:
                 raise NotFound("collection", f"{collection!r} is not a collection; valid: "
                                f"{', '.join(sorted(self._versions))}")
@@ -94,8 +104,13 @@ class _RemoteStages:
 
     async def collections(self) -> list[dict]:
         known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
-        self._versions.update({c["name"]: c["index_version"] for c in known})
+        self._learn(known)
         return known
+
+    def _learn(self, known: list[dict]) -> None:
+        now = time.monotonic()
+        self._versions = {c["name"]: c["index_version"] for c in known}  # a dropped collection goes too
+        self._managed = {c["name"]: now for c in known if c.get("managed")}
 
     async def embed(self, text: str) -> np.ndarray:
         return (await self.embed_many([text]))[0]
@@ -182,6 +197,7 @@ def _workers() -> int:
 # playground page (mounted at "/": applied last, so matched after BentoML's routes and /v1).
 @bentoml.asgi_app(playground, path="/")
 @bentoml.asgi_app(make_app(bentoml.get_current_service), path="/v1")
+@bentoml.asgi_app(make_ingest_app(bentoml.get_current_service), path="/ingest")
 @bentoml.service(name="ragroute", traffic={"timeout": TIMEOUT_S["rag"]}, workers=_workers())
 class RAG:
     embedding = bentoml.depends(Embedding)
@@ -207,6 +223,8 @@ class RAG:
             self.front = FrontDoor(self._gate(), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
+        retrieval_cfg = RetrievalConfig.from_env()
+        self.ingest = ManagedCollections(retrieval_cfg.collections_dir, embedding_model=retrieval_cfg.embed_model)
         self._calibration: asyncio.Task | None = None
 
     def _gate(self) -> Gate:
@@ -368,6 +386,20 @@ class RAG:
             return self._fail(ctx, StageError("cache", f"purge failed: {exc}"))
         log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
         return {"deleted": deleted}
+
+    async def ingested(self, job: Job, result: dict) -> None:
+        """After an ingestion job swapped versions: forget the collection's old version (its cache
+        partition is unreachable from here on) and delete cached answers citing a changed document
+        (belt and braces for other workers until they see the new version)."""
+        if not result.get("swapped"):
+            return
+        self.pipeline.stages.forget(job.collection)
+        if self.cache is not None and result["changed_documents"]:
+            try:
+                deleted = await asyncio.to_thread(self.cache.purge, doc_ids=result["changed_documents"])
+                log.info("job %s: %d cached answers citing changed documents deleted", job.id, deleted)
+            except Exception as exc:  # noqa: BLE001 - the new version's partition hides them anyway
+                log.warning("job %s: cache purge failed: %s", job.id, exc)
 
     @bentoml.api(input_spec=StatsRequest)
     def cache_stats(self, ctx: bentoml.Context) -> dict:

@@ -12,14 +12,12 @@ from tqdm import tqdm
 
 from index import store
 from index.manifest import IndexManifest
-from pipelines.indexing.chunk import chunk_documents, embedding_text
+from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.load import Document, load_pydoc_topics
 from pipelines.query.embed import Embedder
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 1000
-DEFAULT_OVERLAP = 150
 
 
 def build_index(

@@ -8,6 +8,9 @@ from pipelines.indexing.load import Document
 from pipelines.records import Chunk
 from pipelines.text import content_id
 
+DEFAULT_CHUNK_SIZE = 1000
+DEFAULT_OVERLAP = 150
+
 
 def check_params(size: int, overlap: int) -> None:
     if size < 50:

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from index import store
 from index.collections import Collections
 from index.store import IndexStore
 from pipelines.errors import NotFound
-from pipelines.records import Chunk
-
-
-def make(directory, text: str, model: str = "m") -> None:
-    rng = np.random.default_rng(len(text))
-    vecs = rng.normal(size=(3, 8)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    chunks = [Chunk(id=f"{text}{i}", doc_id=f"{text}-doc{i}", title="t", text=f"{text} {i}") for i in range(3)]
-    store.write(directory, chunks, vecs, embedding_model=model, index_type="flat", chunk_size=100, chunk_overlap=0,
-                source=text)
+from tests.indexes import make_index
 
 
 @pytest.fixture
 def served(tmp_path):
-    make(tmp_path / "default-index", "demo")
+    make_index(tmp_path / "default-index", "demo")
     folder = tmp_path / "collections"
-    make(folder / "handbook", "handbook")
-    make(folder / "Bad Name", "bad")
-    make(folder / "other-model", "other", model="m2")
+    make_index(folder / "handbook", "handbook")
+    make_index(folder / "Bad Name", "bad")
+    make_index(folder / "other-model", "other", model="m2")
     (folder / "not-an-index").mkdir()
     default = IndexStore.load(tmp_path / "default-index", embedding_model="m")
     return Collections(default, folder, embedding_model="m"), folder
@@ -56,13 +45,13 @@ def test_unknown_and_refused_collections_are_404s_that_say_why(served):
 def test_a_collection_built_while_serving_is_found_without_a_restart(served, monkeypatch):
     collections, folder = served
     monkeypatch.setattr("index.collections.RESCAN_S", 0.0)
-    make(folder / "late", "late")
+    make_index(folder / "late", "late")
     assert collections.get("late").chunks[0].doc_id == "late-doc0"
 
 
 def test_a_corrupt_collection_is_refused_alone(tmp_path):
-    make(tmp_path / "d", "demo")
-    make(tmp_path / "c" / "broken", "broken")
+    make_index(tmp_path / "d", "demo")
+    make_index(tmp_path / "c" / "broken", "broken")
     manifest = json.loads((tmp_path / "c" / "broken" / "manifest.json").read_text())
     (tmp_path / "c" / "broken" / "chunks.jsonl").write_text("tampered\n")
     assert manifest["files"]

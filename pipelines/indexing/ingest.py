@@ -1,0 +1,329 @@
+"""Documents in and out of a collection while it serves: versioned index folders swapped atomically.
+
+A managed collection is a folder under the collections folder (index/collections.py):
+
+    <collections>/<name>/
+        CURRENT              the served version's folder name, replaced atomically (rename)
+        versions/v000007/    one complete index folder per version (index/store.py format)
+        jobs/<id>.json       one record per ingestion job (status, progress, result, error)
+        .lock                held (flock) by the process writing a new version
+
+A job (upsert documents, delete documents) reads the served version's chunks and vectors, drops
+the chunks of every document it replaces or deletes, chunks and embeds the new documents (through
+the Embedding service, in batches), writes the next version beside the served one (store.write:
+a hidden folder renamed into place when complete), then points CURRENT at it. Readers see the
+old version or the new one, never a half-written one: a job killed at any point leaves CURRENT on
+a complete version, and its record, still "running" with a pid that is gone, reads as failed.
+After a swap, versions older than the previous one are removed (garbage collection); the
+Retrieval service keeps serving a version it has loaded until the new one is loaded.
+
+Jobs on one collection run one at a time (a per-collection lock in this process, the flock across
+processes): a second job waits as "queued".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from index.layout import CURRENT, DEFAULT, NAME, VERSIONS, current_folder
+from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
+from pipelines.errors import BadRequest, NotFound, RagrouteError
+from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
+from pipelines.indexing.load import Document
+from pipelines.records import Chunk
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs"
+MAX_DOC_CHARS = 1_000_000
+MAX_DOCS_PER_JOB = 1000
+MAX_IDS_PER_DELETE = 10_000
+EMBED_BATCH = 64
+JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+
+DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$")]
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
+                str | int | float]
+
+
+class Conflict(RagrouteError):
+    status = 409
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: DocId = Field(description="1-256 chars [A-Za-z0-9_.:/@+-], starting alphanumeric; an existing id is replaced")
+    title: Annotated[str, StringConstraints(max_length=500)] = ""
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOC_CHARS)]
+    metadata: Annotated[Metadata, Field(max_length=32)] = Field(default_factory=dict)
+
+
+class UpsertBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: Annotated[list[DocumentIn], Field(min_length=1, max_length=MAX_DOCS_PER_JOB)]
+
+
+class DeleteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_IDS_PER_DELETE)]
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(pattern=NAME.pattern)]
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    collection: str
+    kind: Literal["upsert", "delete"]
+    status: Literal["queued", "running", "succeeded", "failed"] = "queued"
+    documents: int = 0
+    progress: dict[str, int] = Field(default_factory=lambda: {"chunks_embedded": 0, "chunks_to_embed": 0})
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    pid: int = Field(default_factory=os.getpid)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ManagedCollections:
+    """Create, drop and change collections under ``root``; every write goes through a job."""
+
+    def __init__(self, root: Path, *, embedding_model: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 overlap: int = DEFAULT_OVERLAP) -> None:
+        self.root = root
+        self.embedding_model = embedding_model
+        self.chunk_size, self.overlap = chunk_size, overlap
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- collections -------------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        if name == DEFAULT or not NAME.match(name):
+            raise BadRequest("collection", f"{name!r}: 1-64 characters [a-z0-9_-] starting with a letter or digit, "
+                                           f"and not {DEFAULT!r} (served from RAGROUTE_INDEX_DIR, read-only)")
+        return self.root / name
+
+    def check(self, name: str) -> None:
+        """NotFound / Conflict unless ``name`` is a managed collection."""
+        self._managed(name)
+
+    def _managed(self, name: str) -> Path:
+        path = self._dir(name)
+        if not (path / VERSIONS).is_dir():
+            if (path / "manifest.json").is_file():
+                raise Conflict(f"collection {name!r} is a read-only index folder (built by `ragroute index build`); "
+                               "create a managed collection to ingest into")
+            raise NotFound("collection", f"{name!r} is not a managed collection; create it first")
+        return path
+
+    def create(self, name: str) -> dict:
+        path = self._dir(name)
+        if path.exists():
+            raise Conflict(f"collection {name!r} exists")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".new-{name}-{secrets.token_hex(4)}"
+        (tmp / VERSIONS).mkdir(parents=True)
+        (tmp / JOBS).mkdir()
+        try:
+            os.rename(tmp, path)  # fails if another request created it first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise Conflict(f"collection {name!r} exists") from None
+        log.info("collection %s created at %s", name, path)
+        return {"name": name, "documents": 0}
+
+    def drop(self, name: str) -> dict:
+        path = self._managed(name)
+        with open(path / ".lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict(f"collection {name!r} has a job running; drop it when the job is done") from None
+            gone = self.root / f".dropped-{name}-{secrets.token_hex(4)}"
+            os.rename(path, gone)  # disappears at once for readers; removed below
+        shutil.rmtree(gone, ignore_errors=True)
+        log.info("collection %s dropped", name)
+        return {"name": name, "dropped": True}
+
+    # -- jobs --------------------------------------------------------------------------------
+    def _job_path(self, name: str, job_id: str) -> Path:
+        return self.root / name / JOBS / f"{job_id}.json"
+
+    def _save(self, job: Job) -> None:
+        job.updated_at = time.time()
+        path = self._job_path(job.collection, job.id)
+        if path.parent.is_dir():  # a dropped collection takes its job records with it
+            _write_atomic(path, job.model_dump_json())
+
+    def job(self, job_id: str) -> Job:
+        if not JOB_ID.match(job_id):
+            raise BadRequest("job_id", "16 hexadecimal characters")
+        for path in self.root.glob(f"*/{JOBS}/{job_id}.json"):
+            job = Job.model_validate_json(path.read_text())
+            if job.status in ("queued", "running") and not _alive(job.pid):
+                job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
+            return job
+        raise NotFound("job_id", f"no job {job_id}")
+
+    def submit(self, name: str, kind: Literal["upsert", "delete"], payload: Sequence,
+               embed: Callable[[list[str]], Awaitable[np.ndarray]],
+               on_done: Callable[[Job, dict], Awaitable[None]] | None = None) -> Job:
+        """Queue a job and start it in the background; returns its record (status "queued")."""
+        self._managed(name)
+        job = Job(id=secrets.token_hex(8), collection=name, kind=kind, documents=len(payload))
+        self._save(job)
+        task = asyncio.get_running_loop().create_task(self._run(job, payload, embed, on_done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _run(self, job: Job, payload: Sequence, embed, on_done) -> None:
+        lock = self._locks.setdefault(job.collection, asyncio.Lock())
+        async with lock:
+            try:
+                path = self._managed(job.collection)
+                with open(path / ".lock", "a+") as flock:
+                    await asyncio.to_thread(fcntl.flock, flock, fcntl.LOCK_EX)
+                    job.status = "running"
+                    self._save(job)
+                    result = await self._apply(path, job, payload, embed)
+                job.status, job.result = "succeeded", result
+                self._save(job)
+                log.info("job %s on %s succeeded: %s", job.id, job.collection, result)
+                if on_done is not None:
+                    await on_done(job, result)
+            except Exception as exc:  # noqa: BLE001 - the job fails with its reason; the served version stays
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                log.warning("job %s on %s failed: %s", job.id, job.collection, job.error)
+                self._save(job)
+
+    async def _apply(self, path: Path, job: Job, payload: Sequence, embed) -> dict:
+        chunks, vectors, version = await asyncio.to_thread(read_current, path)
+        existing = {c.doc_id for c in chunks}
+        if job.kind == "upsert":
+            docs = [Document(id=d.id, title=d.title or d.id, text=d.text,
+                             metadata={k: str(v) for k, v in d.metadata.items()}) for d in payload]
+            touched = {d.id for d in docs}
+            missing: list[str] = []
+        else:
+            docs = []
+            touched = set(payload) & existing
+            missing = sorted(set(payload) - existing)
+            if not touched:
+                return {"version": version, "changed_documents": [], "missing": missing, "swapped": False}
+        keep = [i for i, c in enumerate(chunks) if c.doc_id not in touched]
+        new_chunks = list(chunk_documents(docs, self.chunk_size, self.overlap))
+        job.progress = {"chunks_embedded": 0, "chunks_to_embed": len(new_chunks)}
+        self._save(job)
+        new_vectors = []
+        for start in range(0, len(new_chunks), EMBED_BATCH):
+            batch = new_chunks[start:start + EMBED_BATCH]
+            new_vectors.append(np.asarray(await embed([embedding_text(c) for c in batch]), dtype=np.float32))
+            job.progress = {"chunks_embedded": start + len(batch), "chunks_to_embed": len(new_chunks)}
+            self._save(job)
+        all_chunks = [chunks[i] for i in keep] + new_chunks
+        if not all_chunks:
+            raise BadRequest("ids", "deleting these would leave the collection empty; drop it instead")
+        dim = vectors.shape[1] if len(vectors) else (new_vectors[0].shape[1] if new_vectors else 0)
+        matrix = np.concatenate([vectors[keep].reshape(-1, dim)] + new_vectors) if dim else vectors
+        manifest, name = await asyncio.to_thread(self._write_version, path, all_chunks, matrix)
+        return {"version": manifest.index_version, "folder": name, "changed_documents": sorted(touched),
+                "added_documents": sorted({d.id for d in docs} - existing), "missing": missing,
+                "chunks": manifest.vector_count, "documents": manifest.document_count, "swapped": True}
+
+    def _write_version(self, path: Path, chunks: list[Chunk], vectors: np.ndarray) -> tuple[IndexManifest, str]:
+        from index import store  # FAISS: loaded by the first job, not at service start
+        versions = path / VERSIONS
+        served = sorted(p.name for p in versions.iterdir() if p.name.startswith("v"))
+        name = f"v{int(served[-1][1:]) + 1 if served else 1:06d}"
+        index_type = "flat" if len(chunks) <= 200_000 else "hnsw"
+        manifest = store.write(versions / name, chunks, vectors, embedding_model=self.embedding_model,
+                               index_type=index_type, chunk_size=self.chunk_size, chunk_overlap=self.overlap,
+                               source=f"collection {path.name}")
+        _write_atomic(path / CURRENT, name + "\n")  # the swap: readers load the new version from here on
+        self._collect(path, keep={name, *served[-1:]})
+        return manifest, name
+
+    @staticmethod
+    def _collect(path: Path, keep: set[str]) -> None:
+        """Remove versions other than the served and the previous one, and leftovers of killed writes."""
+        for old in (path / VERSIONS).iterdir():
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    async def wait(self) -> None:
+        """Until every job started here has finished (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def read_current(path: Path) -> tuple[list[Chunk], np.ndarray, str | None]:
+    """Chunks, vectors and index_version of the served version (empty before the first)."""
+    import faiss
+
+    folder = current_folder(path)
+    if folder is None:
+        return [], np.zeros((0, 0), dtype=np.float32), None
+    manifest = IndexManifest.read(folder)
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, manifest.dimension), np.float32)
+    with (folder / CHUNKS_FILE).open() as f:
+        chunks = [Chunk.model_validate_json(line) for line in f if line.strip()]
+    return chunks, np.asarray(vectors, dtype=np.float32), manifest.index_version
+
+
+def parse(model: type[BaseModel], raw: bytes) -> Any:
+    """The body as ``model``: BadRequest naming the first wrong field otherwise."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(where, f"{first['msg']} ({exc.error_count()} error(s))") from None
+
+
+def describe(job: Job) -> dict:
+    return json.loads(job.model_dump_json())

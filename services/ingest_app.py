@@ -1,0 +1,117 @@
+"""The ingestion API, mounted under ``/ingest`` on the RAG entry service (admin token required,
+like the cache admin API: ``Authorization: Bearer $RAGROUTE_ADMIN_TOKEN``).
+
+    POST   /ingest/collections                          {"name": "handbook"}         -> 201
+    DELETE /ingest/collections/{name}                                                -> 200 (409 while a job runs)
+    POST   /ingest/collections/{name}/documents         {"documents": [{id, title, text, metadata}]} -> 202 job
+    POST   /ingest/collections/{name}/documents/delete  {"ids": [...]}               -> 202 job
+    GET    /ingest/jobs/{id}                                                         -> the job's record
+
+A thin HTTP shell over pipelines/indexing/ingest.py; chunks are embedded through the Embedding
+service (the RAG service's own stage client). Bodies over ``MAX_BODY_BYTES`` are a 413, read
+no further.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pipelines.errors import RagrouteError
+from pipelines.indexing.ingest import CreateBody, DeleteBody, Job, UpsertBody, describe, parse
+from services._common import error_response
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 * 2**20
+
+
+class _Refused(RagrouteError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _Refused(413, f"body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes; "
+                            "send the documents in several requests")
+    if "application/json" not in request.headers.get("content-type", ""):
+        raise _Refused(415, "the body must be application/json")
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > MAX_BODY_BYTES:
+            raise _Refused(413, f"body over the limit of {MAX_BODY_BYTES} bytes; send the documents in several requests")
+    return bytes(data)
+
+
+def make_app(get_rag: Callable[[], Any]) -> Starlette:
+    """``get_rag()``: the RAG service instance (``ingest``, ``pipeline``, ``admin_token``)."""
+
+    def admit(request: Request) -> None:
+        token = get_rag().admin_token
+        if not token:
+            raise _Refused(403, "the ingestion API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise _Refused(401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'")
+
+    def handler(fn):
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                admit(request)
+                status, body = await fn(request, get_rag())
+            except RagrouteError as exc:
+                if exc.status >= 500:
+                    log.warning("ingest %s %s failed: %s", request.method, request.url.path, exc)
+                response = error_response(exc)
+                if exc.status == 401:
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+            return JSONResponse(body, status_code=status)
+        return endpoint
+
+    async def create(request: Request, rag) -> tuple[int, dict]:
+        body = parse(CreateBody, await _body(request))
+        return 201, rag.ingest.create(body.name)
+
+    async def drop(request: Request, rag) -> tuple[int, dict]:
+        return 200, rag.ingest.drop(request.path_params["name"])
+
+    async def upsert(request: Request, rag) -> tuple[int, dict]:
+        name = request.path_params["name"]
+        rag.ingest.check(name)  # an unknown collection is a 404 before the body is read
+        body = parse(UpsertBody, await _body(request))
+        ids = [d.id for d in body.documents]
+        if len(set(ids)) != len(ids):
+            raise _Refused(400, "documents: an id appears twice in one request")
+        return 202, describe(_submit(rag, name, "upsert", body.documents))
+
+    async def delete(request: Request, rag) -> tuple[int, dict]:
+        name = request.path_params["name"]
+        rag.ingest.check(name)
+        body = parse(DeleteBody, await _body(request))
+        return 202, describe(_submit(rag, name, "delete", sorted(set(body.ids))))
+
+    async def job(request: Request, rag) -> tuple[int, dict]:
+        return 200, describe(rag.ingest.job(request.path_params["job_id"]))
+
+    def _submit(rag, name: str, kind: str, payload) -> Job:
+        return rag.ingest.submit(name, kind, payload, rag.pipeline.stages.embed_many, on_done=rag.ingested)
+
+    return Starlette(routes=[
+        Route("/collections", handler(create), methods=["POST"]),
+        Route("/collections/{name}", handler(drop), methods=["DELETE"]),
+        Route("/collections/{name}/documents", handler(upsert), methods=["POST"]),
+        Route("/collections/{name}/documents/delete", handler(delete), methods=["POST"]),
+        Route("/jobs/{job_id}", handler(job), methods=["GET"]),
+    ])
