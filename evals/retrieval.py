@@ -93,7 +93,7 @@ def open_index(data: Path, embedder: SentenceTransformerEmbedder, chunk_size: in
     if not (directory / "manifest.json").is_file():
         log.info("indexing %s into %s (once; later runs reuse it)", corpus, directory)
         build_index(load_beir(corpus), directory, embedder, chunk_size=chunk_size, overlap=overlap,
-                    source=str(corpus), batch_size=embedder.batch_size, progress=True)
+                    source=str(corpus), batch_size=1024, progress=True)  # encode sorts each call by length
     return IndexStore.load(directory, embedding_model=embedder.model_id)
 
 
