@@ -56,7 +56,7 @@ log = logging.getLogger("evals.retrieval")
 MEASURES = [nDCG @ 10, R @ 100, RR @ 10]
 DOCS = 100  # documents per query in a run (recall@100)
 RRF_KS = (5, 10, 20, 40, 60, 100)
-WEIGHTS = tuple(round(w, 2) for w in np.arange(0.0, 1.0001, 0.05))
+WEIGHTS = tuple(round(float(w), 2) for w in np.arange(0.0, 1.0001, 0.05))
 
 Ranking = list[tuple[int, float]]  # (chunk row, score) best first
 
@@ -166,6 +166,7 @@ def methods(store: IndexStore, params: dict[str, float], candidates: int) -> dic
         "dense + hybrid rerank (shipped, w=0.5)": rr(dense, 0.5),
         "dense + hybrid rerank": rr(dense, params["rerank_dense"]),
         "rrf + hybrid rerank": rr(rrf, params["rerank_rrf"]),
+        "score + hybrid rerank (shipped, w=0.5)": rr(score, 0.5),
         "score + hybrid rerank": rr(score, params["rerank_score"]),
     }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RoutingConfig
+from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RetrievalConfig, RoutingConfig
 from pipelines.errors import ConfigError
 from pipelines.query.generate import check_config
 from pipelines.schema import RagRequest
@@ -67,6 +67,25 @@ def test_several_entry_workers_need_a_cache_they_share():
     assert RagConfig.from_env({"RAGROUTE_RAG_WORKERS": "2", "REDIS_URL": "redis://127.0.0.1:6379"}).workers == 2
     assert RagConfig.from_env({"RAGROUTE_RAG_WORKERS": "2", "RAGROUTE_CACHE": "off"}).workers == 2
     assert RagConfig.from_env({}).workers == 1
+
+
+@pytest.mark.parametrize("env,key", [
+    ({"RAGROUTE_RETRIEVAL": "sparse"}, "RAGROUTE_RETRIEVAL"),
+    ({"RAGROUTE_FUSION": "max"}, "RAGROUTE_FUSION"),
+    ({"RAGROUTE_FUSION_WEIGHT": "1.5"}, "RAGROUTE_FUSION_WEIGHT"),
+    ({"RAGROUTE_RRF_K": "0"}, "RAGROUTE_RRF_K"),
+    ({"RAGROUTE_FUSION_DEPTH": "deep"}, "RAGROUTE_FUSION_DEPTH"),
+])
+def test_bad_search_settings_name_the_variable(env, key):
+    with pytest.raises(ConfigError, match=key):
+        RetrievalConfig.from_env(env)
+
+
+def test_search_settings_and_the_collections_folder(tmp_path):
+    cfg = RetrievalConfig.from_env({"RAGROUTE_HOME": str(tmp_path), "RAGROUTE_FUSION": "rrf", "RAGROUTE_RRF_K": "20"})
+    assert (cfg.search.mode, cfg.search.fusion, cfg.search.rrf_k) == ("hybrid", "rrf", 20.0)
+    assert cfg.collections_dir == tmp_path / "collections"
+    assert RetrievalConfig.from_env({"RAGROUTE_COLLECTIONS_DIR": str(tmp_path / "c")}).collections_dir == tmp_path / "c"
 
 
 def test_cross_encoder_needs_a_model():
