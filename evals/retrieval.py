@@ -17,8 +17,8 @@ its best chunk. Methods:
 Every free parameter (RRF k, the score-fusion weight, the reranker's dense weight) is chosen on
 ``--tune-split`` (train) by nDCG@10 and reported on ``--split`` (test) once. Metrics via
 ir-measures (trec_eval): nDCG@10, recall@100, MRR@10. Latency per stage in ms, p50 and p95 over
-the split's queries, medians over ``--runs`` passes (a query's embedding is timed one query at a
-time, as the service embeds it).
+the split's queries, medians over ``--runs`` passes (one query at a time, as the service embeds
+and searches it, FAISS on RAGROUTE_FAISS_THREADS threads as in the Retrieval service).
 
 Writes evals/out/retrieval-<data>.json and logs a Markdown table.
 """
@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import faiss
 import ir_measures
 import numpy as np
 from ir_measures import RR, R, nDCG
@@ -42,7 +43,7 @@ from evals.cache_verifier import default_data
 from evals.serving import ROOT
 from index.fusion import fuse
 from index.store import IndexStore
-from pipelines.config import EmbeddingConfig, home
+from pipelines.config import EmbeddingConfig, RetrievalConfig, home
 from pipelines.indexing.build import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, build_index
 from pipelines.indexing.load import load_beir
 from pipelines.models import sha256_file
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(store, embedder, judged[args.split], depth)
     params = tune(store, train, args.candidates)
     quality = {name: run_method(store, test, m) for name, m in methods(store, params, args.candidates).items()}
+    faiss.omp_set_num_threads(RetrievalConfig.from_env().faiss_threads)  # as the Retrieval service searches
     passes = [latency(store, embedder, test, params, depth, args.candidates) for _ in range(args.runs)]
     timing = {stage: {"p50_ms": statistics.median(p[stage][0] for p in passes),
                       "p95_ms": statistics.median(p[stage][1] for p in passes)} for stage in passes[0]}

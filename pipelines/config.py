@@ -103,6 +103,9 @@ class RetrievalConfig:
     search: SearchConfig = SearchConfig()
     collections_dir: Path | None = None
     """more collections, one index directory each (index/collections.py)"""
+    faiss_threads: int = 1
+    """OpenMP threads per FAISS search: one query at a time gains nothing from more (measured 2x
+    slower with 2 on a 10k flat index: evals/retrieval.py), concurrent queries use the cores"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RetrievalConfig:
@@ -113,6 +116,7 @@ class RetrievalConfig:
             embed_model=EmbeddingConfig.from_env(env).model,
             search=SearchConfig.from_env(env),
             collections_dir=Path(_get(env, "RAGROUTE_COLLECTIONS_DIR", str(home(env) / "collections"))).expanduser(),
+            faiss_threads=_num(env, "RAGROUTE_FAISS_THREADS", 1, int, 1, 256),
         )
 
 

@@ -30,8 +30,14 @@ def search(store: IndexStore, cfg: SearchConfig, vector: np.ndarray | list[float
 
 
 def open_collections(cfg: RetrievalConfig) -> Collections:
-    """The default collection (``open_index``) and those in the collections folder."""
-    return Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model)
+    """The default collection (``open_index``) and those in the collections folder; then FAISS
+    searches on ``cfg.faiss_threads`` threads (set after a first start's demo index build, whose
+    embedding should use every core)."""
+    import faiss
+
+    collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model)
+    faiss.omp_set_num_threads(cfg.faiss_threads)
+    return collections
 
 
 def open_index(cfg: RetrievalConfig) -> IndexStore:
