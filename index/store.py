@@ -33,8 +33,10 @@ INDEX_SPECS = {
     "ivf": "inverted lists (IVF, 4 x sqrt(n) lists) over full vectors; approximate, needs training",
     "ivf-sq8": "inverted lists over 8-bit scalar-quantized vectors; approximate, 4x less memory",
 }
-# The search parameter each approximate type is loaded with unless the manifest names one:
-# the smallest that reached recall@10 >= 0.95 at 1M vectors in evals/index_scale.py.
+# The search parameter each approximate type is loaded with. evals/index_scale.py measures what
+# recall@10 >= 0.95 costs on a deliberately hard synthetic set (a Gaussian shaped like MiniLM
+# embeddings): efSearch 256 / nprobe 192 at 100k vectors; real corpora, whose neighbours cluster
+# by topic, need less. README, "Index types by size".
 DEFAULT_SEARCH_PARAM = {"hnsw": 128, "ivf": 32, "ivf-sq8": 32}
 
 

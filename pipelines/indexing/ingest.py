@@ -53,6 +53,7 @@ MAX_DOC_CHARS = 1_000_000
 MAX_DOCS_PER_JOB = 1000
 MAX_IDS_PER_DELETE = 10_000
 EMBED_BATCH = 64
+FLAT_MAX = 100_000  # exact search up to here (~7 ms a query at 100k on one core), HNSW beyond: evals/index_scale.py
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 
 DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$")]
@@ -277,7 +278,7 @@ class ManagedCollections:
         versions = path / VERSIONS
         served = sorted(p.name for p in versions.iterdir() if p.name.startswith("v"))
         name = f"v{int(served[-1][1:]) + 1 if served else 1:06d}"
-        index_type = "flat" if len(chunks) <= 200_000 else "hnsw"
+        index_type = "flat" if len(chunks) <= FLAT_MAX else "hnsw"
         manifest = store.write(versions / name, chunks, vectors, embedding_model=self.embedding_model,
                                index_type=index_type, chunk_size=self.chunk_size, chunk_overlap=self.overlap,
                                source=f"collection {path.name}")
