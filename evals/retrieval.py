@@ -142,7 +142,7 @@ def rerank(store: IndexStore, reranker: HybridReranker, query: str, vector: np.n
     head = [r for r, _ in ranking[:candidates]]
     cosine = store.cosines(vector, head)
     scored = [ScoredChunk(chunk=store.chunks[r], score=0.0, dense_score=float(c)) for r, c in zip(head, cosine)]
-    order = {c.id: r for r, c in zip(head, (s.chunk for s in scored))}
+    order = {store.chunks[r].id: r for r in head}
     ranked = reranker.rerank(query, scored, len(scored))
     return [(order[s.chunk.id], s.score) for s in ranked] + list(ranking[candidates:])
 

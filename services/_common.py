@@ -46,6 +46,18 @@ def error_body(exc: RagrouteError) -> dict:
     return body
 
 
+def admin_refusal(token: str, authorization: str | None) -> tuple[int, str] | None:
+    """None when ``authorization`` is ``Bearer <token>`` (compared in constant time), else the
+    (status, message) to refuse with: 403 when no admin token is set (the admin APIs are off)."""
+    import hmac
+
+    if not token:
+        return 403, "the admin API (cache_purge, cache_stats, /ingest) is disabled; set RAGROUTE_ADMIN_TOKEN to enable it"
+    if not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
+        return 401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'"
+    return None
+
+
 def error_response(exc: RagrouteError):
     from starlette.responses import JSONResponse
 

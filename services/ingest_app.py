@@ -14,7 +14,6 @@ no further.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.routing import Route
 
 from pipelines.errors import RagrouteError
 from pipelines.indexing.ingest import CreateBody, DeleteBody, Job, UpsertBody, describe, parse
-from services._common import error_response
+from services._common import admin_refusal, error_response
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +57,9 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
     """``get_rag()``: the RAG service instance (``ingest``, ``pipeline``, ``admin_token``)."""
 
     def admit(request: Request) -> None:
-        token = get_rag().admin_token
-        if not token:
-            raise _Refused(403, "the ingestion API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise _Refused(401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'")
+        refusal = admin_refusal(get_rag().admin_token, request.headers.get("authorization"))
+        if refusal is not None:
+            raise _Refused(*refusal)
 
     def handler(fn):
         async def endpoint(request: Request) -> JSONResponse:

@@ -7,7 +7,6 @@ and the OpenAI-compatible ``/v1`` (services/openai_app.py) over the same pipelin
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -21,8 +20,8 @@ import numpy as np
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.budget import BudgetProfile
 from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RetrievalConfig, RoutingConfig, rag_workers
-from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.errors import BadRequest, ConfigError, NotFound, RagrouteError, StageError
+from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.query.cache import make_cache
 from pipelines.query.generate import Delta
 from pipelines.query.pipeline import QueryPipeline
@@ -33,7 +32,7 @@ from pipelines.records import Generation as GenerationRecord
 from pipelines.records import RouteDecision, ScoredChunk
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
 from pipelines.text import content_id
-from services._common import TIMEOUT_S, error_body, error_response, refuse_to_start, setup_logging
+from services._common import TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
@@ -96,21 +95,19 @@ class _RemoteStages:
             now = time.monotonic()
             if now - self._rescanned >= COLLECTIONS_RESCAN_S or not self._versions or stale:
                 self._rescanned = now
-                self._learn(await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True))
+                await self.collections()
             if collection not in self._versions:
                 raise NotFound("collection", f"{collection!r} is not a collection; valid: "
                                f"{', '.join(sorted(self._versions))}")
         return self._versions[collection]
 
     async def collections(self) -> list[dict]:
+        """The Retrieval service's collections (it looks for new ones first); their versions are learnt."""
         known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
-        self._learn(known)
-        return known
-
-    def _learn(self, known: list[dict]) -> None:
         now = time.monotonic()
         self._versions = {c["name"]: c["index_version"] for c in known}  # a dropped collection goes too
         self._managed = {c["name"]: now for c in known if c.get("managed")}
+        return known
 
     async def embed(self, text: str) -> np.ndarray:
         return (await self.embed_many([text]))[0]
@@ -363,12 +360,8 @@ class RAG:
 
     def _admin_denied(self, ctx: bentoml.Context) -> dict | None:
         """None when the caller may use the admin API, else the error body (status set on ctx)."""
-        if not self.admin_token:
-            return self._fail(ctx, 403, "the admin API is disabled; set RAGROUTE_ADMIN_TOKEN to enable it")
-        given = ctx.request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
-            return self._fail(ctx, 401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'")
-        return None
+        refusal = admin_refusal(self.admin_token, ctx.request.headers.get("authorization"))
+        return None if refusal is None else self._fail(ctx, *refusal)
 
     @bentoml.api(input_spec=PurgeRequest)
     def cache_purge(self, ctx: bentoml.Context, tenant: str | None = None, doc_ids: list[str] | None = None) -> dict:
