@@ -25,6 +25,7 @@ class IndexManifest(BaseModel):
     dimension: int = Field(gt=0)
     metric: Literal["cosine"] = "cosine"
     index_type: Literal["flat", "hnsw", "ivf", "ivf-sq8"]
+    backend: Literal["faiss", "milvus"] = Field("faiss", description="where the vectors live (index/milvus.py)")
     vector_count: int = Field(ge=0)
     corpus_hash: str
     document_count: int = Field(ge=0)

@@ -106,18 +106,35 @@ class RetrievalConfig:
     faiss_threads: int = 1
     """OpenMP threads per FAISS search: one query at a time gains nothing from more (measured 2x
     slower with 2 on a 10k flat index: evals/retrieval.py), concurrent queries use the cores"""
+    milvus_uri: str = ""
+    """a Milvus holding collections (index/milvus.py): standalone, cluster or Milvus Lite's server"""
+    milvus_token: str = ""
+    milvus_timeout_s: float = 2.0
+    vector_store: str = "faiss"
+    """where the ingestion API puts a new collection unless its request names a backend"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RetrievalConfig:
         raw = _get(env, "RAGROUTE_INDEX_DIR", "")
-        return cls(
+        cfg = cls(
             index_dir=Path(raw).expanduser() if raw else None,
             demo_index_dir=home(env) / "indexes" / "demo",
             embed_model=EmbeddingConfig.from_env(env).model,
             search=SearchConfig.from_env(env),
             collections_dir=Path(_get(env, "RAGROUTE_COLLECTIONS_DIR", str(home(env) / "collections"))).expanduser(),
             faiss_threads=_num(env, "RAGROUTE_FAISS_THREADS", 1, int, 1, 256),
+            milvus_uri=_get(env, "RAGROUTE_MILVUS_URI", ""),
+            milvus_token=_get(env, "RAGROUTE_MILVUS_TOKEN", ""),
+            milvus_timeout_s=_num(env, "RAGROUTE_MILVUS_TIMEOUT_S", 2.0, float, 0.05, 600.0),
+            vector_store=_choice(env, "RAGROUTE_VECTOR_STORE", "faiss", ("faiss", "milvus")),
         )
+        if cfg.vector_store == "milvus" and not cfg.milvus_uri:
+            raise ConfigError("RAGROUTE_VECTOR_STORE=milvus needs RAGROUTE_MILVUS_URI (e.g. http://host:19530)")
+        if cfg.milvus_uri and not cfg.milvus_uri.startswith(("http://", "https://", "tcp://", "unix:")):
+            raise ConfigError(f"RAGROUTE_MILVUS_URI ({cfg.milvus_uri!r}) must be a server URI such as "
+                              "http://host:19530: several processes share it (for Milvus Lite, run "
+                              "`milvus-lite server --data-dir DIR --port 19530` and give its URI)")
+        return cfg
 
 
 @dataclass(frozen=True)

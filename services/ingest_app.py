@@ -1,7 +1,7 @@
 """The ingestion API, mounted under ``/ingest`` on the RAG entry service (admin token required,
 like the cache admin API: ``Authorization: Bearer $RAGROUTE_ADMIN_TOKEN``).
 
-    POST   /ingest/collections                          {"name": "handbook"}         -> 201
+    POST   /ingest/collections                          {"name": "handbook", "backend": "milvus"?} -> 201
     DELETE /ingest/collections/{name}                                                -> 200 (409 while a job runs)
     POST   /ingest/collections/{name}/documents         {"documents": [{id, title, text, metadata}]} -> 202 job
     POST   /ingest/collections/{name}/documents/delete  {"ids": [...]}               -> 202 job
@@ -14,6 +14,7 @@ no further.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -78,14 +79,14 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
 
     async def create(request: Request, rag) -> tuple[int, dict]:
         body = parse(CreateBody, await _body(request))
-        return 201, rag.ingest.create(body.name)
+        return 201, await asyncio.to_thread(rag.ingest.create, body.name, body.backend)
 
     async def drop(request: Request, rag) -> tuple[int, dict]:
-        return 200, rag.ingest.drop(request.path_params["name"])
+        return 200, await asyncio.to_thread(rag.ingest.drop, request.path_params["name"])
 
     async def upsert(request: Request, rag) -> tuple[int, dict]:
         name = request.path_params["name"]
-        rag.ingest.check(name)  # an unknown collection is a 404 before the body is read
+        await asyncio.to_thread(rag.ingest.check, name)  # an unknown collection is a 404 before the body is read
         body = parse(UpsertBody, await _body(request))
         ids = [d.id for d in body.documents]
         if len(set(ids)) != len(ids):
@@ -94,7 +95,7 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
 
     async def delete(request: Request, rag) -> tuple[int, dict]:
         name = request.path_params["name"]
-        rag.ingest.check(name)
+        await asyncio.to_thread(rag.ingest.check, name)
         body = parse(DeleteBody, await _body(request))
         return 202, describe(_submit(rag, name, "delete", sorted(set(body.ids))))
 

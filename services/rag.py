@@ -219,9 +219,17 @@ class RAG:
                                           route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
             self.front = FrontDoor(self._gate(), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
+            retrieval_cfg = RetrievalConfig.from_env()
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
-        retrieval_cfg = RetrievalConfig.from_env()
-        self.ingest = ManagedCollections(retrieval_cfg.collections_dir, embedding_model=retrieval_cfg.embed_model)
+        milvus = None
+        if retrieval_cfg.milvus_uri:
+            from index.milvus import MilvusBackend
+
+            # ingestion writes versions: minutes of inserts, not the search timeout
+            milvus = MilvusBackend(retrieval_cfg.milvus_uri, token=retrieval_cfg.milvus_token,
+                                   timeout_s=max(retrieval_cfg.milvus_timeout_s, 30.0))
+        self.ingest = ManagedCollections(retrieval_cfg.collections_dir, embedding_model=retrieval_cfg.embed_model,
+                                         milvus=milvus, default_backend=retrieval_cfg.vector_store)
         self._calibration: asyncio.Task | None = None
 
     def _gate(self) -> Gate:

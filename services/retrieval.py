@@ -1,4 +1,5 @@
-"""Retrieval service: hybrid (FAISS + BM25) search over named collections of verified indexes."""
+"""Retrieval service: hybrid (dense + BM25) search over named collections: verified FAISS indexes,
+and collections in Milvus (index/milvus.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse
 
 INLINE_SEARCH_MAX = 20_000  # chunks; above this a search runs off the event loop
 Collection = Annotated[str, MaxLen(64)]
+
+
+def _inline(manifest) -> bool:
+    """A small FAISS index is searched on the event loop; a large one, or Milvus (a network call), in a thread."""
+    return manifest.backend == "faiss" and manifest.vector_count <= INLINE_SEARCH_MAX
 
 
 @bentoml.service(name="ragroute-retrieval", traffic={"timeout": TIMEOUT_S["retrieval"]},
@@ -32,8 +38,8 @@ class Retrieval:
         self._search = search
 
     # async: on the demo index a search takes well under a millisecond, less than the thread hop a
-    # sync API costs (evals/hops.py); a large index's search (BM25 scores every chunk) runs in a
-    # thread so the event loop keeps serving.
+    # sync API costs (evals/hops.py); a large index's search (BM25 scores every chunk) and a Milvus
+    # search run in a thread so the event loop keeps serving.
     @bentoml.api
     async def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20,
                      query: Annotated[str, MaxLen(20_000)] = "", collection: Collection = "default") -> dict:
@@ -41,7 +47,7 @@ class Retrieval:
         configured hybrid search (RAGROUTE_RETRIEVAL) fuses BM25's best with the vector's."""
         try:
             store = self.collections.get(collection)
-            if store.manifest.vector_count <= INLINE_SEARCH_MAX:
+            if _inline(store.manifest):
                 hits = self._search(store, self.search_cfg, vector, query, n)
             else:
                 hits = await asyncio.to_thread(self._search, store, self.search_cfg, vector, query, n)
@@ -55,9 +61,10 @@ class Retrieval:
         """Lexical (BM25) search over the chunk store: the fallback when embedding is unavailable."""
         try:
             store = self.collections.get(collection)
+            hits = store.search_text(query, n) if _inline(store.manifest) else await asyncio.to_thread(
+                store.search_text, query, n)
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
-        hits = store.search_text(query, n)
         return {"index_version": store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
 
     @bentoml.api

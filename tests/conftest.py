@@ -59,6 +59,16 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus (Milvus Lite's gRPC server, from PyPI) in its own process, reached by URI."""
+    from evals.milvus_server import MilvusServer
+
+    server = MilvusServer(tmp_path_factory.mktemp("milvus")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def openai_server(tmp_path_factory, model_cache):
     """A real OpenAI-compatible server (llama.cpp's) on the small packaged model, with an API key."""
     from evals.openai_server import OpenAIServer

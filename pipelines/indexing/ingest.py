@@ -19,6 +19,13 @@ Retrieval service keeps serving a version it has loaded until the new one is loa
 
 Jobs on one collection run one at a time (a per-collection lock in this process, the flock across
 processes): a second job waits as "queued".
+
+A collection created with ``"backend": "milvus"`` (or by default with RAGROUTE_VECTOR_STORE=milvus)
+lives in Milvus instead (index/milvus.py): each version is a Milvus collection and the swap moves
+an alias, so every replica and every Retrieval process sees it at once. Its job records stay with
+the replica that ran the job (``<collections>/.milvus/<name>/jobs``): poll the job where it was
+submitted. Two replicas writing one Milvus collection at the same moment cannot both make its
+next version: the second job fails (409-style message: retry), the served version is untouched.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from index.layout import CURRENT, DEFAULT, NAME, VERSIONS, current_folder
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
+from index.milvus import MilvusBackend
 from pipelines.errors import BadRequest, NotFound, RagrouteError
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.load import Document
@@ -90,6 +98,8 @@ class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(pattern=NAME.pattern)]
+    backend: Literal["faiss", "milvus"] | None = Field(
+        None, description="where its vectors live; default RAGROUTE_VECTOR_STORE (faiss)")
 
 
 class Job(BaseModel):
@@ -127,14 +137,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+MILVUS_JOBS = ".milvus"  # <root>/.milvus/<name>/jobs: job records of Milvus collections run here
+
+
 class ManagedCollections:
-    """Create, drop and change collections under ``root``; every write goes through a job."""
+    """Create, drop and change collections under ``root`` (or in ``milvus``); every write goes
+    through a job. Methods that may call Milvus block: the HTTP layer runs them in a thread."""
 
     def __init__(self, root: Path, *, embedding_model: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 overlap: int = DEFAULT_OVERLAP) -> None:
+                 overlap: int = DEFAULT_OVERLAP, milvus: MilvusBackend | None = None,
+                 default_backend: Literal["faiss", "milvus"] = "faiss") -> None:
+        if default_backend == "milvus" and milvus is None:
+            raise ValueError("default_backend='milvus' needs a Milvus backend")
         self.root = root
         self.embedding_model = embedding_model
         self.chunk_size, self.overlap = chunk_size, overlap
+        self.milvus = milvus
+        self.default_backend = default_backend
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -149,19 +168,34 @@ class ManagedCollections:
         """NotFound / Conflict unless ``name`` is a managed collection."""
         self._managed(name)
 
-    def _managed(self, name: str) -> Path:
-        path = self._dir(name)
-        if not (path / VERSIONS).is_dir():
-            if (path / "manifest.json").is_file():
-                raise Conflict(f"collection {name!r} is a read-only index folder (built by `ragroute index build`); "
-                               "create a managed collection to ingest into")
-            raise NotFound("collection", f"{name!r} is not a managed collection; create it first")
-        return path
+    def _in_milvus(self, name: str) -> bool:
+        return self.milvus is not None and name in self.milvus.versions()
 
-    def create(self, name: str) -> dict:
+    def _managed(self, name: str) -> Path:
+        """The folder of a managed collection: its versions (FAISS), or its job records (Milvus)."""
         path = self._dir(name)
-        if path.exists():
+        if (path / VERSIONS).is_dir():
+            return path
+        if (path / "manifest.json").is_file():
+            raise Conflict(f"collection {name!r} is a read-only index folder (built by `ragroute index build`); "
+                           "create a managed collection to ingest into")
+        if self._in_milvus(name):
+            folder = self.root / MILVUS_JOBS / name
+            (folder / JOBS).mkdir(parents=True, exist_ok=True)  # a job run on this replica keeps its record here
+            return folder
+        raise NotFound("collection", f"{name!r} is not a managed collection; create it first")
+
+    def create(self, name: str, backend: Literal["faiss", "milvus"] | None = None) -> dict:
+        path = self._dir(name)
+        backend = backend or self.default_backend
+        if path.exists() or self._in_milvus(name):
             raise Conflict(f"collection {name!r} exists")
+        if backend == "milvus":
+            if self.milvus is None:
+                raise BadRequest("backend", "milvus: no Milvus is configured (RAGROUTE_MILVUS_URI)")
+            self.milvus.create(name)
+            log.info("collection %s created in Milvus at %s", name, self.milvus.uri)
+            return {"name": name, "documents": 0, "backend": "milvus"}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".new-{name}-{secrets.token_hex(4)}"
         (tmp / VERSIONS).mkdir(parents=True)
@@ -172,10 +206,21 @@ class ManagedCollections:
             shutil.rmtree(tmp, ignore_errors=True)
             raise Conflict(f"collection {name!r} exists") from None
         log.info("collection %s created at %s", name, path)
-        return {"name": name, "documents": 0}
+        return {"name": name, "documents": 0, "backend": "faiss"}
 
     def drop(self, name: str) -> dict:
         path = self._managed(name)
+        if path.parent.name == MILVUS_JOBS:
+            assert self.milvus is not None
+            with open(path / ".lock", "a+") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Conflict(f"collection {name!r} has a job running; drop it when the job is done") from None
+                self.milvus.drop(name)
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("collection %s dropped from Milvus", name)
+            return {"name": name, "dropped": True}
         with open(path / ".lock", "a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,7 +234,9 @@ class ManagedCollections:
 
     # -- jobs --------------------------------------------------------------------------------
     def _job_path(self, name: str, job_id: str) -> Path:
-        return self.root / name / JOBS / f"{job_id}.json"
+        if (self.root / name / VERSIONS).is_dir():
+            return self.root / name / JOBS / f"{job_id}.json"
+        return self.root / MILVUS_JOBS / name / JOBS / f"{job_id}.json"
 
     def _save(self, job: Job) -> None:
         job.updated_at = time.time()
@@ -200,7 +247,8 @@ class ManagedCollections:
     def job(self, job_id: str) -> Job:
         if not JOB_ID.match(job_id):
             raise BadRequest("job_id", "16 hexadecimal characters")
-        for path in self.root.glob(f"*/{JOBS}/{job_id}.json"):
+        for path in [*self.root.glob(f"*/{JOBS}/{job_id}.json"),
+                     *self.root.glob(f"{MILVUS_JOBS}/*/{JOBS}/{job_id}.json")]:
             job = Job.model_validate_json(path.read_text())
             if job.status in ("queued", "running") and not _alive(job.pid):
                 job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
@@ -210,8 +258,10 @@ class ManagedCollections:
     def submit(self, name: str, kind: Literal["upsert", "delete"], payload: Sequence,
                embed: Callable[[list[str]], Awaitable[np.ndarray]],
                on_done: Callable[[Job, dict], Awaitable[None]] | None = None) -> Job:
-        """Queue a job and start it in the background; returns its record (status "queued")."""
-        self._managed(name)
+        """Queue a job and start it in the background; returns its record (status "queued").
+        ``check(name)`` first (it may call Milvus: run it in a thread)."""
+        if not self._job_path(name, "x").parent.is_dir():
+            raise NotFound("collection", f"{name!r} is not a managed collection; create it first")
         job = Job(id=secrets.token_hex(8), collection=name, kind=kind, documents=len(payload))
         self._save(job)
         task = asyncio.get_running_loop().create_task(self._run(job, payload, embed, on_done))
@@ -223,7 +273,7 @@ class ManagedCollections:
         lock = self._locks.setdefault(job.collection, asyncio.Lock())
         async with lock:
             try:
-                path = self._managed(job.collection)
+                path = await asyncio.to_thread(self._managed, job.collection)
                 with open(path / ".lock", "a+") as flock:
                     await asyncio.to_thread(fcntl.flock, flock, fcntl.LOCK_EX)
                     job.status = "running"
@@ -240,7 +290,8 @@ class ManagedCollections:
                 self._save(job)
 
     async def _apply(self, path: Path, job: Job, payload: Sequence, embed) -> dict:
-        chunks, vectors, version = await asyncio.to_thread(read_current, path)
+        in_milvus = path.parent.name == MILVUS_JOBS
+        chunks, vectors, version = await asyncio.to_thread(self._read_milvus if in_milvus else read_current, path)
         existing = {c.doc_id for c in chunks}
         if job.kind == "upsert":
             docs = [Document(id=d.id, title=d.title or d.id, text=d.text,
@@ -268,7 +319,13 @@ class ManagedCollections:
             raise BadRequest("ids", "deleting these would leave the collection empty; drop it instead")
         dim = vectors.shape[1] if len(vectors) else (new_vectors[0].shape[1] if new_vectors else 0)
         matrix = np.concatenate([vectors[keep].reshape(-1, dim)] + new_vectors) if dim else vectors
-        manifest, name = await asyncio.to_thread(self._write_version, path, all_chunks, matrix)
+        if in_milvus:
+            assert self.milvus is not None
+            manifest, name = await asyncio.to_thread(
+                self.milvus.write_version, path.name, all_chunks, matrix, embedding_model=self.embedding_model,
+                chunk_size=self.chunk_size, chunk_overlap=self.overlap)
+        else:
+            manifest, name = await asyncio.to_thread(self._write_version, path, all_chunks, matrix)
         return {"version": manifest.index_version, "folder": name, "changed_documents": sorted(touched),
                 "added_documents": sorted({d.id for d in docs} - existing), "missing": missing,
                 "chunks": manifest.vector_count, "documents": manifest.document_count, "swapped": True}
@@ -285,6 +342,15 @@ class ManagedCollections:
         _write_atomic(path / CURRENT, name + "\n")  # the swap: readers load the new version from here on
         self._collect(path, keep={name, *served[-1:]})
         return manifest, name
+
+    def _read_milvus(self, path: Path) -> tuple[list[Chunk], np.ndarray, str | None]:
+        assert self.milvus is not None
+        served = self.milvus.served(path.name)
+        if served is None:
+            return [], np.zeros((0, 0), dtype=np.float32), None
+        manifest = self.milvus.manifest(served)
+        chunks, vectors = self.milvus.read(served)
+        return chunks, vectors, manifest.index_version
 
     @staticmethod
     def _collect(path: Path, keep: set[str]) -> None:

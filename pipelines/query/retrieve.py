@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from index.collections import Collections
+from index.milvus import MilvusStore
 from index.store import IndexStore
 from pipelines.config import EmbeddingConfig, RetrievalConfig, SearchConfig
 from pipelines.records import ScoredChunk
@@ -20,7 +21,7 @@ class Retriever(Protocol):
     def search(self, vector: np.ndarray, n: int) -> list[ScoredChunk]: ...
 
 
-def search(store: IndexStore, cfg: SearchConfig, vector: np.ndarray | list[float], query: str,
+def search(store: IndexStore | MilvusStore, cfg: SearchConfig, vector: np.ndarray | list[float], query: str,
            n: int) -> list[ScoredChunk]:
     """The best ``n`` chunks for the query; without its text, by the embedding alone."""
     if cfg.mode == "hybrid" and query.strip():
@@ -30,12 +31,18 @@ def search(store: IndexStore, cfg: SearchConfig, vector: np.ndarray | list[float
 
 
 def open_collections(cfg: RetrievalConfig) -> Collections:
-    """The default collection (``open_index``) and those in the collections folder; then FAISS
+    """The default collection (``open_index``), those in the collections folder and, with
+    RAGROUTE_MILVUS_URI, those in Milvus (index/milvus.py); then FAISS
     searches on ``cfg.faiss_threads`` threads (set after a first start's demo index build, whose
     embedding should use every core)."""
     import faiss
 
-    collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model)
+    milvus = None
+    if cfg.milvus_uri:
+        from index.milvus import MilvusBackend
+
+        milvus = MilvusBackend(cfg.milvus_uri, token=cfg.milvus_token, timeout_s=cfg.milvus_timeout_s)
+    collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model, milvus=milvus)
     faiss.omp_set_num_threads(cfg.faiss_threads)
     return collections
 

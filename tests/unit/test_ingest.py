@@ -126,6 +126,8 @@ def test_names_conflicts_and_read_only_folders(managed, tmp_path):
         managed.submit("nope", "upsert", docs(("a", "x")), embed)
     make_index(managed.root / "static", "static")
     with pytest.raises(Conflict, match="read-only"):
+        managed.check("static")  # what the HTTP layer asks before reading a body
+    with pytest.raises(NotFound, match="create it first"):
         managed.submit("static", "upsert", docs(("a", "x")), embed)
     assert managed.drop("kb") == {"name": "kb", "dropped": True}
     assert not (managed.root / "kb").exists()
