@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-backends capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -124,6 +124,16 @@ eval-retrieval: install
 # latency at recall@10 >= 0.95. JSON in evals/out/. ~20 min on 2 cores.
 bench-index: install
 	$(BIN)/python -m evals.index_scale
+
+# FAISS flat vs Milvus (Milvus Lite's server, started here) on the same SciFact embeddings: same
+# top-10?, dense query p50 side by side, hybrid nDCG@10 on each. JSON in evals/out/. ~3 min after
+# eval-retrieval has built the index once. Needs ../shared/data.
+eval-backends: install
+	$(BIN)/python -m evals.vector_backends
+
+# Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (README, "Scaling").
+capacity: install
+	$(BIN)/python -m evals.capacity
 
 bento: install
 	$(BIN)/bentoml build .
