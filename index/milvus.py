@@ -94,9 +94,6 @@ class MilvusBackend:
 
     def __init__(self, uri: str, *, token: str = "", timeout_s: float = 2.0) -> None:
         self.uri, self.token, self.timeout_s = uri, token, timeout_s
-        # pymilvus logs every failed RPC at ERROR with a traceback (a poll every 0.5 s while Milvus
-        # is down); the failures reach our logs as StageError, once per distinct cause.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -111,6 +108,10 @@ class MilvusBackend:
                     from pymilvus import MilvusClient
                 except ImportError as exc:  # pragma: no cover - a pinned dependency
                     raise StageError("retrieve", "pymilvus is not installed; pip install pymilvus") from exc
+                # pymilvus configures its loggers on import and logs every failed RPC at ERROR with
+                # a traceback (a poll every 0.5 s while Milvus is down); the failures reach our logs
+                # as StageError, once per distinct cause.
+                logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
                 try:
                     self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
                 except Exception as exc:  # noqa: BLE001 - any connection failure is the stage's failure

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from pipelines.errors import RagrouteError
+from pipelines.errors import RagrouteError, StageError
 
 # bentoml 1.4.30+ recycles a caller's connection to a dependency every 100 calls / 300 s and
 # fails the in-flight requests with HTTP 500 (upstream #5540/#5544). Every *called* service
@@ -65,13 +65,18 @@ def error_response(exc: RagrouteError):
 
 
 def to_bentoml(exc: RagrouteError) -> Exception:
-    """For inner services: a BentoML exception carrying our status (4xx text is passed through)."""
+    """For inner services: a BentoML exception carrying our status (4xx text is passed through).
+
+    A StageError raised inside an inner service means *its* dependency failed (Milvus behind
+    the Retrieval service): it goes out as 424 Failed Dependency, whose text BentoML passes on
+    (a 5xx's text it replaces with "An unexpected error has occurred"), so the entry service can
+    say what failed. The entry service reports it as that stage's failure (503) either way."""
     from http import HTTPStatus
 
     from bentoml.exceptions import BentoMLException
 
     err = BentoMLException(str(exc))
-    err.error_code = HTTPStatus(exc.status)
+    err.error_code = HTTPStatus.FAILED_DEPENDENCY if isinstance(exc, StageError) else HTTPStatus(exc.status)
     return err
 
 
