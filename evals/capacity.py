@@ -7,7 +7,8 @@ past one machine").
 Reads what the benchmarks saved under evals/out/ (run them first on the machine type you deploy
 on): ``hops.json`` (`make bench-hops`: cache hits per second of one entry replica at 32
 connections, the Embedding service's time per question at 32 concurrent, the raw cost of
-retrieve / rerank / route per call) and ``latency.json`` (`make bench`: a miss's generation time).
+retrieve / rerank / route per call), ``latency.json`` (`make bench`: a miss's generation time) and,
+if present, ``vector-backends-scifact.json`` (`make eval-backends`: a hybrid search on Milvus Lite).
 A replica's capacity for a stage is what one replica served in those runs; replicas = rate the
 stage sees / (capacity x ``--utilization``), rounded up. Exact cache hits stop at the entry
 service; every other request is embedded (the semantic lookup needs the vector); misses go
@@ -35,19 +36,23 @@ log = logging.getLogger("evals.capacity")
 OUT = ROOT / "evals" / "out"
 
 
-def capacities(hops: dict, latency: dict) -> dict[str, float]:
+MILVUS_ROW = "Milvus Lite server: hybrid searches (one process; Milvus scales by its query nodes)"
+
+
+def capacities(hops: dict, latency: dict, backends: dict | None = None) -> dict[str, float]:
     """Requests per second one replica of each service handled in the measured runs."""
     embed = hops["hops"]["embed@32"]
     connections = hops["meta"]["connections"]
     summary = latency["summary"]
-    return {
+    milvus = {MILVUS_ROW: 1000 / backends["latency"]["milvus hybrid search (top-20 chunks)"]["p50_ms"]} if backends else {}
+    return {**milvus, **{
         "ragroute (entry; exact hits)": hops["hits"]["median"]["exact"]["rps"],
         "ragroute-embedding": connections / (embed["real_caller_p50_ms"] / 1000),
         "ragroute-retrieval": 1000 / hops["raw"]["retrieve"]["p50_ms"],
         "ragroute-reranking": 1000 / hops["raw"]["rerank"]["p50_ms"],
         "ragroute-routing": 1000 / hops["raw"]["route"]["p50_ms"],
         "ragroute-generation (cpu: llama.cpp)": 1000 / summary["miss"]["stage_p50_ms"]["generate"],
-    }
+    }}
 
 
 def plan(rate: float, hit_rate: float, exact_share: float, caps: dict[str, float], utilization: float,
@@ -56,6 +61,8 @@ def plan(rate: float, hit_rate: float, exact_share: float, caps: dict[str, float
     seen = {"ragroute (entry; exact hits)": rate, "ragroute-embedding": rate * (1 - hit_rate * exact_share),
             "ragroute-retrieval": misses, "ragroute-reranking": misses, "ragroute-routing": misses,
             "ragroute-generation (cpu: llama.cpp)": misses}
+    if MILVUS_ROW in caps:
+        seen[MILVUS_ROW] = misses
     if generation_rps:
         caps = {**caps, "ragroute-generation (gpu: vLLM, given)": generation_rps}
         seen["ragroute-generation (gpu: vLLM, given)"] = misses
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="answers/s one GPU generation replica sustains (measure: make bench-generation)")
     parser.add_argument("--hops", type=Path, default=OUT / "hops.json")
     parser.add_argument("--latency", type=Path, default=OUT / "latency.json")
+    parser.add_argument("--backends", type=Path, default=OUT / "vector-backends-scifact.json",
+                        help="make eval-backends' output: adds the Retrieval service on Milvus (if present)")
     parser.add_argument("--out", type=Path, default=OUT / "capacity.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -81,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"{path} not found: run `{make}` first (on the machine type you deploy on)")
     hops, latency = json.loads(args.hops.read_text()), json.loads(args.latency.read_text())
-    caps = capacities(hops, latency)
+    backends = json.loads(args.backends.read_text()) if args.backends.is_file() else None
+    caps = capacities(hops, latency, backends)
     plans = {str(r): plan(r, args.hit_rate, args.exact_share, caps, args.utilization, args.generation_rps)
              for r in args.rate}
     result = {"measured_on": {"hops": hops["meta"], "latency": latency["meta"]}, "hit_rate": args.hit_rate,

@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,7 @@ class MilvusBackend:
 
     def __init__(self, uri: str, *, token: str = "", timeout_s: float = 2.0) -> None:
         self.uri, self.token, self.timeout_s = uri, token, timeout_s
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="milvus")  # a hybrid search's lexical half
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -343,8 +345,9 @@ class MilvusStore:
                       depth: int = 100, rrf_k: float = 60.0, weight: float = 0.5) -> list[ScoredChunk]:
         depth = max(depth, n)
         query_vector = self._query_vector(vector)
+        lexical = self.backend.pool.submit(self.lexical_rows, query, depth)  # both searches at once
         dense = self.dense_rows(query_vector, depth)
-        fused = fuse(dense, self.lexical_rows(query, depth), method=fusion, rrf_k=rrf_k, weight=weight)[:n]
+        fused = fuse(dense, lexical.result(), method=fusion, rrf_k=rrf_k, weight=weight)[:n]
         cosine = dict(dense)
         got = self._rows([r for r, _ in fused], vectors=any(r not in cosine for r, _ in fused))
         q = np.asarray(query_vector, dtype=np.float32)
