@@ -26,7 +26,7 @@ class MilvusServer:
 
     def start(self, timeout_s: float = 60.0) -> MilvusServer:
         try:
-            import milvus_lite  # noqa: F401
+            import milvus_lite  # noqa: F401 - the server below runs from it
             from pymilvus import MilvusClient
         except ImportError as exc:
             raise RuntimeError("a local Milvus needs the dev extras: pip install -e '.[dev]'") from exc
