@@ -68,7 +68,10 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
         if not NAME.match(args.collection) or args.collection == DEFAULT:
             raise SystemExit(f"ragroute index build: --collection {args.collection!r}: {NAME_RULE}, and not "
                              f"{DEFAULT!r} (the default collection is RAGROUTE_INDEX_DIR)")
-        args.out = config.RetrievalConfig.from_env().collections_dir / args.collection
+        if not args.milvus:
+            args.out = config.RetrievalConfig.from_env().collections_dir / args.collection
+    elif args.milvus:
+        raise SystemExit("ragroute index build: --milvus writes a collection: give --collection NAME")
     if args.demo:
         docs, source = load_pydoc_topics(), "pydoc_data.topics"
         out = args.out or config.RetrievalConfig.from_env().demo_index_dir
@@ -80,6 +83,21 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     embed_cfg = config.EmbeddingConfig.from_env()
     embed_cfg = config.EmbeddingConfig(model=args.model or embed_cfg.model, device=embed_cfg.device,
                                        batch_size=args.batch_size)
+    if args.milvus:
+        from index.milvus import MilvusBackend
+        from pipelines.indexing.build import build_milvus
+
+        retrieval = config.RetrievalConfig.from_env()
+        if not retrieval.milvus_uri:
+            raise SystemExit("ragroute index build --milvus: set RAGROUTE_MILVUS_URI (e.g. http://host:19530)")
+        backend = MilvusBackend(retrieval.milvus_uri, token=retrieval.milvus_token,
+                                timeout_s=max(retrieval.milvus_timeout_s, 60.0))
+        manifest, version = build_milvus(docs, args.collection, SentenceTransformerEmbedder(embed_cfg), backend,
+                                         chunk_size=args.chunk_size, overlap=args.overlap,
+                                         batch_size=args.batch_size, progress=not args.quiet)
+        print(f"index {manifest.index_version}: {manifest.vector_count} chunks from {manifest.document_count} "
+              f"documents -> Milvus {retrieval.milvus_uri} collection {args.collection} ({version})")
+        return 0
     manifest = build_index(docs, out, SentenceTransformerEmbedder(embed_cfg), chunk_size=args.chunk_size,
                            overlap=args.overlap, index_type=args.index_type, batch_size=args.batch_size,
                            source=source, progress=not args.quiet)
@@ -223,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
                    "--demo defaults to $RAGROUTE_HOME/indexes/demo)")
     b.add_argument("--collection", default=None, help="write the collection NAME instead of --out: "
                    "$RAGROUTE_COLLECTIONS_DIR/NAME, served by a running service without a restart")
+    b.add_argument("--milvus", action="store_true", help="with --collection: write it into the Milvus at "
+                   "$RAGROUTE_MILVUS_URI as its next version (created if new), served by every replica watching "
+                   "that Milvus; --index-type is then flat up to 100k chunks, HNSW above")
     b.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="chunk size in characters")
     b.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="characters shared by consecutive chunks")
     b.add_argument("--index-type", choices=tuple(INDEX_SPECS), default="flat",

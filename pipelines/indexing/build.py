@@ -12,12 +12,44 @@ from tqdm import tqdm
 
 from index import store
 from index.manifest import IndexManifest
+from index.milvus import MilvusBackend
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.load import Document, load_pydoc_topics
 from pipelines.query.embed import Embedder
+from pipelines.records import Chunk
 
 log = logging.getLogger(__name__)
 
+
+
+def embed_documents(docs: Iterable[Document], embedder: Embedder, *, chunk_size: int, overlap: int,
+                    batch_size: int, progress: bool) -> tuple[list[Chunk], np.ndarray]:
+    """The documents' chunks and their embeddings (rows in chunk order)."""
+    chunks = list(tqdm(chunk_documents(docs, chunk_size, overlap), desc="chunk", unit=" chunks", disable=not progress))
+    batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
+    vectors = [
+        embedder.encode([embedding_text(c) for c in batch])
+        for batch in tqdm(batches, desc="embed", unit=" batches", disable=not progress)
+    ]
+    return chunks, np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def build_milvus(docs: Iterable[Document], name: str, embedder: Embedder, backend: MilvusBackend, *,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, overlap: int = DEFAULT_OVERLAP, batch_size: int = 64,
+                 progress: bool = False) -> tuple[IndexManifest, str]:
+    """The documents as the next version of the Milvus collection ``name`` (created if new): every
+    Retrieval replica watching that Milvus serves it within a second (index/milvus.py)."""
+    chunks, matrix = embed_documents(docs, embedder, chunk_size=chunk_size, overlap=overlap, batch_size=batch_size,
+                                     progress=progress)
+    if not chunks:
+        raise ValueError("no chunks to index; is the source empty?")
+    if name not in backend.versions():
+        backend.create(name)
+    manifest, version = backend.write_version(name, chunks, matrix, embedding_model=embedder.model_id,
+                                              chunk_size=chunk_size, chunk_overlap=overlap)
+    log.info("wrote %s to Milvus as %s: %d chunks from %d documents", name, version, manifest.vector_count,
+             manifest.document_count)
+    return manifest, version
 
 
 def build_index(
@@ -32,13 +64,8 @@ def build_index(
     source: str = "",
     progress: bool = False,
 ) -> IndexManifest:
-    chunks = list(tqdm(chunk_documents(docs, chunk_size, overlap), desc="chunk", unit=" chunks", disable=not progress))
-    batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
-    vectors = [
-        embedder.encode([embedding_text(c) for c in batch])
-        for batch in tqdm(batches, desc="embed", unit=" batches", disable=not progress)
-    ]
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), dtype=np.float32)
+    chunks, matrix = embed_documents(docs, embedder, chunk_size=chunk_size, overlap=overlap, batch_size=batch_size,
+                                     progress=progress)
     manifest = store.write(
         out,
         chunks,

@@ -206,3 +206,22 @@ def test_two_replicas_ingest_into_one_milvus_collection(tmp_path, milvus, embedd
     with pytest.raises(Exception, match="exists"):
         b.create("shared")
     assert b.drop("shared") == {"name": "shared", "dropped": True} and "shared" not in milvus.versions()
+
+
+def test_the_cli_writes_a_collection_into_milvus(milvus_server, milvus, monkeypatch, tmp_path, capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("RAGROUTE_MILVUS_URI", milvus_server.uri)
+    monkeypatch.setenv("RAGROUTE_HOME", str(tmp_path))
+    assert main(["index", "build", "--source", str(FIXTURE_CORPUS), "--collection", "cli-built", "--milvus",
+                 "--quiet", "--chunk-size", "300", "--overlap", "50"]) == 0
+    assert "collection cli-built (ragroute_cli_dbuilt_V000001)" in capsys.readouterr().out
+    store = milvus.open(milvus.served("cli-built"), embedding_model=MODEL)
+    assert store.manifest.document_count == len(list(load_folder(FIXTURE_CORPUS)))
+    assert not (tmp_path / "collections" / "cli-built").exists()  # nothing written locally
+    assert main(["index", "build", "--source", str(FIXTURE_CORPUS), "--collection", "cli-built", "--milvus",
+                 "--quiet"]) == 0  # a rebuild is the next version
+    assert milvus.served("cli-built") == version_of("cli-built", 2)
+    milvus.drop("cli-built")
+    with pytest.raises(SystemExit, match="give --collection"):
+        main(["index", "build", "--source", str(FIXTURE_CORPUS), "--out", str(tmp_path / "x"), "--milvus"])
