@@ -35,6 +35,17 @@ class IndexManifest(BaseModel):
     built_at: str
     files: dict[str, str] = Field(description="file name -> sha256")
 
+    def check_model(self, what: str, embedding_model: str, dimension: int | None, remedy: str) -> None:
+        """ArtifactError naming both models (or both dimensions) unless this index suits the embedder."""
+        if self.embedding_model != embedding_model:
+            raise ArtifactError(
+                f"{what} was built with embedding model {self.embedding_model!r} (dimension {self.dimension}) but "
+                f"the service is configured with {embedding_model!r}; {remedy} or set "
+                f"RAGROUTE_EMBED_MODEL={self.embedding_model}")
+        if dimension is not None and self.dimension != dimension:
+            raise ArtifactError(f"{what} has dimension {self.dimension}, the embedder ({embedding_model}) "
+                                f"produces {dimension}")
+
     def write(self, directory: Path) -> None:
         (directory / MANIFEST).write_text(self.model_dump_json(indent=2) + "\n")
 

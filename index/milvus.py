@@ -171,14 +171,7 @@ class MilvusBackend:
     def open(self, version: str, *, embedding_model: str, dimension: int | None = None) -> MilvusStore:
         """A verified store over one version collection (ArtifactError on any mismatch)."""
         manifest = self.manifest(version)
-        if manifest.embedding_model != embedding_model:
-            raise ArtifactError(
-                f"Milvus collection {version} was built with embedding model {manifest.embedding_model!r} "
-                f"(dimension {manifest.dimension}) but the service is configured with {embedding_model!r}; "
-                f"re-ingest its documents or set RAGROUTE_EMBED_MODEL={manifest.embedding_model}")
-        if dimension is not None and manifest.dimension != dimension:
-            raise ArtifactError(f"Milvus collection {version} has dimension {manifest.dimension}, "
-                                f"the embedder ({embedding_model}) produces {dimension}")
+        manifest.check_model(f"Milvus collection {version}", embedding_model, dimension, "re-ingest its documents")
         self.call("load_collection", version)
         rows = int(self.call("get_collection_stats", version).get("row_count", -1))
         if rows != manifest.vector_count:

@@ -161,14 +161,8 @@ class IndexStore:
     def load(cls, directory: Path, *, embedding_model: str, dimension: int | None = None) -> IndexStore:
         """Load and check an index built for ``embedding_model``; raises ArtifactError on any mismatch."""
         manifest = IndexManifest.read(directory)
-        if manifest.embedding_model != embedding_model:
-            raise ArtifactError(
-                f"index {directory} was built with embedding model {manifest.embedding_model!r} but the service "
-                f"is configured with {embedding_model!r}; rebuild the index with `ragroute index build --model "
-                f"{embedding_model}` or set RAGROUTE_EMBED_MODEL={manifest.embedding_model}"
-            )
-        if dimension is not None and manifest.dimension != dimension:
-            raise ArtifactError(f"index {directory} has dimension {manifest.dimension}, the embedder produces {dimension}")
+        manifest.check_model(f"index {directory}", embedding_model, dimension,
+                             f"rebuild the index with `ragroute index build --model {embedding_model}`")
         for name, digest in manifest.files.items():
             path = directory / name
             if not path.is_file() or sha256_file(path) != digest:
