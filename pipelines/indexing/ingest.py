@@ -23,8 +23,10 @@ processes): a second job waits as "queued".
 A collection created with ``"backend": "milvus"`` (or by default with RAGROUTE_VECTOR_STORE=milvus)
 lives in Milvus instead (index/milvus.py): each version is a Milvus collection and the swap moves
 an alias, so every replica and every Retrieval process sees it at once. Its job records stay with
-the replica that ran the job (``<collections>/.milvus/<name>/jobs``): poll the job where it was
-submitted. Two replicas writing one Milvus collection at the same moment cannot both make its
+the replica that ran the job (``<collections>/.milvus/<name>/jobs``) and, with Redis configured
+(REDIS_URL), in Redis too (``<namespace>:jobs:<id>``, kept 7 days), so any replica answers for any
+job; a job whose record stops changing for ``STALE_S`` (it is re-saved every ``HEARTBEAT_S`` while
+queued or running) was on a replica that died, and reads as failed. Two replicas writing one Milvus collection at the same moment cannot both make its
 next version: the second job fails (409-style message: retry), the served version is untouched.
 """
 
@@ -38,6 +40,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -63,6 +66,9 @@ MAX_IDS_PER_DELETE = 10_000
 EMBED_BATCH = 64
 FLAT_MAX = 100_000  # exact search up to here (~7 ms a query at 100k on one core), HNSW beyond: evals/index_scale.py
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+JOB_TTL_S = 7 * 86400  # how long Redis keeps a job's record
+HEARTBEAT_S = 5.0  # a queued or running job's record is re-saved this often (with Redis)
+STALE_S = 60.0  # ... so one unchanged for this long belongs to a process that is gone
 
 DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$")]
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
@@ -114,6 +120,7 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     pid: int = Field(default_factory=os.getpid)
+    host: str = Field(default_factory=socket.gethostname)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 
@@ -146,9 +153,16 @@ class ManagedCollections:
 
     def __init__(self, root: Path, *, embedding_model: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  overlap: int = DEFAULT_OVERLAP, milvus: MilvusBackend | None = None,
-                 default_backend: Literal["faiss", "milvus"] = "faiss") -> None:
+                 default_backend: Literal["faiss", "milvus"] = "faiss", redis_url: str = "",
+                 namespace: str = "ragroute") -> None:
         if default_backend == "milvus" and milvus is None:
             raise ValueError("default_backend='milvus' needs a Milvus backend")
+        self._redis = None
+        if redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._jobs_key = f"{namespace}:jobs:"
         self.root = root
         self.embedding_model = embedding_model
         self.chunk_size, self.overlap = chunk_size, overlap
@@ -243,17 +257,45 @@ class ManagedCollections:
         path = self._job_path(job.collection, job.id)
         if path.parent.is_dir():  # a dropped collection takes its job records with it
             _write_atomic(path, job.model_dump_json())
+        if self._redis is not None:
+            try:
+                self._redis.set(self._jobs_key + job.id, job.model_dump_json(), ex=JOB_TTL_S)
+            except Exception as exc:  # noqa: BLE001 - the local record stands; other replicas cannot see it
+                log.warning("job %s: record not saved in Redis (%s); only this replica can report it", job.id, exc)
+
+    async def _heartbeat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.to_thread(self._save, job)
 
     def job(self, job_id: str) -> Job:
         if not JOB_ID.match(job_id):
             raise BadRequest("job_id", "16 hexadecimal characters")
         for path in [*self.root.glob(f"*/{JOBS}/{job_id}.json"),
                      *self.root.glob(f"{MILVUS_JOBS}/*/{JOBS}/{job_id}.json")]:
-            job = Job.model_validate_json(path.read_text())
-            if job.status in ("queued", "running") and not _alive(job.pid):
-                job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
-            return job
+            return self._judged(Job.model_validate_json(path.read_text()))
+        raw = None
+        if self._redis is not None:
+            try:
+                raw = self._redis.get(self._jobs_key + job_id)
+            except Exception as exc:  # noqa: BLE001 - answered from this replica's records only
+                log.warning("job %s: Redis unavailable (%s)", job_id, exc)
+        if raw:
+            return self._judged(Job.model_validate_json(raw))
         raise NotFound("job_id", f"no job {job_id}")
+
+    @staticmethod
+    def _judged(job: Job) -> Job:
+        """A queued or running job whose process is gone reads as failed."""
+        if job.status not in ("queued", "running"):
+            return job
+        if job.host == socket.gethostname():
+            if not _alive(job.pid):
+                job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
+        elif time.time() - job.updated_at > STALE_S:
+            job.status, job.error = "failed", (f"interrupted: no word from the process doing it (pid {job.pid} on "
+                                               f"{job.host}) for {time.time() - job.updated_at:.0f} s")
+        return job
 
     def submit(self, name: str, kind: Literal["upsert", "delete"], payload: Sequence,
                embed: Callable[[list[str]], Awaitable[np.ndarray]],
@@ -270,6 +312,14 @@ class ManagedCollections:
         return job
 
     async def _run(self, job: Job, payload: Sequence, embed, on_done) -> None:
+        beat = asyncio.create_task(self._heartbeat(job)) if self._redis is not None else None
+        try:
+            await self._run_locked(job, payload, embed, on_done)
+        finally:
+            if beat is not None:
+                beat.cancel()
+
+    async def _run_locked(self, job: Job, payload: Sequence, embed, on_done) -> None:
         lock = self._locks.setdefault(job.collection, asyncio.Lock())
         async with lock:
             try:

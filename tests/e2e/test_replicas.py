@@ -1,7 +1,7 @@
 """Two replicas of the whole service (two `bentoml serve` processes on two ports, same config, as
 two machines behind a load balancer would run them) over one real Redis and one Milvus (Milvus
 Lite's server, reached by URI): an answer cached through one is a hit through the other, a
-document ingested through one is answered by the other, API-key limits are counted once, and
+document ingested through one is answered by the other (and its job polled through the other), API-key limits are counted once, and
 killing one under load costs the other nothing; Milvus going down fails only what lives in it."""
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def test_a_document_ingested_through_one_replica_is_answered_by_the_other(replic
     deadline = time.monotonic() + 240
     while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
         time.sleep(0.3)
-        job = httpx.get(f"{a.url}/ingest/jobs/{job['id']}", headers=auth, timeout=30).json()
+        # polled through the other replica: job records are shared through Redis
+        job = httpx.get(f"{b.url}/ingest/jobs/{job['id']}", headers=auth, timeout=30).json()
     assert job["status"] == "succeeded", job
     answer = ask(b, keys["acme"], query="When is the Zephyr cluster patched?", collection="ops-notes")
     assert [s["doc_id"] for s in answer["sources"]] == ["ops/zephyr.md"], answer

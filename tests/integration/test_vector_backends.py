@@ -225,3 +225,46 @@ def test_the_cli_writes_a_collection_into_milvus(milvus_server, milvus, monkeypa
     milvus.drop("cli-built")
     with pytest.raises(SystemExit, match="give --collection"):
         main(["index", "build", "--source", str(FIXTURE_CORPUS), "--out", str(tmp_path / "x"), "--milvus"])
+
+
+def test_job_records_in_redis_are_read_by_any_replica(tmp_path, milvus, redis_server, embedder):
+    import json as _json
+
+    import redis
+
+    async def embed(texts):
+        return embedder.encode(texts)
+
+    a = ManagedCollections(tmp_path / "a", embedding_model=MODEL, milvus=milvus, default_backend="milvus",
+                           redis_url=redis_server.url, namespace="jobs-test")
+    b = ManagedCollections(tmp_path / "b", embedding_model=MODEL, milvus=milvus, redis_url=redis_server.url,
+                           namespace="jobs-test")
+    a.create("jobs")
+
+    async def go():
+        a.check("jobs")
+        job = a.submit("jobs", "upsert", [DocumentIn(id="kb/1", text="Deploys freeze on Fridays.")], embed)
+        await a.wait()
+        return job.id
+    job_id = asyncio.run(go())
+    seen = b.job(job_id)  # b has no local record of it
+    assert seen.status == "succeeded" and seen.result["documents"] == 1 and seen.host
+    # a record left "running" by a replica that died (another host, silent for over STALE_S) reads as failed
+    client = redis.Redis.from_url(redis_server.url)
+    dead = seen.model_copy(update={"id": "00000000000000ab", "status": "running", "result": None, "host": "gone-host",
+                                   "updated_at": time.time() - 120})
+    client.set("jobs-test:jobs:00000000000000ab", dead.model_dump_json())
+    judged = b.job("00000000000000ab")
+    assert judged.status == "failed" and "no word from the process" in judged.error and "gone-host" in judged.error
+    assert _json.loads(client.get("jobs-test:jobs:00000000000000ab"))["status"] == "running"  # reading changes nothing
+    with pytest.raises(NotFound):
+        b.job("00000000000000cd")
+    # Redis down: saving a record degrades to this replica's own copy, never fails the job
+    c = ManagedCollections(tmp_path / "c", embedding_model=MODEL, milvus=milvus, redis_url="redis://127.0.0.1:1/0")
+    async def go_c():
+        c.check("jobs")
+        job = c.submit("jobs", "delete", ["kb/404"], embed)
+        await c.wait()
+        return c.job(job.id)
+    assert asyncio.run(go_c()).status == "succeeded"
+    milvus.drop("jobs")
