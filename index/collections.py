@@ -24,8 +24,9 @@ With a Milvus configured (RAGROUTE_MILVUS_URI; index/milvus.py), the collections
 served too: a background thread looks at Milvus every ``MILVUS_CHECK_S`` for collections added,
 dropped, or whose alias moved to a new version, and loads a new version before serving it, as for
 a managed folder. A name in both places is served from the place it was found in first (the
-other refused, logged; the ingestion API never makes such a pair). Milvus being down leaves the folder collections serving; the Milvus ones already loaded
-answer 503 per search until it is back.
+other refused, logged; the ingestion API never makes such a pair). Milvus being down leaves the
+folder collections serving; the Milvus ones already loaded answer 503 per search until it is
+back.
 """
 
 from __future__ import annotations
