@@ -84,14 +84,12 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     embed_cfg = config.EmbeddingConfig(model=args.model or embed_cfg.model, device=embed_cfg.device,
                                        batch_size=args.batch_size)
     if args.milvus:
-        from index.milvus import MilvusBackend
         from pipelines.indexing.build import build_milvus
 
         retrieval = config.RetrievalConfig.from_env()
-        if not retrieval.milvus_uri:
+        backend = retrieval.milvus(min_timeout_s=60.0)
+        if backend is None:
             raise SystemExit("ragroute index build --milvus: set RAGROUTE_MILVUS_URI (e.g. http://host:19530)")
-        backend = MilvusBackend(retrieval.milvus_uri, token=retrieval.milvus_token,
-                                timeout_s=max(retrieval.milvus_timeout_s, 60.0))
         manifest, version = build_milvus(docs, args.collection, SentenceTransformerEmbedder(embed_cfg), backend,
                                          chunk_size=args.chunk_size, overlap=args.overlap,
                                          batch_size=args.batch_size, progress=not args.quiet)

@@ -113,6 +113,16 @@ class RetrievalConfig:
     vector_store: str = "faiss"
     """where the ingestion API puts a new collection unless its request names a backend"""
 
+    def milvus(self, min_timeout_s: float = 0.0):
+        """The configured Milvus (index/milvus.py), None without RAGROUTE_MILVUS_URI; ``min_timeout_s``
+        for callers that write (ingestion, the CLI) rather than search."""
+        if not self.milvus_uri:
+            return None
+        from index.milvus import MilvusBackend
+
+        return MilvusBackend(self.milvus_uri, token=self.milvus_token,
+                             timeout_s=max(self.milvus_timeout_s, min_timeout_s))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RetrievalConfig:
         raw = _get(env, "RAGROUTE_INDEX_DIR", "")

@@ -221,16 +221,11 @@ class RAG:
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
             retrieval_cfg = RetrievalConfig.from_env()
         self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
-        milvus = None
-        if retrieval_cfg.milvus_uri:
-            from index.milvus import MilvusBackend
-
-            # ingestion writes versions: minutes of inserts, not the search timeout
-            milvus = MilvusBackend(retrieval_cfg.milvus_uri, token=retrieval_cfg.milvus_token,
-                                   timeout_s=max(retrieval_cfg.milvus_timeout_s, 30.0))
         # with Redis, job records are shared: any replica answers GET /ingest/jobs/{id}
         self.ingest = ManagedCollections(retrieval_cfg.collections_dir, embedding_model=retrieval_cfg.embed_model,
-                                         milvus=milvus, default_backend=retrieval_cfg.vector_store,
+                                         # ingestion writes versions: inserts, not the search timeout
+                                         milvus=retrieval_cfg.milvus(min_timeout_s=30.0),
+                                         default_backend=retrieval_cfg.vector_store,
                                          redis_url=self.cfg.cache.redis_url, namespace=self.cfg.cache.namespace)
         self._calibration: asyncio.Task | None = None
 

@@ -37,12 +37,8 @@ def open_collections(cfg: RetrievalConfig) -> Collections:
     embedding should use every core)."""
     import faiss
 
-    milvus = None
-    if cfg.milvus_uri:
-        from index.milvus import MilvusBackend
-
-        milvus = MilvusBackend(cfg.milvus_uri, token=cfg.milvus_token, timeout_s=cfg.milvus_timeout_s)
-    collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model, milvus=milvus)
+    collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model,
+                              milvus=cfg.milvus())
     faiss.omp_set_num_threads(cfg.faiss_threads)
     return collections
 
