@@ -238,7 +238,7 @@ def analyze(questions: list[dict]) -> dict:
     large_ms = np.array([a["latency_ms"] for a in d["large"]])
     small_cost = np.array([a["cost_usd"] for a in d["small"]])
     large_cost = np.array([a["cost_usd"] for a in d["large"]])
-    # the small answer's confidence signals, as the cascade computes them (pipelines/query/cascade.py)
+    # the small answer's confidence signals, as the cascade computes them (pipelines/query/modes/cascade.py)
     signals = {
         "logprob_mean": np.array([a["logprob_mean"] if a["logprob_mean"] is not None else -99.0 for a in d["small"]]),
         "logprob_min": np.array([a["logprob_min"] if a["logprob_min"] is not None else -99.0 for a in d["small"]]),

@@ -195,7 +195,7 @@ class RoutingConfig:
         )
 
 
-# The cascade's confidence signals (pipelines/query/cascade.py) and the range of each: escalate
+# The cascade's confidence signals (pipelines/query/modes/cascade.py) and the range of each: escalate
 # from a tier when its answer's signal is below the threshold.
 #   logprob_mean / logprob_min: the mean / lowest token log-probability of the answer;
 #   grounded: the share of the answer's content words found in its sources (pipelines/query/safety.py);

@@ -70,9 +70,11 @@ class RouteStep(_Out):
 
 
 class RouteInfo(_Out):
-    mode: Literal["auto", "cascade", "fixed"] = Field(
-        "auto", description="auto: the router picked the tier; cascade: small first (or large, when a routed "
-                            "start's router says so), escalate on low confidence; fixed: the request named the tier")
+    mode: str = Field(
+        "auto", max_length=32,
+        description="the mode that answered (pipelines/query/modes/): auto: the router picked the tier; cascade: "
+                    "small first (or large, when a routed start's router says so), escalate on low confidence; "
+                    "fixed: the request named the tier")
     tier: str
     model: str
     score: float | None = Field(description="router score; null when the tier was requested explicitly or "

@@ -54,7 +54,7 @@ MANAGED_VERSION_TTL_S = 0.5
 
 
 class _RemoteStages:
-    """:class:`pipelines.query.pipeline.Stages` over the dependency services.
+    """:class:`pipelines.query.stages.Stages` over the dependency services.
 
     Any failure of a dependency call becomes a StageError naming the stage.
     """

@@ -22,7 +22,7 @@ from pipelines.records import Generation, RouteDecision, ScoredChunk
 
 
 class LocalStages:
-    """:class:`pipelines.query.pipeline.Stages` with every stage in this process. CPU-bound
+    """:class:`pipelines.query.stages.Stages` with every stage in this process. CPU-bound
     calls run in threads so the event loop (and the pipeline's timeouts) keep running."""
 
     def __init__(self, embedder: Embedder, store: IndexStore, reranker: Reranker, router: Router,

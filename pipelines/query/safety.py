@@ -62,7 +62,7 @@ class SafetyReport:
 def grounding(answer: str, sources: Sequence[ScoredChunk]) -> float:
     """The share of the answer's content words (citation markers aside) that occur in its
     sources' titles and texts; 1.0 for an answer without content words. Also the cascade's
-    ``grounded`` confidence signal (pipelines/query/cascade.py)."""
+    ``grounded`` confidence signal (pipelines/query/modes/cascade.py)."""
     words = content_words(answer)
     source_words = content_words(" ".join(f"{s.chunk.title} {s.chunk.text}" for s in sources))
     return len(words & source_words) / len(words) if words else 1.0

@@ -1,6 +1,6 @@
 """Answer self-check: problems an answer shows on its own, without a second model.
 
-The cascade's ``selfcheck`` confidence signal (pipelines/query/cascade.py). Where a model is
+The cascade's ``selfcheck`` confidence signal (pipelines/query/modes/cascade.py). Where a model is
 unsure or wrong, its answer often says so in ways a few rules can read:
 
 - **arithmetic that does not compute**: a statement ``expr = value`` whose expression does not

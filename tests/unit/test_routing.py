@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.config import CascadeConfig, RoutingConfig
 from pipelines.errors import ArtifactError, BadRequest, ConfigError
-from pipelines.query import cascade
+from pipelines.query.modes import cascade
 from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures, decide, load_router
 from pipelines.records import Generation
 from pipelines.routing import calibrate, curves, features, train

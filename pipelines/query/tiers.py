@@ -1,0 +1,133 @@
+"""Asking the tiers: one tier's answer, with the fallback to the cheapest tier, whole or streamed.
+
+What the modes (pipelines/query/modes/) build on. :class:`TierRunner` holds what they share:
+the stages, the configured tiers (cheapest first) with their rates, the budget profile, and
+the router call. :meth:`TierRunner.generate` and :meth:`TierRunner.generate_stream` try the
+same tiers in the same order and record success and failure the same way (one ``route.path``
+step per tier asked; a failure degrades the answer); they differ only in how the answer
+arrives, and both time it with the request's one budget mechanism (pipelines/query/state.py).
+A streamed answer that fails after its first words ends there (flagged): the client already
+has them.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+
+from pipelines.budget import BudgetProfile
+from pipelines.config import RagConfig, TierConfig
+from pipelines.errors import StageError
+from pipelines.query.generate import Delta
+from pipelines.query.route import QueryFeatures
+from pipelines.query.stages import Stages
+from pipelines.query.state import RequestState
+from pipelines.records import Generation, RouteDecision, ScoredChunk
+
+log = logging.getLogger(__name__)
+
+CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
+NO_TIER = "no tier could generate in time; answered with an extract of the best source"
+
+
+@dataclass(frozen=True)
+class Begin:
+    """A streaming mode knows which tier will stream the answer (the ``meta`` event goes out)."""
+
+    tier: str
+
+
+class TierRunner:
+    def __init__(self, stages: Stages, cfg: RagConfig, budget: BudgetProfile, tiers: Sequence[str],
+                 tier_configs: dict[str, TierConfig]) -> None:
+        self.stages = stages
+        self.cfg = cfg
+        self.budget = budget
+        self.tiers = list(tiers)  # configured tiers, cheapest first
+        self.tier_configs = dict(tier_configs)
+
+    @property
+    def safety_ms(self) -> float:
+        """Kept in reserve for the safety check after generation."""
+        return self.budget.stages_ms["safety"]
+
+    def observe_rates(self, tier: str, prefill_tok_s: float | None, decode_tok_s: float | None) -> None:
+        """The Generation service's measured rates of ``tier`` (reported with every answer, and
+        by its ``info`` at start-up) replace the configured ones in the cascade's time check."""
+        cfg = self.tier_configs.get(tier)
+        if cfg is not None and prefill_tok_s and decode_tok_s:
+            self.tier_configs[tier] = replace(cfg, prefill_tok_s=prefill_tok_s, decode_tok_s=decode_tok_s)
+
+    async def ask_router(self, r: RequestState, features: QueryFeatures,
+                         threshold: float | None = None) -> RouteDecision:
+        """The Routing stage's decision (``threshold``: decide at this score); StageError when it
+        fails or is late."""
+        return await r.run("route", lambda: self.stages.route(r.req.query, features, threshold))
+
+    def attempts(self, tier: str, fallbacks: bool = True) -> list[str]:
+        """The requested tier, then the cheapest one (the first configured) if it is another."""
+        first = self.tiers[0] if self.tiers else "small"
+        return [tier] + ([first] if tier != first and fallbacks else [])
+
+    def _answered(self, r: RequestState, gen: Generation) -> None:
+        r.step(gen.tier, "answered", gen)
+        self.observe_rates(gen.tier, gen.prefill_tok_s, gen.decode_tok_s)
+
+    @staticmethod
+    def _failed(r: RequestState, tier: str, tiers: list[str], exc: StageError, suffix: str = "") -> None:
+        log.warning("request %s: %s", r.id, exc)
+        r.step(tier, "failed", reason=str(exc))
+        if not suffix and tier != tiers[-1]:
+            suffix = f"; fell back to the {tiers[-1]} tier"
+        r.degrade(f"{exc}{suffix}")
+
+    async def generate(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
+                       fallbacks: bool = True) -> Generation | None:
+        """``tier``'s answer, or the cheapest tier's when it fails; None when none answered.
+        ``fallbacks=False``: no fallback tier, and no extractive answer is implied (a cascade
+        still has the previous tier's answer)."""
+        tiers = self.attempts(tier, fallbacks)
+        for t in tiers:
+            # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
+            budget = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms)
+            try:
+                gen = await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
+                                  reserve_ms=self.safety_ms, label=f"generate[{t}]")
+            except StageError as exc:
+                self._failed(r, t, tiers, exc)
+                continue
+            self._answered(r, gen)
+            return gen
+        if fallbacks:
+            r.degrade(NO_TIER)
+        return None
+
+    async def generate_stream(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
+                              fallbacks: bool = True) -> AsyncIterator[Delta | Generation]:
+        """Like :meth:`generate`, streamed: text deltas, then the Generation record. A tier that
+        fails before its first words falls back; once words are out, a failure or the deadline
+        ends the answer there (flagged)."""
+        tiers = self.attempts(tier, fallbacks)
+        for t in tiers:
+            sent = False
+            try:
+                async with aclosing(r.run_stream(
+                        "generate", lambda budget: self.stages.generate_stream(t, r.req.query, ranked, budget),
+                        final=lambda item: isinstance(item, Generation), reserve_ms=self.safety_ms,
+                        label=f"generate[{t}]")) as events:
+                    async for item in events:
+                        if isinstance(item, Generation):
+                            self._answered(r, item)
+                        else:
+                            sent = True
+                        yield item
+                return
+            except StageError as exc:
+                if sent:  # the client has part of an answer: end it there
+                    self._failed(r, t, tiers, exc, "; the streamed answer is incomplete")
+                    return
+                self._failed(r, t, tiers, exc)
+        if fallbacks:
+            r.degrade(NO_TIER)
