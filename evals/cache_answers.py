@@ -7,7 +7,7 @@ For the first ``--questions`` entries of evals/data/cache_paraphrases.jsonl it a
 question, its first rewording and its first near-miss, and appends them to
 evals/out/cache_policy/answers.jsonl (rows already there are kept, so runs resume).
 ``python -m evals.cache_policy`` then reports how often the service's comparison of two
-answers (pipelines/query/cache_policy.py: ``answers_agree``) matches the labels.
+answers (pipelines/query/cache/policy.py: ``answers_agree``) matches the labels.
 """
 
 from __future__ import annotations

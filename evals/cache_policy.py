@@ -19,7 +19,7 @@ A stream is replayed once per seed (lookups shuffled); what was answered fresh i
 service does. For each policy: hit rate on true paraphrases (lookups that have a right entry),
 wrong-hit rate over all lookups (with its 95% Clopper-Pearson interval), and fresh answers
 spent on verification samples. Policies: plain cosine thresholds, the shipped verifier (its
-fixed cut on P(same question)), and the error-bounded policy (pipelines/query/cache_policy.py)
+fixed cut on P(same question)), and the error-bounded policy (pipelines/query/cache/policy.py)
 at bounds 1%, 2%, 5%. Here an observation's outcome is the label; in the service it is the
 comparison of the two answers (``answers_agree``), whose agreement with the labels is measured
 on real answers when evals/out/cache_policy/answers.jsonl exists (``python -m evals.cache_answers``),
@@ -46,9 +46,9 @@ import numpy as np
 
 from evals.cache_verifier import default_data, embed_all, in_test_split, load_qqp
 from evals.serving import ROOT
-from pipelines.query.cache_policy import (BANDS, EntryStats, ErrorBoundPolicy, PoolStats, answers_agree, band,
+from pipelines.query.cache.policy import (BANDS, EntryStats, ErrorBoundPolicy, PoolStats, answers_agree, band,
                                           comparable, interval)
-from pipelines.query.verify import HitVerifier
+from pipelines.query.cache.verify import HitVerifier
 
 log = logging.getLogger("evals.cache_policy")
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipelines.errors import ConfigError
+# The cascade's signals, their defaults and starts: shared with the routing artifact, which
+# records calibrated ones (a leaf module, so neither imports the other); settings read them.
+from pipelines.routing.signals import (CASCADE_SIGNALS, CASCADE_STARTS, DEFAULT_CASCADE_SIGNAL,  # noqa: F401
+                                       DEFAULT_CASCADE_THRESHOLDS)
 
 T = TypeVar("T")
 
@@ -195,24 +199,9 @@ class RoutingConfig:
         )
 
 
-# The cascade's confidence signals (pipelines/query/modes/cascade.py) and the range of each: escalate
-# from a tier when its answer's signal is below the threshold.
-#   logprob_mean / logprob_min: the mean / lowest token log-probability of the answer;
-#   grounded: the share of the answer's content words found in its sources (pipelines/query/safety.py);
-#   selfcheck: 1 / (1 + the problems the answer shows: arithmetic that does not compute, cut off,
-#     unsure wording; pipelines/query/selfcheck.py).
-CASCADE_SIGNALS = {"logprob_mean": (-100.0, 0.0), "logprob_min": (-100.0, 0.0), "grounded": (0.0, 1.0),
-                   "selfcheck": (0.0, 1.0)}
-# Built-in thresholds: the log-probability and grounding ones each calibrated for 95% of
-# large-only token F1 on SQuAD (501 questions) with the cpu tiers (evals/routing_live.py; README
-# "Routing and cascades"); each escalates ~89-94% of those answers: the 135M model rarely writes a
-# good one. selfcheck's 1.0 escalates an answer with any problem.
-DEFAULT_CASCADE_SIGNAL = "logprob_mean"
-DEFAULT_CASCADE_THRESHOLDS = {"logprob_mean": -0.184, "logprob_min": -1.291, "grounded": 0.9333, "selfcheck": 1.0}
-# Where a cascade starts: at the cheapest tier, or at the tier the router picks (a question it
-# scores hard skips the tiers below; the others climb from the cheapest as usual).
-CASCADE_STARTS = ("cheapest", "routed")
 RESERVED_TIER_NAMES = ("auto", "cascade")
+# The generation engines a tier can use (pipelines/engines/: ENGINES maps each to its loader).
+ENGINE_NAMES = ("llamacpp", "vllm", "openai")
 
 
 @dataclass(frozen=True)
@@ -327,10 +316,8 @@ def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperatur
     key = f"RAGROUTE_{name.upper()}"
     b = {**TierConfig(name=name, engine="", model="", context_tokens=2048, max_tokens=160).__dict__, **base}
     engine = _get(env, f"{key}_ENGINE", str(b["engine"]))
-    from pipelines.engines import ENGINES
-
-    if engine not in ENGINES:
-        raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINES)}")
+    if engine not in ENGINE_NAMES:
+        raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINE_NAMES)}")
     model = _get(env, f"{key}_MODEL", str(b["model"]))
     if not model:
         raise ConfigError(f"{key}_MODEL is not set (tier {name!r} has no default model)")
@@ -419,7 +406,7 @@ class CacheConfig:
     """None: the verifier's tuned cosine floor (0.80), or 0.95 with the verifier off"""
     verifier: bool = True
     pair_model: bool = True
-    """the verifier's cross-encoder (pipelines/query/pairmodel.py); off: its features decide alone"""
+    """the verifier's cross-encoder (pipelines/query/cache/pairmodel.py); off: its features decide alone"""
     accept_probability: float | None = None
     """None: the verifier's calibrated cut on P(same question); set: this cut instead (policy=verifier)"""
     policy: str = "error-bound"

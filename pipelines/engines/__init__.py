@@ -12,50 +12,16 @@ their heavy libraries (llama.cpp, vLLM) only when a tier uses them.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pipelines.config import ENGINE_NAMES
+from pipelines.engines.base import Chunk, Engine, Final, Sampling
 
 if TYPE_CHECKING:
     from pipelines.config import TierConfig
 
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...] = ()
-    """strings that end the answer (not included in it)"""
-
-
-@dataclass(frozen=True)
-class Final:
-    finish_reason: str  # stop | length | cancelled
-    tokens_in: int
-    tokens_out: int
-
-
-@dataclass(frozen=True)
-class Chunk:
-    text: str = ""
-    logprobs: tuple[float, ...] = ()  # of the tokens in ``text`` (engines that report them)
-    final: Final | None = None
-
-
-class Engine(Protocol):
-    name: str
-    model: str
-    concurrency: asyncio.Semaphore | None
-    """Bounds requests in flight: 1 for an engine that serves one request at a time
-    (llama.cpp); None for one that batches or queues itself (vLLM, a remote server)."""
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> AsyncIterator[Chunk]: ...
-
-    async def close(self) -> None: ...
+__all__ = ["ENGINES", "Chunk", "Engine", "Final", "Sampling"]
 
 
 def _load_llamacpp(tier: TierConfig, threads: int) -> Engine:
@@ -76,9 +42,11 @@ def _load_openai(tier: TierConfig, threads: int) -> Engine:
     return OpenAIEngine(tier)
 
 
-# name -> loader(tier, threads); the one registry of engine names (config validates against it).
+# name -> loader(tier, threads), for each of the engine names the config accepts (config.ENGINE_NAMES).
 ENGINES: dict[str, Callable[[TierConfig, int], Engine]] = {
     "llamacpp": _load_llamacpp,
     "vllm": _load_vllm,
     "openai": _load_openai,
 }
+if tuple(ENGINES) != ENGINE_NAMES:  # pragma: no cover - a registry edit that forgot the other list
+    raise ImportError(f"pipelines.engines.ENGINES {tuple(ENGINES)} != pipelines.config.ENGINE_NAMES {ENGINE_NAMES}")

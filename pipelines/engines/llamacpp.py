@@ -19,7 +19,7 @@ import numpy as np
 
 from pipelines import models
 from pipelines.config import TierConfig
-from pipelines.engines import Chunk, Final, Sampling
+from pipelines.engines.base import Chunk, Final, Sampling
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from pipelines.config import TierConfig
-from pipelines.engines import Chunk, Final, Sampling
+from pipelines.engines.base import Chunk, Final, Sampling
 from pipelines.errors import UpstreamError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipelines import models
 from pipelines.budget import gpu_present
 from pipelines.config import TierConfig
-from pipelines.engines import Chunk, Final, Sampling
+from pipelines.engines.base import Chunk, Final, Sampling
 from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pipelines.budget import BudgetProfile
 from pipelines.errors import StageError
 from pipelines.query import cite, evidence
 from pipelines.query.cache import CacheHit, Observation, SemanticCache
-from pipelines.query.cache_policy import answers_agree, comparable
+from pipelines.query.cache.policy import answers_agree, comparable
 from pipelines.query.prepare import Prepared
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
@@ -132,7 +132,7 @@ class Responder:
     async def _compare(self, r: RequestState, prep: Prepared, obs: Observation, answer: str,
                        doc_ids: list[str]) -> None:
         """The error-bounded cache learns: was the cached candidate's answer as good an answer to
-        this question as the fresh one? (pipelines/query/cache_policy.py: answers_agree). The
+        this question as the fresh one? (pipelines/query/cache/policy.py: answers_agree). The
         outcome updates the entry's and the tenant's statistics; a failed update is dropped
         (reported, counted by the backend), never retried into a corrupted count; answers that
         could not be embedded in time are not compared (nothing is recorded)."""

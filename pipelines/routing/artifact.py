@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.config import CASCADE_SIGNALS, CASCADE_STARTS
+from pipelines.routing.signals import CASCADE_SIGNALS, CASCADE_STARTS
 from pipelines.errors import ArtifactError
 
 FORMAT_VERSION = 1

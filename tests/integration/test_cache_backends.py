@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache import CacheUnavailable, InMemoryCache, Partition
-from pipelines.query.cache_policy import EntryStats, PoolStats
+from pipelines.query.cache.policy import EntryStats, PoolStats
 from tests.fakes import unit
 
 P = Partition("acme", "idx-v1", "fp1")
@@ -22,7 +22,7 @@ def make_backend(request):
     def make(**kw):
         if request.param == "memory":
             return InMemoryCache(CacheConfig(**kw))
-        from pipelines.query.cache_redis import RedisCache
+        from pipelines.query.cache.redis_backend import RedisCache
 
         server = request.getfixturevalue("redis_server")
         return RedisCache(CacheConfig(redis_url=server.url, namespace=f"t{uuid.uuid4().hex[:8]}", **kw))
@@ -207,7 +207,7 @@ def test_concurrent_observers_never_lose_an_update(make_backend):
 # -- Redis only ------------------------------------------------------------------------------------
 
 def test_redis_statistics_survive_a_restart_of_the_service(redis_server):
-    from pipelines.query.cache_redis import RedisCache
+    from pipelines.query.cache.redis_backend import RedisCache
 
     cfg = CacheConfig(redis_url=redis_server.url, namespace=f"t{uuid.uuid4().hex[:8]}")
     first = RedisCache(cfg)
@@ -221,7 +221,7 @@ def test_redis_statistics_survive_a_restart_of_the_service(redis_server):
 
 def test_redis_down_during_an_observation_drops_it_and_counts_it(tmp_path):
     from evals.redis_server import RedisServer
-    from pipelines.query.cache_redis import RedisCache
+    from pipelines.query.cache.redis_backend import RedisCache
 
     with RedisServer(tmp_path / "r").start() as server:
         errors: list[str] = []
@@ -235,7 +235,7 @@ def test_redis_down_during_an_observation_drops_it_and_counts_it(tmp_path):
 
 def test_redis_down_fails_fast_then_recovers_after_restart(tmp_path):
     from evals.redis_server import RedisServer
-    from pipelines.query.cache_redis import RedisCache
+    from pipelines.query.cache.redis_backend import RedisCache
 
     with RedisServer(tmp_path / "r").start() as server:
         errors: list[str] = []
@@ -257,7 +257,7 @@ def test_redis_down_fails_fast_then_recovers_after_restart(tmp_path):
 
 def test_redis_unreachable_at_start_does_not_block():
     from evals.serving import free_port
-    from pipelines.query.cache_redis import RedisCache
+    from pipelines.query.cache.redis_backend import RedisCache
 
     b = RedisCache(CacheConfig(redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_ms=100))
     t0 = time.perf_counter()

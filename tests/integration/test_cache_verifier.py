@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
-from pipelines.query.verify import HitVerifier
+from pipelines.query.cache.verify import HitVerifier
 
 P = Partition("acme", "idx-v1", "fp1")
 

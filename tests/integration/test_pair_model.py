@@ -12,8 +12,8 @@ import pytest
 
 from pipelines import models
 from pipelines.errors import ArtifactError
-from pipelines.query import pairmodel
-from pipelines.query.verify import WEIGHTS_FILE, HitVerifier
+from pipelines.query.cache import pairmodel
+from pipelines.query.cache.verify import WEIGHTS_FILE, HitVerifier
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import uuid
 from pipelines.budget import STAGES, BudgetProfile
 from pipelines.config import CacheConfig, RagConfig
 from pipelines.query.cache import SemanticCache
-from pipelines.query.cache_redis import RedisCache
+from pipelines.query.cache.redis_backend import RedisCache
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.query.verify import HitVerifier
+from pipelines.query.cache.verify import HitVerifier
 from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
-from pipelines.query.verify import HitVerifier, PairScorer, PairStack
+from pipelines.query.cache.verify import HitVerifier, PairScorer, PairStack
 from tests.fakes import unit
 
 P = Partition("t1", "v1", "fp")

@@ -11,10 +11,10 @@ import pytest
 
 from pipelines.config import CacheConfig, RagConfig
 from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
-from pipelines.query.cache_policy import (BANDS, EntryStats, ErrorBoundPolicy, PoolStats, answers_agree, band,
+from pipelines.query.cache.policy import (BANDS, EntryStats, ErrorBoundPolicy, PoolStats, answers_agree, band,
                                           interval, upper_bound)
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.query.verify import HitVerifier
+from pipelines.query.cache.verify import HitVerifier
 from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
 

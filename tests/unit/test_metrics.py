@@ -69,7 +69,7 @@ def test_a_cascade_counts_its_escalation_and_both_tiers_costs(metrics):
 
 
 def test_the_error_bounded_cache_is_reported_per_tenant(metrics):
-    from pipelines.query.cache_policy import PoolStats
+    from pipelines.query.cache.policy import PoolStats
 
     metrics.usage("metrics-tenant", 0)  # a known tenant (label budget)
     # served from band 9 (1 wrong in 300 observed), which is all of the lookups: the rate over

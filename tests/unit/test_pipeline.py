@@ -237,7 +237,7 @@ def test_generation_settings_partition_the_cache(stages):
 
 
 def test_verifier_rejection_is_reported_and_the_request_is_answered_afresh():
-    from pipelines.query.verify import HitVerifier
+    from pipelines.query.cache.verify import HitVerifier
 
     stages = FakeStages(vectors={"How do I enable 2FA?": unit([1, 0, 0]), "How do I disable 2FA?": unit([1, 0.05, 0])})
     cache = SemanticCache(InMemoryCache(CFG.cache), 0.95, HitVerifier({"antonyms": 0.0}, 0.9))
@@ -322,7 +322,7 @@ def test_in_memory_lookups_stay_on_the_event_loop_and_only_the_pair_model_leaves
     budget and a cached question was answered from scratch: microsecond calls run inline."""
     import threading
 
-    from pipelines.query.verify import HitVerifier, PairScorer, PairStack
+    from pipelines.query.cache.verify import HitVerifier, PairScorer, PairStack
 
     seen: dict[str, set[str]] = {"exact": set(), "candidates": set(), "pair": set()}
 

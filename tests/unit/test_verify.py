@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import ArtifactError, ConfigError
-from pipelines.query.verify import FEATURES, PAIR_GROUP, RULES, WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
+from pipelines.query.cache.verify import FEATURES, PAIR_GROUP, RULES, WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
 
 ALL = {name: 0.0 for name in RULES} | {"order": 0.5}
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import CacheConfig
-from pipelines.query.cache import Candidate, CacheUnavailable, Partition, doc_tag
-from pipelines.query.cache_policy import EntryStats, PoolStats
+from pipelines.query.cache.records import CacheUnavailable, Candidate, Partition, doc_tag
+from pipelines.query.cache.policy import EntryStats, PoolStats
 from pipelines.text import content_id
 
 log = logging.getLogger(__name__)

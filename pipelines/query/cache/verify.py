@@ -11,7 +11,7 @@ Python" vs "in Java". The verifier runs in two steps, and says which one decided
    - *features*: logistic regression on the cosine, named lexical features (word overlap,
      different names, word order, question type, ...) and the two embeddings' interactions
      (|u - v| and u * v, as in Sentence-BERT's classifier head);
-   - *the pair model* (:mod:`pipelines.query.pairmodel`): MiniLM fine-tuned as a
+   - *the pair model* (:mod:`pipelines.query.cache.pairmodel`): MiniLM fine-tuned as a
      cross-encoder that reads both questions together.
    A two-input logistic regression, fitted on a calibration slice the two were not trained
    on, weighs them. The candidate is accepted when P is at least ``accept_probability``, or
@@ -262,7 +262,7 @@ class PairStack:
     """How the pair model's logit joins the features' one: P = sigmoid(features_weight * z_features
     + pair_weight * z_pair + bias), with its own acceptance cut and near-identical cosine."""
 
-    model: Any  # pipelines.query.pairmodel.PairModel (anything with .logits(pairs) -> array)
+    model: Any  # pipelines.query.cache.pairmodel.PairModel (anything with .logits(pairs) -> array)
     features_weight: float
     pair_weight: float
     bias: float
@@ -287,7 +287,7 @@ def _explain(parts: dict[str, float], k: int = 3) -> str:
 
 
 def _load_pair(spec: dict, path: Path) -> PairStack:
-    from pipelines.query.pairmodel import PairModel
+    from pipelines.query.cache.pairmodel import PairModel
 
     model = PairModel(path.with_name(spec["file"]), spec["sha256"], int(spec["rank"]))
     return PairStack(model, float(spec["features_weight"]), float(spec["pair_weight"]), float(spec["bias"]),

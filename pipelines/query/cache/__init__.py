@@ -1,0 +1,18 @@
+"""The semantic cache: everything that belongs to it, in one package.
+
+    records.py        partitions, candidates, hits; the backend protocol
+    memory.py         the in-process backend (default)
+    redis_backend.py  the Redis backend (REDIS_URL): shared by workers and replicas
+    semantic.py       SemanticCache (threshold, verifier, policy over a backend); make_cache
+    verify.py         the hit verifier: rules and learned checks on a candidate pair
+    pairmodel.py      the verifier's pair model (verifier-pair.npz; sha256 in verifier.json)
+    policy.py         the error-bounded policy: per-band error estimates, answers_agree
+"""
+
+from pipelines.query.cache.memory import InMemoryCache
+from pipelines.query.cache.records import (CacheBackend, CacheHit, CacheUnavailable, Candidate, Found, Observation,
+                                           Partition, SemanticLookup, doc_tag)
+from pipelines.query.cache.semantic import SemanticCache, make_cache
+
+__all__ = ["CacheBackend", "CacheHit", "CacheUnavailable", "Candidate", "Found", "InMemoryCache", "Observation",
+           "Partition", "SemanticCache", "SemanticLookup", "doc_tag", "make_cache"]
