@@ -80,7 +80,7 @@ async def _measure(engine_name: str, runs: int, base_url: str) -> dict:
     from pipelines.config import GenerationConfig
     from pipelines.engines import ENGINES
     from pipelines.query.generate import Generator
-    from pipelines.records import Chunk, Generation, ScoredChunk
+    from pipelines.records import Chunk, ScoredChunk, TierAnswer
 
     cfg = GenerationConfig.from_env({**os.environ, **_engine_env(engine_name, base_url)})
     tier = cfg.tiers["small"]
@@ -93,12 +93,12 @@ async def _measure(engine_name: str, runs: int, base_url: str) -> dict:
     await gen.generate("small", "Hi?", source)  # warm-up
 
     async def one(i: int, start: float):
-        """The Generation record, with ttft measured from submission (queueing included)."""
+        """The TierAnswer record, with ttft measured from submission (queueing included)."""
         first = None
         async for item in gen.stream("small", f"{QUESTION} ({i})", source):
             if first is None:
                 first = (time.perf_counter() - start) * 1000
-            if isinstance(item, Generation):
+            if isinstance(item, TierAnswer):
                 return item.model_copy(update={"ttft_ms": first})
 
     rounds: dict[str, list[dict]] = {"1": [], "8": []}

@@ -1,7 +1,7 @@
 """Services for the hop benchmark (evals/hops.py); not part of the product.
 
     HopProbe   calls each stage service exactly as the RAG service does (the same
-               ``_RemoteStages`` client code, from a service started the same way) and reports
+               ``RemoteStages`` client code, from a service started the same way) and reports
                the latencies it sees; ``target: noop`` sends the same calls to NoopStages.
     NoopStages one no-op API per stage call, with the request and response shapes of the real
                one: the framework's floor for a hop.
@@ -29,7 +29,7 @@ from pipelines.schema import RagRequest, RagResponse
 from services._common import RUNNER_CONNECTION
 from services.embedding import Embedding
 from services.generation import Generation
-from services.rag import _RemoteStages
+from services.remote_stages import RemoteStages
 from services.reranking import Reranking
 from services.retrieval import Retrieval
 from services.routing import Routing
@@ -90,8 +90,8 @@ class HopProbe:
     noop = bentoml.depends(NoopStages)
 
     def __init__(self) -> None:
-        self.real = _RemoteStages(self)
-        self.floor = _RemoteStages(SimpleNamespace(embedding=self.noop, retrieval=self.noop, reranking=self.noop,
+        self.real = RemoteStages(self)
+        self.floor = RemoteStages(SimpleNamespace(embedding=self.noop, retrieval=self.noop, reranking=self.noop,
                                                    routing=self.noop, generation=self.noop))
         self.sources: list[ScoredChunk] = []
 
@@ -104,7 +104,7 @@ class HopProbe:
                 return False
         return True
 
-    async def _call(self, stages: _RemoteStages, stage: str, i: int) -> None:
+    async def _call(self, stages: RemoteStages, stage: str, i: int) -> None:
         query = f"{QUESTION} ({i})"  # distinct texts: nothing downstream can reuse a result
         if stage == "embed":
             await stages.embed(query)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from pipelines.access import Denied
 from pipelines.config import TierConfig
-from pipelines.errors import BadRequest, RagrouteError
+from pipelines.errors import RagrouteError
 from pipelines.schema import MAX_QUERY_CHARS, NON_BLANK, WHITESPACE, Collection, RagRequest, RagResponse, Tenant
 
 AUTO, CASCADE = "ragroute", "ragroute-cascade"

@@ -43,7 +43,9 @@ class RouteDecision(_Record):
     reason: str
 
 
-class Generation(_Record):
+class TierAnswer(_Record):
+    """One tier's answer: what the Generation service returns (and the last event of its stream)."""
+
     text: str
     tier: Tier
     model: str

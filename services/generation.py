@@ -1,15 +1,13 @@
 """Generation service: tier -> engine + model (llama.cpp on CPU, vLLM on GPU, or a remote
 OpenAI-compatible endpoint), chosen per tier in config (pipelines/config.py, README).
 
-``generate`` returns ``{"generation": <Generation>}`` or ``{"error": ..., "status": ...}`` (a
-stage failure, whose message a 5xx would hide); ``generate_stream`` streams NDJSON lines: text
-deltas ``{"t": "..."}``, then ``{"final": <Generation>}``, or ``{"error": ..., "status": ...}``.
+What ``generate`` returns and ``generate_stream`` streams (NDJSON) is the typed wire protocol
+of pipelines/wire.py; a stage failure travels in the body (a 5xx's message BentoML would hide).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -20,6 +18,8 @@ from annotated_types import Ge, Le, MaxLen
 
 from pipelines.config import GenerationConfig
 from pipelines.errors import ConfigError, RagrouteError, StageError
+from pipelines import wire
+from pipelines.records import TierAnswer
 from pipelines.records import ScoredChunk, Tier
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
@@ -82,10 +82,10 @@ class Generation:
         except StageError as exc:
             # BentoML hides the message of a 5xx; the caller needs it (e.g. "upstream ... timed out").
             log.warning("generate[%s] failed: %s", tier, exc)
-            return {"error": exc.message, "status": exc.status}
+            return wire.failure(exc).model_dump()
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
-        return {"generation": result.model_dump()}
+        return wire.GenerateResult(generation=result).model_dump()
 
     @bentoml.api
     async def generate_stream(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
@@ -93,23 +93,20 @@ class Generation:
                               budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None,
                               ) -> AsyncGenerator[str, None]:
         """The same answer as ``generate``, streamed as NDJSON lines as it is decoded."""
-        from pipelines.records import Generation as GenerationRecord
-
         received = time.monotonic()
         try:
             async for item in self.generator.stream(tier, query, sources, budget_ms, received):
-                if isinstance(item, GenerationRecord):
+                if isinstance(item, TierAnswer):
                     self._report_rates()
-                    yield json.dumps({"final": item.model_dump()}) + "\n"
+                    yield wire.line(wire.FinalEvent(final=item))
                 else:
-                    yield json.dumps({"t": item.text}) + "\n"
+                    yield wire.line(wire.TextEvent(t=item.text))
         except RagrouteError as exc:  # headers are sent already: the error travels in the stream
             log.warning("generate_stream[%s] failed: %s", tier, exc)
-            yield json.dumps({"error": getattr(exc, "message", str(exc)), "status": exc.status}) + "\n"
+            yield wire.line(wire.failure(exc))
         except Exception as exc:  # noqa: BLE001 - an engine failure: reported, the service stays up
             log.exception("generate_stream[%s]: engine error", tier)
-            yield json.dumps({"error": f"engine error: {type(exc).__name__}: {exc}",
-                              "status": 503}) + "\n"
+            yield wire.line(wire.failure(exc))
 
     @bentoml.api
     async def calibrate(self) -> dict:

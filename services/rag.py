@@ -12,26 +12,20 @@ import logging
 from collections.abc import AsyncIterator
 import os
 import secrets
-import time
 
 import bentoml
-import numpy as np
 
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.budget import BudgetProfile
 from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RetrievalConfig, RoutingConfig, rag_workers
-from pipelines.errors import BadRequest, ConfigError, NotFound, RagrouteError, StageError
+from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.query.cache import make_cache
-from pipelines.query.generate import Delta
+from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.query.prompt import PROMPT_VERSION
+from pipelines.query.route import router_uses_retrieval
 from pipelines.query.safety import SafetyConfig
-from pipelines.query.route import QueryFeatures, router_uses_retrieval
-from pipelines.records import Generation as GenerationRecord
-from pipelines.records import RouteDecision, ScoredChunk
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
-from pipelines.text import content_id
 from services._common import TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
@@ -40,147 +34,12 @@ from services.ingest_app import make_app as make_ingest_app
 from services.openai_app import make_app
 from services.openapi import ApiContract
 from services.playground import app as playground
+from services.remote_stages import RemoteStages
 from services.reranking import Reranking
 from services.retrieval import Retrieval
 from services.routing import Routing
 
 log = logging.getLogger(__name__)
-
-EMBED_CALL_MAX = 256  # texts per call of the Embedding service's `embed` (its bound)
-COLLECTIONS_RESCAN_S = 1.0  # an unknown collection name refreshes the list at most this often
-# A managed collection's served version is asked again after this long: a cached answer is keyed
-# by the version, so a swap made elsewhere hides the old answers within this time.
-MANAGED_VERSION_TTL_S = 0.5
-
-
-class _RemoteStages:
-    """:class:`pipelines.query.stages.Stages` over the dependency services.
-
-    Any failure of a dependency call becomes a StageError naming the stage.
-    """
-
-    def __init__(self, svc: RAG) -> None:
-        self.svc = svc
-        self._versions: dict[str, str] = {}  # collection -> the index version last seen serving it
-        self._managed: dict[str, float] = {}  # managed collection -> when its version was last asked
-        self._rescanned = 0.0
-
-    async def _call(self, stage: str, method, *args, retry: bool = True, **kwargs):
-        """``retry``: the call is idempotent, so a connection the dependency had already closed
-        (a pooled keep-alive connection reused after it timed out: "Broken pipe", "Server
-        disconnected") is retried once on a fresh one. Generation is not retried."""
-        import aiohttp
-
-        for attempt in (1, 2):
-            try:
-                return await method(*args, **kwargs)
-            except aiohttp.ClientConnectionError as exc:
-                if retry and attempt == 1:
-                    log.info("%s: %s: %s; retrying once on a new connection", stage, type(exc).__name__, exc)
-                    continue
-                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
-            except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
-                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
-
-    def forget(self, collection: str) -> None:
-        """The collection's version changed (an ingestion job here swapped it): ask again."""
-        self._versions.pop(collection, None)
-        self._rescanned = 0.0
-
-    async def index_version(self, collection: str = "default") -> str:
-        stale = collection in self._managed and time.monotonic() - self._managed[collection] >= MANAGED_VERSION_TTL_S
-        if collection not in self._versions or stale:
-            # A name not seen yet: ask the Retrieval service for its collections (it looks for new
-            # ones at most once a second; so do we), so an unknown one is a 404 before any work.
-            now = time.monotonic()
-            if now - self._rescanned >= COLLECTIONS_RESCAN_S or not self._versions or stale:
-                self._rescanned = now
-                await self.collections()
-            if collection not in self._versions:
-                raise NotFound("collection", f"{collection!r} is not a collection; valid: "
-                               f"{', '.join(sorted(self._versions))}")
-        return self._versions[collection]
-
-    async def collections(self) -> list[dict]:
-        """The Retrieval service's collections (it looks for new ones first); their versions are learnt."""
-        known = await self._call("retrieve", self.svc.retrieval.to_async.collections_info, rescan=True)
-        now = time.monotonic()
-        self._versions = {c["name"]: c["index_version"] for c in known}  # a dropped collection goes too
-        self._managed = {c["name"]: now for c in known if c.get("managed")}
-        return known
-
-    async def embed(self, text: str) -> np.ndarray:
-        return (await self.embed_many([text]))[0]
-
-    async def embed_many(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, 0), dtype=np.float32)
-        # The query path's API (never held to fill a batch); a bulk request uses adaptive batching.
-        embedding = self.svc.embedding.to_async
-        method = embedding.embed if len(texts) <= EMBED_CALL_MAX else embedding.encode
-        vectors = await self._call("embed", method, texts)
-        return np.asarray(vectors, dtype=np.float32)
-
-    async def retrieve(self, vector: np.ndarray, n: int, query: str = "",
-                       collection: str = "default") -> tuple[list[ScoredChunk], str]:
-        return self._hits(collection, await self._call("retrieve", self.svc.retrieval.to_async.search,
-                                                       vector=vector.tolist(), n=n, query=query, collection=collection))
-
-    async def retrieve_text(self, query: str, n: int, collection: str = "default") -> tuple[list[ScoredChunk], str]:
-        return self._hits(collection, await self._call("retrieve", self.svc.retrieval.to_async.search_text,
-                                                       query=query, n=n, collection=collection))
-
-    def _hits(self, collection: str, out: dict) -> tuple[list[ScoredChunk], str]:
-        self._versions[collection] = out["index_version"]
-        return [ScoredChunk.model_validate(h) for h in out["hits"]], out["index_version"]
-
-    async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int) -> list[ScoredChunk]:
-        out = await self._call("rerank", self.svc.reranking.to_async.rerank, query=query,
-                               candidates=candidates, top_k=top_k)
-        return [ScoredChunk.model_validate(c) for c in out]
-
-    async def route(self, query: str, features: QueryFeatures, threshold: float | None = None) -> RouteDecision:
-        out = await self._call("route", self.svc.routing.to_async.route, query=query,
-                               query_vector=list(features.query_vector or []) or None,
-                               retrieval_scores=list(features.retrieval_scores), threshold=threshold)
-        return RouteDecision.model_validate(out)
-
-    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> GenerationRecord:
-        out = await self._call(f"generate[{tier}]", self.svc.generation.to_async.generate, retry=False,
-                               tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
-        if "error" in out:
-            raise StageError(f"generate[{tier}]", out["error"])
-        return GenerationRecord.model_validate(out["generation"])
-
-    async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
-                              budget_ms: float) -> AsyncIterator[Delta | GenerationRecord]:
-        """The Generation service's NDJSON stream (chunks split anywhere) as deltas and a record."""
-        stage = f"generate[{tier}]"
-        buffer = ""
-        chunks = None
-        try:
-            chunks = self.svc.generation.to_async.generate_stream(  # an async generator, not awaited
-                tier=tier, query=query, sources=sources, budget_ms=max(1.0, budget_ms))
-            async for chunk in chunks:
-                buffer += chunk.decode() if isinstance(chunk, bytes) else str(chunk)
-                *lines, buffer = buffer.split("\n")
-                for line in filter(None, lines):
-                    event = json.loads(line)
-                    if "t" in event:
-                        yield Delta(event["t"])
-                    elif "final" in event:
-                        yield GenerationRecord.model_validate(event["final"])
-                        return
-                    else:
-                        raise StageError(stage, event.get("error", "unknown stream event"))
-        except StageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken stream is that stage's failure
-            raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if chunks is not None:
-                await chunks.aclose()
-
 
 def _workers() -> int:
     """RAGROUTE_RAG_WORKERS (default 1); a bad value is reported, naming the key, at start-up."""
@@ -212,11 +71,11 @@ class RAG:
             self.metrics = RagMetrics()
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
                                     embedding_model=EmbeddingConfig.from_env().model)
-            gen_cfg = GenerationConfig.from_env()
-            self.pipeline = QueryPipeline(_RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg),
+            gen_cfg, routing_cfg = GenerationConfig.from_env(), RoutingConfig.from_env()
+            self.pipeline = QueryPipeline(RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg, routing_cfg),
                                           BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
                                           tier_configs=dict(gen_cfg.tiers),
-                                          route_uses_retrieval=router_uses_retrieval(RoutingConfig.from_env()))
+                                          route_uses_retrieval=router_uses_retrieval(routing_cfg))
             self.front = FrontDoor(self._gate(), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
             retrieval_cfg = RetrievalConfig.from_env()
@@ -414,21 +273,3 @@ class RAG:
 # /docs.json: what the service really accepts and returns, /v1 and /playground included; a body
 # that is not JSON is a 415 (BentoML would answer some with a 500).
 RAG.add_asgi_middleware(ApiContract, service=RAG)
-
-
-def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig) -> str:
-    """Identifies everything that shapes an answer besides the question and the sources."""
-    tiers = sorted((t.name, t.engine, t.model, t.revision, t.max_tokens, t.context_tokens, t.temperature, t.top_p)
-                   for t in cfg.tiers.values())
-    # auto and cascade answers also depend on the router (and its threshold) and the cascade settings
-    routing, cascade = RoutingConfig.from_env(), rag.cascade
-    router = (routing.router, routing.threshold, _file_digest(routing.artifact / "router.json") if routing.artifact
-              else "", cascade.signal, cascade.threshold, cascade.start, cascade.route_threshold)
-    return content_id(repr(tiers), repr(router), PROMPT_VERSION)
-
-
-def _file_digest(path) -> str:
-    try:
-        return content_id(path.read_text())
-    except OSError:
-        return "unreadable"

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from pipelines.errors import NotFound, StageError
-from pipelines.records import Chunk, Generation, RouteDecision, ScoredChunk
+from pipelines.records import Chunk, RouteDecision, ScoredChunk, TierAnswer
 
 
 def chunk(i: int, text: str = "", title: str = "") -> ScoredChunk:
@@ -96,7 +96,7 @@ class FakeStages:
         self.budgets.append(budget_ms)
         await self._enter(f"generate[{tier}]")
         lp = self.logprobs.get(tier)
-        return Generation(text=self.answers.get(tier, self.answer), tier=tier, model=f"{tier}-model", engine="fake",
+        return TierAnswer(text=self.answers.get(tier, self.answer), tier=tier, model=f"{tier}-model", engine="fake",
                           finish_reason="stop", tokens_in=10, tokens_out=3, latency_ms=1.0, ttft_ms=0.5, cost_usd=2e-6,
                           logprob_mean=lp, logprob_min=None if lp is None else lp - 1)
 
@@ -112,5 +112,5 @@ class FakeStages:
                 raise StageError(f"generate[{tier}]", "injected failure mid-stream")
             await asyncio.sleep(self.delays.get("token", 0))
             yield Delta(word if i == 0 else " " + word)
-        yield Generation(text=" ".join(words), tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
+        yield TierAnswer(text=" ".join(words), tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",
                          tokens_in=10, tokens_out=len(words), latency_ms=1.0, cost_usd=1e-6)

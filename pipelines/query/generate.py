@@ -1,7 +1,7 @@
 """Generate stage: tier -> engine + model, within the request's deadline.
 
 :class:`Generator` holds one engine per tier (pipelines/engines) and turns (tier, question,
-sources) into a stream of text deltas followed by one :class:`Generation` record: text,
+sources) into a stream of text deltas followed by one :class:`TierAnswer` record: text,
 finish reason, tokens in/out, confidence (mean and min token log-probability), time to first
 token, latency and estimated cost.
 
@@ -29,7 +29,7 @@ from pipelines.engines import ENGINES, Engine, Sampling
 from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.prompt import STOP, build_messages
-from pipelines.records import Generation, ScoredChunk
+from pipelines.records import ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class Generator:
         return messages, sum(engine.count_tokens(m["content"]) for m in messages)
 
     async def stream(self, tier: str, question: str, sources: Sequence[ScoredChunk], budget_ms: float | None = None,
-                     received_at: float | None = None) -> AsyncIterator[Delta | Generation]:
-        """Text deltas, then one Generation record. ``budget_ms`` counts from ``received_at``
+                     received_at: float | None = None) -> AsyncIterator[Delta | TierAnswer]:
+        """Text deltas, then one TierAnswer record. ``budget_ms`` counts from ``received_at``
         (time.monotonic(); default now)."""
         engine, tier_cfg = self._engine(tier)
         deadline = None if budget_ms is None else (received_at or time.monotonic()) + budget_ms / 1000
@@ -204,7 +204,7 @@ class Generator:
         throughput.observe(prompt_tokens=tokens_in, ttft_s=None if ttft is None else ttft / 1000,
                            answer_tokens=tokens_out, latency_s=latency)
         mean, low = confidence(logprobs)
-        yield Generation(
+        yield TierAnswer(
             text=text, tier=tier, model=engine.model, engine=engine.name, finish_reason=finish,
             tokens_in=tokens_in, tokens_out=tokens_out,
             latency_ms=round(latency * 1000, 3),
@@ -216,11 +216,11 @@ class Generator:
         )
 
     async def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk], budget_ms: float | None = None,
-                       received_at: float | None = None) -> Generation:
+                       received_at: float | None = None) -> TierAnswer:
         async for item in self.stream(tier, question, sources, budget_ms, received_at):
-            if isinstance(item, Generation):
+            if isinstance(item, TierAnswer):
                 return item
-        raise AssertionError("the stream ended without a Generation record")  # pragma: no cover
+        raise AssertionError("the stream ended without a TierAnswer record")  # pragma: no cover
 
     async def close(self) -> None:
         for engine in self.engines.values():

@@ -18,7 +18,7 @@ from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import Reranker
 from pipelines.query.retrieve import search
 from pipelines.query.route import QueryFeatures, Router, decide
-from pipelines.records import Generation, RouteDecision, ScoredChunk
+from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 
 class LocalStages:
@@ -66,7 +66,7 @@ class LocalStages:
     async def route(self, query: str, features: QueryFeatures, threshold: float | None = None) -> RouteDecision:
         return decide(self.router, query, features, self.threshold if threshold is None else threshold)
 
-    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
+    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> TierAnswer:
         try:
             return await self.generator.generate(tier, query, sources, budget_ms)
         except StageError:
@@ -75,7 +75,7 @@ class LocalStages:
             raise StageError(f"generate[{tier}]", str(exc)) from exc
 
     async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
-                              budget_ms: float) -> AsyncIterator[Delta | Generation]:
+                              budget_ms: float) -> AsyncIterator[Delta | TierAnswer]:
         try:
             async for item in self.generator.stream(tier, query, sources, budget_ms):
                 yield item

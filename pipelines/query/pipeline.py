@@ -38,7 +38,7 @@ from pipelines.query.safety import SafetyConfig
 from pipelines.query.stages import Stages
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import CUT, Begin, TierRunner
-from pipelines.records import Generation
+from pipelines.records import TierAnswer
 from pipelines.schema import RagRequest, RagResponse
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class QueryPipeline:
             yield {"event": "done", "response": cached.model_dump()}
             return
         route = prep.route
-        generation: Generation | None = None
+        generation: TierAnswer | None = None
         sent: list[str] = []
         async for item in mode.stream(self.runner, r, route, prep.ranked):
             if isinstance(item, Begin):
@@ -118,7 +118,7 @@ class QueryPipeline:
                                  "reason": route.reason, "path": [s.model_dump() for s in r.steps]},
                        "sources": [s.model_dump() for s in sources(prep.ranked)],
                        "cache": self.responder.miss_info(r, prep).model_dump()}
-            elif isinstance(item, Generation):
+            elif isinstance(item, TierAnswer):
                 generation = item
             else:
                 sent.append(item.text)

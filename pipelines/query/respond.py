@@ -25,7 +25,7 @@ from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
 from pipelines.query.stages import Stages
 from pipelines.query.state import RequestState, cache_call
-from pipelines.records import Generation, ScoredChunk
+from pipelines.records import ScoredChunk, TierAnswer
 from pipelines.schema import CacheInfo, RagResponse, RouteInfo, SafetyInfo, Source, Usage
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Responder:
         return self.respond(r, hit.payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
                                                       status="hit", verifier=list(verdicts), decision=decision))
 
-    async def finish(self, r: RequestState, prep: Prepared, generation: Generation | None,
+    async def finish(self, r: RequestState, prep: Prepared, generation: TierAnswer | None,
                      streamed: str | None = None) -> RagResponse:
         """Safety check, response, and the cache write (good answers only). ``streamed``: the
         text the client already received, which is then the answer whatever happens."""

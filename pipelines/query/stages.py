@@ -13,7 +13,7 @@ import numpy as np
 
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
-from pipelines.records import Generation, RouteDecision, ScoredChunk
+from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 
 class Stages(Protocol):
@@ -42,11 +42,11 @@ class Stages(Protocol):
         """``threshold``: decide at this score instead of the router's own threshold."""
         ...
 
-    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> Generation:
+    async def generate(self, tier: str, query: str, sources: list[ScoredChunk], budget_ms: float) -> TierAnswer:
         """``budget_ms``: the time the answer may take; the engine turns it into a token limit."""
         ...
 
     def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
-                        budget_ms: float) -> AsyncIterator[Delta | Generation]:
-        """Text deltas, then the Generation record; failures raise StageError."""
+                        budget_ms: float) -> AsyncIterator[Delta | TierAnswer]:
+        """Text deltas, then the TierAnswer record; failures raise StageError."""
         ...

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pipelines.budget import Deadline, StageReport
 from pipelines.errors import StageError
 from pipelines.query.cache import CacheUnavailable
-from pipelines.records import Generation
+from pipelines.records import TierAnswer
 from pipelines.schema import RagRequest, RouteStep, StageBudget
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,9 @@ class RequestState:
         self.degraded = False
         self.cache_status = "miss"
         self.steps: list[RouteStep] = []  # every tier asked, in order
-        self.spent: list[Generation] = []  # every completed generation (usage counts them all)
+        self.spent: list[TierAnswer] = []  # every completed generation (usage counts them all)
 
-    def step(self, tier: str, outcome: str, gen: Generation | None = None, reason: str = "", *,
+    def step(self, tier: str, outcome: str, gen: TierAnswer | None = None, reason: str = "", *,
              confidence: float | None = None, threshold: float | None = None) -> None:
         if gen is not None:
             self.spent.append(gen)

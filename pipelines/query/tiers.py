@@ -24,7 +24,7 @@ from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
 from pipelines.query.stages import Stages
 from pipelines.query.state import RequestState
-from pipelines.records import Generation, RouteDecision, ScoredChunk
+from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TierRunner:
         first = self.tiers[0] if self.tiers else "small"
         return [tier] + ([first] if tier != first and fallbacks else [])
 
-    def _answered(self, r: RequestState, gen: Generation) -> None:
+    def _answered(self, r: RequestState, gen: TierAnswer) -> None:
         r.step(gen.tier, "answered", gen)
         self.observe_rates(gen.tier, gen.prefill_tok_s, gen.decode_tok_s)
 
@@ -84,7 +84,7 @@ class TierRunner:
         r.degrade(f"{exc}{suffix}")
 
     async def generate(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
-                       fallbacks: bool = True) -> Generation | None:
+                       fallbacks: bool = True) -> TierAnswer | None:
         """``tier``'s answer, or the cheapest tier's when it fails; None when none answered.
         ``fallbacks=False``: no fallback tier, and no extractive answer is implied (a cascade
         still has the previous tier's answer)."""
@@ -105,8 +105,8 @@ class TierRunner:
         return None
 
     async def generate_stream(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
-                              fallbacks: bool = True) -> AsyncIterator[Delta | Generation]:
-        """Like :meth:`generate`, streamed: text deltas, then the Generation record. A tier that
+                              fallbacks: bool = True) -> AsyncIterator[Delta | TierAnswer]:
+        """Like :meth:`generate`, streamed: text deltas, then the TierAnswer record. A tier that
         fails before its first words falls back; once words are out, a failure or the deadline
         ends the answer there (flagged)."""
         tiers = self.attempts(tier, fallbacks)
@@ -115,10 +115,10 @@ class TierRunner:
             try:
                 async with aclosing(r.run_stream(
                         "generate", lambda budget: self.stages.generate_stream(t, r.req.query, ranked, budget),
-                        final=lambda item: isinstance(item, Generation), reserve_ms=self.safety_ms,
+                        final=lambda item: isinstance(item, TierAnswer), reserve_ms=self.safety_ms,
                         label=f"generate[{t}]")) as events:
                     async for item in events:
-                        if isinstance(item, Generation):
+                        if isinstance(item, TierAnswer):
                             self._answered(r, item)
                         else:
                             sent = True

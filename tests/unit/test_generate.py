@@ -12,7 +12,7 @@ from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import Chunk, Final
 from pipelines.errors import BadRequest, StageError
 from pipelines.query.generate import Delta, Generator, confidence
-from pipelines.records import Generation
+from pipelines.records import TierAnswer
 from tests.fakes import chunk
 
 
@@ -131,7 +131,7 @@ def test_stream_yields_deltas_then_a_record_with_confidence_and_cost():
     items = run(collect())
     deltas, final = items[:-1], items[-1]
     assert [d.text for d in deltas] == ["Paris", " is", " the", " capital", " [1]"]
-    assert all(isinstance(d, Delta) for d in deltas) and isinstance(final, Generation)
+    assert all(isinstance(d, Delta) for d in deltas) and isinstance(final, TierAnswer)
     assert final.text == "Paris is the capital [1]" and final.finish_reason == "stop"
     assert (final.tokens_in, final.tokens_out) == (10, 5)
     assert final.logprob_mean == pytest.approx(-1.5) and final.logprob_min == pytest.approx(-2.5)

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from pipelines.errors import StageError
-from services.rag import _RemoteStages
+from services.remote_stages import RemoteStages
 
 
 class Flaky:
@@ -24,19 +24,19 @@ class Flaky:
 
 
 def test_a_stale_pooled_connection_is_retried_once():
-    stages, method = _RemoteStages(svc=None), Flaky(failures=1)
+    stages, method = RemoteStages(svc=None), Flaky(failures=1)
     assert asyncio.run(stages._call("retrieve", method, n=3)) == {"ok": True} and method.calls == 2
 
 
 def test_a_dependency_that_stays_unreachable_fails_the_stage():
-    stages, method = _RemoteStages(svc=None), Flaky(failures=5)
+    stages, method = RemoteStages(svc=None), Flaky(failures=5)
     with pytest.raises(StageError, match="retrieve stage failed: ClientOSError"):
         asyncio.run(stages._call("retrieve", method))
     assert method.calls == 2
 
 
 def test_generation_is_never_retried():
-    stages, method = _RemoteStages(svc=None), Flaky(failures=1)
+    stages, method = RemoteStages(svc=None), Flaky(failures=1)
     with pytest.raises(StageError, match="generate\\[large\\] stage failed"):
         asyncio.run(stages._call("generate[large]", method, retry=False))
     assert method.calls == 1

@@ -12,7 +12,7 @@ from pipelines.config import CascadeConfig, RoutingConfig
 from pipelines.errors import ArtifactError, BadRequest, ConfigError
 from pipelines.query.modes import cascade
 from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures, decide, load_router
-from pipelines.records import Generation
+from pipelines.records import TierAnswer
 from pipelines.routing import calibrate, curves, features, train
 from pipelines.routing.artifact import MANIFEST, WEIGHTS, RouterArtifact, RouterManifest
 from pipelines.routing.train import LabeledQuery
@@ -401,8 +401,8 @@ def test_cascade_rows_need_scores_and_a_signal(tmp_path, line, error):
 
 
 # -- the cascade's verdict ---------------------------------------------------------------------------
-def gen(text="an answer", mean=-0.2, tokens_in=100, tokens_out=20) -> Generation:
-    return Generation(text=text, tier="small", model="m", engine="llamacpp", finish_reason="stop",
+def gen(text="an answer", mean=-0.2, tokens_in=100, tokens_out=20) -> TierAnswer:
+    return TierAnswer(text=text, tier="small", model="m", engine="llamacpp", finish_reason="stop",
                       tokens_in=tokens_in, tokens_out=tokens_out, latency_ms=5.0, logprob_mean=mean,
                       logprob_min=None if mean is None else mean - 1)
 

@@ -4,7 +4,7 @@ A mode (``tier`` of the request: ``auto``, ``cascade``, or a configured tier) de
 route (:meth:`Mode.route`, run alongside retrieval when :meth:`Mode.asks_router`), then answers
 with the sources the pipeline prepared: :meth:`Mode.answer` for the whole answer,
 :meth:`Mode.stream` for a streamed one, which yields :class:`~pipelines.query.tiers.Begin` (the
-tier that will stream) before any text, then text deltas, then the Generation record. The
+tier that will stream) before any text, then text deltas, then the TierAnswer record. The
 pipeline (pipelines/query/pipeline.py) does everything around it: the cache, the stages before
 generation, the extractive fallback when the mode returns nothing, safety and the response.
 
@@ -20,9 +20,9 @@ from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import Begin, TierRunner
-from pipelines.records import Generation, RouteDecision, ScoredChunk
+from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
-Event = Begin | Delta | Generation
+Event = Begin | Delta | TierAnswer
 
 
 class Mode:
@@ -45,7 +45,7 @@ class Mode:
         return self.requested(run, r)
 
     async def answer(self, run: TierRunner, r: RequestState, route: RouteDecision,
-                     ranked: list[ScoredChunk]) -> Generation | None:
+                     ranked: list[ScoredChunk]) -> TierAnswer | None:
         """The answer, or None when no tier answered (the pipeline then extracts one)."""
         return await run.generate(r, route.tier, ranked)
 

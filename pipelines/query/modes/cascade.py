@@ -39,14 +39,14 @@ from pipelines.query.route import QueryFeatures
 from pipelines.query.safety import grounding
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import CUT, NO_TIER, Begin, TierRunner
-from pipelines.records import Generation, RouteDecision, ScoredChunk
+from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 
 MARGIN_MS = 100.0  # request overhead on top of the estimate (the service call, prompt building)
 
 
-def measure(gen: Generation, signal: str, sources: Sequence[ScoredChunk] = ()) -> tuple[float | None, str]:
+def measure(gen: TierAnswer, signal: str, sources: Sequence[ScoredChunk] = ()) -> tuple[float | None, str]:
     """``signal`` of the answer ``gen``, written from ``sources`` (which ``grounded`` reads), and
     what it saw, for the reason (``selfcheck`` names the problems it found)."""
     if signal == "grounded":
@@ -73,7 +73,7 @@ class CascadeVerdict:
     reason: str
 
 
-def judge(gen: Generation, cfg: CascadeConfig, next_tier: TierConfig | None, next_name: str,
+def judge(gen: TierAnswer, cfg: CascadeConfig, next_tier: TierConfig | None, next_name: str,
           time_left_ms: float, sources: Sequence[ScoredChunk] = ()) -> CascadeVerdict:
     """Keep ``gen`` (written from ``sources``) or escalate to ``next_name``, given the time left
     for generation."""
@@ -127,13 +127,13 @@ class Cascade(Mode):
             f"{c.signal} < {c.threshold:.3f} ({c.source}); {decision.reason}")})
 
     async def _head(self, run: TierRunner, r: RequestState, route: RouteDecision,
-                    ranked: list[ScoredChunk]) -> tuple[Generation | None, str | None]:
+                    ranked: list[ScoredChunk]) -> tuple[TierAnswer | None, str | None]:
         """Ask the tiers before the last one, from ``route.tier`` (the cheapest, or where a routed
         start begins) up: (the answer to keep, None) once one is confident enough (or there is no
         time to go on), else (the last answer, the tier to escalate to). A tier that fails
         escalates."""
         cfg, tiers = run.cfg.cascade, run.tiers
-        answer: Generation | None = None
+        answer: TierAnswer | None = None
         first = tiers.index(route.tier) if route.tier in tiers else 0
         for i, tier in enumerate(tiers[:-1]):
             if i < first:
@@ -158,8 +158,8 @@ class Cascade(Mode):
         return answer, tiers[-1]
 
     @staticmethod
-    def _keep_if_failed(r: RequestState, generation: Generation | None, previous: Generation | None,
-                        tier: str) -> Generation | None:
+    def _keep_if_failed(r: RequestState, generation: TierAnswer | None, previous: TierAnswer | None,
+                        tier: str) -> TierAnswer | None:
         """After an escalation to ``tier`` produced nothing, the previous tier's answer stands
         (the failure is recorded and flagged by the tier runner)."""
         if generation is not None:
@@ -175,7 +175,7 @@ class Cascade(Mode):
         return previous
 
     async def answer(self, run: TierRunner, r: RequestState, route: RouteDecision,
-                     ranked: list[ScoredChunk]) -> Generation | None:
+                     ranked: list[ScoredChunk]) -> TierAnswer | None:
         head, escalate_to = await self._head(run, r, route, ranked)
         if escalate_to is None:
             return head
@@ -193,10 +193,10 @@ class Cascade(Mode):
             yield head
             return
         yield Begin(escalate_to)
-        generation: Generation | None = None
+        generation: TierAnswer | None = None
         sent = False
         async for item in run.generate_stream(r, escalate_to, ranked, fallbacks=not r.steps):
-            if isinstance(item, Generation):
+            if isinstance(item, TierAnswer):
                 generation = item
             else:
                 sent = True

@@ -1,0 +1,83 @@
+"""The wire protocol between the RAG service and the stage services (pipelines/wire.py), and
+the RAG side's reading of the Generation stream (services/remote_stages.py): deltas split
+anywhere, the error line, a stream without its final record, a line that is no event."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines import wire
+from pipelines.errors import BadRequest, StageError, UpstreamError
+from pipelines.query.generate import Delta
+from pipelines.records import TierAnswer
+from services.remote_stages import RemoteStages
+
+ANSWER = TierAnswer(text="It is 42 [1].", tier="small", model="m", engine="fake", tokens_in=10, tokens_out=5,
+                    latency_ms=12.5, cost_usd=0.0, finish_reason="stop")
+
+
+def stages_streaming(*chunks: bytes | str) -> tuple[RemoteStages, list]:
+    closed = []
+
+    async def generate_stream(**kwargs):
+        try:
+            for c in chunks:
+                yield c
+        finally:
+            closed.append(True)
+
+    svc = SimpleNamespace(generation=SimpleNamespace(to_async=SimpleNamespace(generate_stream=generate_stream)))
+    return RemoteStages(svc), closed
+
+
+def collect(stages: RemoteStages) -> list:
+    async def run():
+        return [item async for item in stages.generate_stream("small", "q", [], 1000.0)]
+    return asyncio.run(run())
+
+
+def test_events_round_trip_through_lines_split_anywhere():
+    text = "".join(wire.line(e) for e in (wire.TextEvent(t="It is "), wire.TextEvent(t="42 [1]."),
+                                          wire.FinalEvent(final=ANSWER)))
+    stages, closed = stages_streaming(*[text[i:i + 7].encode() for i in range(0, len(text), 7)])
+    items = collect(stages)
+    assert items == [Delta("It is "), Delta("42 [1]."), ANSWER] and closed == [True]
+
+
+def test_an_error_line_fails_the_stage_with_its_message():
+    stages, closed = stages_streaming(wire.line(wire.TextEvent(t="It")),
+                                      wire.line(wire.StageFailure(error="engine error: boom", status=503)))
+    with pytest.raises(StageError, match=r"generate\[small\] stage failed: engine error: boom"):
+        collect(stages)
+    assert closed == [True]
+
+
+def test_a_stream_without_its_final_record_fails_the_stage():
+    stages, _ = stages_streaming(wire.line(wire.TextEvent(t="It is")))
+    with pytest.raises(StageError, match="the stream ended without a result"):
+        collect(stages)
+
+
+def test_a_line_that_is_no_event_fails_the_stage_naming_it():
+    stages, _ = stages_streaming('{"word": "x"}\n')
+    with pytest.raises(StageError, match="unknown stream event"):
+        collect(stages)
+    stages, _ = stages_streaming('{"final": {"text": 3}}\n')
+    with pytest.raises(StageError, match="malformed FinalEvent"):
+        collect(stages)
+
+
+def test_one_mapping_from_errors_to_what_travels():
+    assert wire.failure(StageError("generate[large]", "timed out")) == wire.StageFailure(error="timed out", status=503)
+    assert wire.failure(UpstreamError("generate[large]", "HTTP 429")).status == 502
+    assert wire.failure(BadRequest("tier", "no such tier")) == wire.StageFailure(error="tier: no such tier", status=400)
+    assert wire.failure(RuntimeError("CUDA out of memory")).error == "engine error: RuntimeError: CUDA out of memory"
+
+
+def test_generate_bodies():
+    assert wire.parse_generate(wire.GenerateResult(generation=ANSWER).model_dump(), "generate[small]") == ANSWER
+    with pytest.raises(StageError, match=r"generate\[large\] stage failed: upstream timed out"):
+        wire.parse_generate({"error": "upstream timed out", "status": 502}, "generate[large]")
