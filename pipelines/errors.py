@@ -8,7 +8,8 @@
     └── StageError (503)          a pipeline stage (a dependency service) failed or timed out
         └── UpstreamError (502)   a remote engine (OpenAI-compatible endpoint) failed or timed out
 
-Services map these to responses in one place (services/_http.py).
+Services map these to responses in one place (services/_common.py: error_body), and to what
+travels between services in another (pipelines/wire.py: failure).
 """
 
 from __future__ import annotations

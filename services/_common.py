@@ -12,7 +12,7 @@ from pipelines.errors import RagrouteError, StageError
 
 # bentoml 1.4.30+ recycles a caller's connection to a dependency every 100 calls / 300 s and
 # fails the in-flight requests with HTTP 500 (upstream #5540/#5544). Every *called* service
-# sets this; tests/e2e/test_load.py keeps a burst test that would catch a regression.
+# sets this; tests/e2e/test_rag_query.py keeps a burst test that would catch a regression.
 RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 
 # The stage services' own access logs are off: a line per hop (five per answered question,

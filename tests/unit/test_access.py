@@ -1,5 +1,5 @@
 """API keys, tenants, rate limits and token quotas (in-process counters); the /v1 and REST
-refusals' shapes are tested in test_openai_compat.py and tests/e2e/test_api_keys.py."""
+refusals' shapes are tested in test_openai_compat.py and tests/e2e/test_api_contract.py."""
 
 from __future__ import annotations
 
