@@ -32,10 +32,13 @@ def build():
     from evals.answer_quality import cpu_pipeline
     from pipelines.config import EmbeddingConfig, RetrievalConfig
     from pipelines.query.embed import SentenceTransformerEmbedder
+    from pipelines.indexing.build import ensure_default_index
     from pipelines.query.retrieve import open_index
 
     embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
-    pipeline, generator, _ = cpu_pipeline(embedder, open_index(RetrievalConfig.from_env({})))
+    cfg = RetrievalConfig.from_env({})
+    ensure_default_index(cfg)  # the demo index, built on first use
+    pipeline, generator, _ = cpu_pipeline(embedder, open_index(cfg))
     return pipeline, generator, embedder
 
 

@@ -134,9 +134,10 @@ def write(
     return manifest
 
 
-def _to_gpu_if_available(index: faiss.Index) -> faiss.Index:
-    """faiss-gpu builds expose StandardGpuResources; faiss-cpu does not."""
-    if os.environ.get("RAGROUTE_FAISS_DEVICE", "auto") == "cpu" or not hasattr(faiss, "StandardGpuResources"):
+def _to_gpu_if_available(index: faiss.Index, gpu: bool) -> faiss.Index:
+    """faiss-gpu builds expose StandardGpuResources; faiss-cpu does not. ``gpu=False``
+    (RAGROUTE_FAISS_DEVICE=cpu) keeps the index on CPU."""
+    if not gpu or not hasattr(faiss, "StandardGpuResources"):
         return index
     if faiss.get_num_gpus() < 1 or isinstance(index, faiss.IndexHNSWFlat):  # no GPU HNSW in faiss
         return index
@@ -158,8 +159,10 @@ class IndexStore:
         self.lexical = Bm25Index([f"{c.title} {c.text}" for c in chunks])
 
     @classmethod
-    def load(cls, directory: Path, *, embedding_model: str, dimension: int | None = None) -> IndexStore:
-        """Load and check an index built for ``embedding_model``; raises ArtifactError on any mismatch."""
+    def load(cls, directory: Path, *, embedding_model: str, dimension: int | None = None,
+             gpu: bool = True) -> IndexStore:
+        """Load and check an index built for ``embedding_model``; raises ArtifactError on any mismatch.
+        ``gpu``: move it to the GPUs when faiss-gpu sees some."""
         manifest = IndexManifest.read(directory)
         manifest.check_model(f"index {directory}", embedding_model, dimension,
                              f"rebuild the index with `ragroute index build --model {embedding_model}`")
@@ -178,7 +181,7 @@ class IndexStore:
         if manifest.index_type in DEFAULT_SEARCH_PARAM:
             set_search_param(index, manifest.index_type, DEFAULT_SEARCH_PARAM[manifest.index_type])
         log.info("loaded index %s (%s, %d vectors)", directory, manifest.index_version, manifest.vector_count)
-        return cls(directory, manifest, _to_gpu_if_available(index), chunks, cpu_index=index)
+        return cls(directory, manifest, _to_gpu_if_available(index, gpu), chunks, cpu_index=index)
 
     def _query_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
         query = np.asarray(vector, dtype=np.float32).reshape(1, -1)

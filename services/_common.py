@@ -8,7 +8,11 @@ import os
 import signal
 from pathlib import Path
 
+from pipelines.config.services import ProcessSettings
 from pipelines.errors import RagrouteError, StageError
+
+# What every service process reads from the environment, once (pipelines/config/services.py).
+PROCESS = ProcessSettings.from_env()
 
 # bentoml 1.4.30+ recycles a caller's connection to a dependency every 100 calls / 300 s and
 # fails the in-flight requests with HTTP 500 (upstream #5540/#5544). Every *called* service
@@ -18,7 +22,7 @@ RUNNER_CONNECTION = {"max_requests": 1_000_000_000, "max_age": 1e9}
 # The stage services' own access logs are off: a line per hop (five per answered question,
 # hundreds a second under load) cost ~5% of a hop's CPU and repeat what the entry service's
 # access log (same trace id) and /metrics say. RAGROUTE_STAGE_ACCESS_LOG=1 turns them back on.
-STAGE_LOGGING = {"access": {"enabled": os.environ.get("RAGROUTE_STAGE_ACCESS_LOG", "0") == "1"}}
+STAGE_LOGGING = {"access": {"enabled": PROCESS.stage_access_log}}
 
 # Callee timeouts (seconds). A dependency call's client timeout is the callee's
 # traffic.timeout x 1.01, so these bound how long the RAG service can wait on a stage.
@@ -27,7 +31,7 @@ TIMEOUT_S = {"embedding": 30, "retrieval": 30, "reranking": 30, "routing": 30, "
 
 def setup_logging() -> None:
     """Our loggers at RAGROUTE_LOG_LEVEL (default INFO) with a request-friendly format."""
-    level = os.environ.get("RAGROUTE_LOG_LEVEL", "INFO").upper()
+    level = PROCESS.log_level
     for name in ("pipelines", "services", "index"):
         logger = logging.getLogger(name)
         logger.setLevel(level)
@@ -92,7 +96,7 @@ def refuse_to_start(service: str):
         yield
     except RagrouteError as exc:
         logging.getLogger(f"services.{service}").critical("%s refuses to start: %s", service, exc)
-        if os.environ.get("RAGROUTE_EXIT_ON_STARTUP_ERROR", "1") != "0" and _parent_is_bentoml():
+        if PROCESS.exit_on_startup_error and _parent_is_bentoml():
             os.kill(os.getppid(), signal.SIGTERM)
         raise
 

@@ -26,10 +26,16 @@ from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _settings() -> GenerationConfig:
+    """This service's settings, parsed once per process (the decorator needs them before ``__init__``)."""
+    return GenerationConfig.from_env()
+
+
 def _resources() -> dict:
     """GPUs for vLLM tiers on a GPU machine (the largest tensor_parallel_size); none on CPU."""
     try:
-        cfg = GenerationConfig.from_env()
+        cfg = _settings()
     except ConfigError:
         return {}  # reported, naming the key, when the service starts
     vllm = [t.tensor_parallel_size for t in cfg.tiers.values() if t.engine == "vllm"]
@@ -56,7 +62,7 @@ class Generation:
 
         setup_logging()
         with refuse_to_start("generation"):
-            cfg = GenerationConfig.from_env()
+            cfg = _settings()
             check_config(cfg)
             for tier in cfg.tiers.values():
                 if tier.engine == "llamacpp":

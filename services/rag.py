@@ -10,23 +10,21 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-import os
 import secrets
 
 import bentoml
 
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
-from pipelines.budget import BudgetProfile
-from pipelines.config import EmbeddingConfig, GenerationConfig, RagConfig, RetrievalConfig, RoutingConfig, rag_workers
+from pipelines.config import rag_workers
+from pipelines.config.services import RagSettings
 from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.query.cache import make_cache
 from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
-from pipelines.query.safety import SafetyConfig
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
-from services._common import TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
+from services._common import PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
@@ -62,29 +60,30 @@ class RAG:
     routing = bentoml.depends(Routing)
     # RAGROUTE_GENERATION_URL: use a Generation service running elsewhere (a GPU machine, or the
     # vLLM venv of the CPU test lane) instead of starting one here; give it the same RAGROUTE_* tiers.
-    generation = bentoml.depends(Generation, url=os.environ.get("RAGROUTE_GENERATION_URL") or None)
+    generation = bentoml.depends(Generation, url=PROCESS.generation_url or None)
 
     def __init__(self) -> None:
         setup_logging()
         with refuse_to_start("rag"):
-            self.cfg = RagConfig.from_env()
+            settings = RagSettings.from_env()  # every setting this service reads, once
+            self.cfg = settings.rag
             self.metrics = RagMetrics()
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
-                                    embedding_model=EmbeddingConfig.from_env().model)
-            gen_cfg, routing_cfg = GenerationConfig.from_env(), RoutingConfig.from_env()
-            self.pipeline = QueryPipeline(RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen_cfg, routing_cfg),
-                                          BudgetProfile.from_env(), SafetyConfig.from_env(), list(gen_cfg.tiers),
-                                          tier_configs=dict(gen_cfg.tiers),
-                                          route_uses_retrieval=router_uses_retrieval(routing_cfg))
+                                    embedding_model=settings.embedding.model)
+            gen = settings.generation
+            self.pipeline = QueryPipeline(
+                RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen, settings.routing),
+                settings.budget, settings.safety, list(gen.tiers), tier_configs=dict(gen.tiers),
+                route_uses_retrieval=router_uses_retrieval(settings.routing))
             self.front = FrontDoor(self._gate(), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
-            retrieval_cfg = RetrievalConfig.from_env()
-        self.admin_token = os.environ.get("RAGROUTE_ADMIN_TOKEN", "")
+        self.admin_token = settings.admin_token
+        retrieval = settings.retrieval
         # with Redis, job records are shared: any replica answers GET /ingest/jobs/{id}
-        self.ingest = ManagedCollections(retrieval_cfg.collections_dir, embedding_model=retrieval_cfg.embed_model,
+        self.ingest = ManagedCollections(retrieval.collections_dir, embedding_model=retrieval.embed_model,
                                          # ingestion writes versions: inserts, not the search timeout
-                                         milvus=retrieval_cfg.milvus(min_timeout_s=30.0),
-                                         default_backend=retrieval_cfg.vector_store,
+                                         milvus=retrieval.milvus(min_timeout_s=30.0),
+                                         default_backend=retrieval.vector_store,
                                          redis_url=self.cfg.cache.redis_url, namespace=self.cfg.cache.namespace)
         self._calibration: asyncio.Task | None = None
 

@@ -26,6 +26,7 @@ def _inline(manifest) -> bool:
                  runner_connection=RUNNER_CONNECTION, logging=STAGE_LOGGING)
 class Retrieval:
     def __init__(self) -> None:
+        from pipelines.indexing.build import ensure_default_index
         from pipelines.query.retrieve import open_collections, search  # FAISS and BM25 load in this service only
 
         setup_logging()
@@ -33,6 +34,7 @@ class Retrieval:
         # a broken extra collection is refused alone (index/collections.py).
         with refuse_to_start("retrieval"):
             cfg = RetrievalConfig.from_env()
+            ensure_default_index(cfg)  # the demo index, built on first start when no index is configured
             self.search_cfg = cfg.search
             self.collections = open_collections(cfg)
         self._search = search

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -36,7 +35,7 @@ class OpenAIEngine:
         self.url = tier.base_url.rstrip("/") + "/chat/completions"
         self.retries = tier.retries
         self.concurrency = None  # the server queues and batches
-        key = tier.api_key or os.environ.get("OPENAI_API_KEY", "")
+        key = tier.api_key  # RAGROUTE_<TIER>_API_KEY, else OPENAI_API_KEY (pipelines/config/generation.py)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(tier.timeout_s),
                                          limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))

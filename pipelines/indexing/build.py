@@ -13,6 +13,7 @@ from tqdm import tqdm
 from index import store
 from index.manifest import IndexManifest
 from index.milvus import MilvusBackend
+from pipelines.config import EmbeddingConfig, RetrievalConfig
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.load import Document, load_pydoc_topics
 from pipelines.query.embed import Embedder
@@ -97,3 +98,14 @@ def ensure_demo_index(out: Path, embedder_factory, *, progress: bool = False) ->
         build_index(load_pydoc_topics(), out, embedder, source="pydoc_data.topics", progress=progress,
                     batch_size=getattr(embedder, "batch_size", 64))
     return out
+
+
+def ensure_default_index(cfg: RetrievalConfig) -> Path:
+    """The start-up step before the Retrieval service opens its collections: with no index
+    configured (RAGROUTE_INDEX_DIR), build the demo index on first start; later starts reuse it."""
+    if cfg.index_dir is not None:
+        return cfg.index_dir
+    from pipelines.query.embed import SentenceTransformerEmbedder
+
+    return ensure_demo_index(cfg.demo_index_dir,
+                             lambda: SentenceTransformerEmbedder(EmbeddingConfig(model=cfg.embed_model)))

@@ -3,7 +3,6 @@ nearest chunks fused with BM25's best (hybrid, the default), or the embedding al
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from index.collections import Collections
 from index.milvus import MilvusStore
 from index.store import IndexStore
-from pipelines.config import EmbeddingConfig, RetrievalConfig, SearchConfig
+from pipelines.config import RetrievalConfig, SearchConfig
 from pipelines.records import ScoredChunk
 
 
@@ -32,9 +31,9 @@ def search(store: IndexStore | MilvusStore, cfg: SearchConfig, vector: np.ndarra
 
 def open_collections(cfg: RetrievalConfig) -> Collections:
     """The default collection (``open_index``), those in the collections folder and, with
-    RAGROUTE_MILVUS_URI, those in Milvus (index/milvus.py); then FAISS
-    searches on ``cfg.faiss_threads`` threads (set after a first start's demo index build, whose
-    embedding should use every core)."""
+    RAGROUTE_MILVUS_URI, those in Milvus (index/milvus.py); then FAISS searches on
+    ``cfg.faiss_threads`` threads (set after a first start's demo index build, whose embedding
+    should use every core)."""
     import faiss
 
     collections = Collections(open_index(cfg), cfg.collections_dir, embedding_model=cfg.embed_model,
@@ -44,13 +43,6 @@ def open_collections(cfg: RetrievalConfig) -> Collections:
 
 
 def open_index(cfg: RetrievalConfig) -> IndexStore:
-    """Load the configured index, or build the demo index on first start when none is configured."""
-    directory = cfg.index_dir
-    if directory is None:
-        from pipelines.indexing.build import ensure_demo_index
-        from pipelines.query.embed import SentenceTransformerEmbedder
-
-        directory = ensure_demo_index(
-            cfg.demo_index_dir, lambda: SentenceTransformerEmbedder(EmbeddingConfig(model=cfg.embed_model))
-        )
-    return IndexStore.load(Path(directory), embedding_model=cfg.embed_model)
+    """Load the default collection's index (the demo index is built by a start-up step before:
+    pipelines/indexing/build.py, ensure_default_index)."""
+    return IndexStore.load(cfg.default_index_dir, embedding_model=cfg.embed_model, gpu=cfg.faiss_device != "cpu")
