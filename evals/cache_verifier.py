@@ -92,7 +92,7 @@ SURE_GRID = (0.95, 0.96, 0.97, 0.98, 0.99)
 
 def features(pairs: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray]) -> np.ndarray:
     """[named pair features, embedding interactions] per pair (what the scorer reads)."""
-    from pipelines.query.cache.verify import embedding_features, pair_features
+    from pipelines.query.cache.features import embedding_features, pair_features
 
     return np.array([np.concatenate([pair_features(p["a"], p["b"], float(s)),
                                      embedding_features(vecs[p["a"]], vecs[p["b"]])])
@@ -131,7 +131,8 @@ def operating_point(prob: np.ndarray, y: np.ndarray, dup_total: int, target_reca
 def fit_features(fit: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], seed: int = 0) -> tuple:
     """The features' logistic regression on the fit pairs above the cosine floor, after the
     vetoes: (scorer, cross-validated grid, the L2 picked, pairs above the floor, vetoed)."""
-    from pipelines.query.cache.verify import FEATURES, PairScorer
+    from pipelines.query.cache.features import FEATURES
+    from pipelines.query.cache.verify import PairScorer
     from pipelines.routing.train import folds
 
     verifier = HitVerifier(VETOES, TRAIN_FLOOR)
@@ -180,7 +181,7 @@ def sure_cosine(cos: np.ndarray, y: np.ndarray, keep: np.ndarray, precision: flo
 def fit_stack(cal: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], scorer, pair) -> dict:
     """Weigh the features' logit and the pair model's on the calibration pairs (which neither
     was fitted on), and pick the acceptance cut there."""
-    from pipelines.query.cache.verify import embedding_features, pair_features
+    from pipelines.query.cache.features import embedding_features, pair_features
 
     verifier = HitVerifier(VETOES, TRAIN_FLOOR)
     floor = sims >= TRAIN_FLOOR
@@ -212,7 +213,7 @@ def train(tune: list[dict], sims: np.ndarray, vecs: dict[str, np.ndarray], data_
     they are weighed (and the cut) on its calibration part."""
     from pipelines import models
     from pipelines.query.cache import pairmodel
-    from pipelines.query.cache.verify import FEATURES
+    from pipelines.query.cache.features import FEATURES
 
     cal_mask = np.array([in_calibration_split(p["a"], p["b"]) for p in tune])
     fit = [p for p, c in zip(tune, cal_mask) if not c]

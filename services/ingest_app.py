@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipelines.errors import RagrouteError
-from pipelines.indexing.ingest import CreateBody, DeleteBody, Job, UpsertBody, describe, parse
+from pipelines.indexing.jobs import CreateBody, DeleteBody, Job, UpsertBody, describe, parse
 from services._common import admin_refusal, error_response
 
 log = logging.getLogger(__name__)

@@ -34,118 +34,27 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
-import re
 import secrets
 import shutil
-import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from index.layout import CURRENT, DEFAULT, NAME, VERSIONS, current_folder
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
 from index.milvus import MilvusBackend
-from pipelines.errors import BadRequest, NotFound, RagrouteError
+from pipelines.errors import BadRequest, NotFound
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
+from pipelines.indexing.jobs import (EMBED_BATCH, FLAT_MAX, HEARTBEAT_S, JOBS, MILVUS_JOBS, Conflict, Job, JobRecords,
+                                     write_atomic)
 from pipelines.indexing.load import Document
 from pipelines.records import Chunk
 
 log = logging.getLogger(__name__)
-
-JOBS = "jobs"
-MAX_DOC_CHARS = 1_000_000
-MAX_DOCS_PER_JOB = 1000
-MAX_IDS_PER_DELETE = 10_000
-EMBED_BATCH = 64
-FLAT_MAX = 100_000  # exact search up to here (~7 ms a query at 100k on one core), HNSW beyond: evals/index_scale.py
-JOB_ID = re.compile(r"^[0-9a-f]{16}$")
-JOB_TTL_S = 7 * 86400  # how long Redis keeps a job's record
-HEARTBEAT_S = 5.0  # a queued or running job's record is re-saved this often (with Redis)
-STALE_S = 60.0  # ... so one unchanged for this long belongs to a process that is gone
-
-DocId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$")]
-Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
-                str | int | float]
-
-
-class Conflict(RagrouteError):
-    status = 409
-
-
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: DocId = Field(description="1-256 chars [A-Za-z0-9_.:/@+-], starting alphanumeric; an existing id is replaced")
-    title: Annotated[str, StringConstraints(max_length=500)] = ""
-    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_DOC_CHARS)]
-    metadata: Annotated[Metadata, Field(max_length=32)] = Field(default_factory=dict)
-
-
-class UpsertBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    documents: Annotated[list[DocumentIn], Field(min_length=1, max_length=MAX_DOCS_PER_JOB)]
-
-
-class DeleteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_IDS_PER_DELETE)]
-
-
-class CreateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Annotated[str, StringConstraints(pattern=NAME.pattern)]
-    backend: Literal["faiss", "milvus"] | None = Field(
-        None, description="where its vectors live; default RAGROUTE_VECTOR_STORE (faiss)")
-
-
-class Job(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    collection: str
-    kind: Literal["upsert", "delete"]
-    status: Literal["queued", "running", "succeeded", "failed"] = "queued"
-    documents: int = 0
-    progress: dict[str, int] = Field(default_factory=lambda: {"chunks_embedded": 0, "chunks_to_embed": 0})
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    pid: int = Field(default_factory=os.getpid)
-    host: str = Field(default_factory=socket.gethostname)
-    created_at: float = Field(default_factory=time.time)
-    updated_at: float = Field(default_factory=time.time)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-MILVUS_JOBS = ".milvus"  # <root>/.milvus/<name>/jobs: job records of Milvus collections run here
-
 
 class ManagedCollections:
     """Create, drop and change collections under ``root`` (or in ``milvus``); every write goes
@@ -157,12 +66,7 @@ class ManagedCollections:
                  namespace: str = "ragroute") -> None:
         if default_backend == "milvus" and milvus is None:
             raise ValueError("default_backend='milvus' needs a Milvus backend")
-        self._redis = None
-        if redis_url:
-            import redis
-
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self._jobs_key = f"{namespace}:jobs:"
+        self.records = JobRecords(root, redis_url, namespace)
         self.root = root
         self.embedding_model = embedding_model
         self.chunk_size, self.overlap = chunk_size, overlap
@@ -253,15 +157,7 @@ class ManagedCollections:
         return self.root / MILVUS_JOBS / name / JOBS / f"{job_id}.json"
 
     def _save(self, job: Job) -> None:
-        job.updated_at = time.time()
-        path = self._job_path(job.collection, job.id)
-        if path.parent.is_dir():  # a dropped collection takes its job records with it
-            _write_atomic(path, job.model_dump_json())
-        if self._redis is not None:
-            try:
-                self._redis.set(self._jobs_key + job.id, job.model_dump_json(), ex=JOB_TTL_S)
-            except Exception as exc:  # noqa: BLE001 - the local record stands; other replicas cannot see it
-                log.warning("job %s: record not saved in Redis (%s); only this replica can report it", job.id, exc)
+        self.records.save(job, self._job_path(job.collection, job.id))
 
     async def _heartbeat(self, job: Job) -> None:
         while True:
@@ -269,33 +165,7 @@ class ManagedCollections:
             await asyncio.to_thread(self._save, job)
 
     def job(self, job_id: str) -> Job:
-        if not JOB_ID.match(job_id):
-            raise BadRequest("job_id", "16 hexadecimal characters")
-        for path in [*self.root.glob(f"*/{JOBS}/{job_id}.json"),
-                     *self.root.glob(f"{MILVUS_JOBS}/*/{JOBS}/{job_id}.json")]:
-            return self._judged(Job.model_validate_json(path.read_text()))
-        raw = None
-        if self._redis is not None:
-            try:
-                raw = self._redis.get(self._jobs_key + job_id)
-            except Exception as exc:  # noqa: BLE001 - answered from this replica's records only
-                log.warning("job %s: Redis unavailable (%s)", job_id, exc)
-        if raw:
-            return self._judged(Job.model_validate_json(raw))
-        raise NotFound("job_id", f"no job {job_id}")
-
-    @staticmethod
-    def _judged(job: Job) -> Job:
-        """A queued or running job whose process is gone reads as failed."""
-        if job.status not in ("queued", "running"):
-            return job
-        if job.host == socket.gethostname():
-            if not _alive(job.pid):
-                job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
-        elif time.time() - job.updated_at > STALE_S:
-            job.status, job.error = "failed", (f"interrupted: no word from the process doing it (pid {job.pid} on "
-                                               f"{job.host}) for {time.time() - job.updated_at:.0f} s")
-        return job
+        return self.records.get(job_id)
 
     def submit(self, name: str, kind: Literal["upsert", "delete"], payload: Sequence,
                embed: Callable[[list[str]], Awaitable[np.ndarray]],
@@ -312,7 +182,7 @@ class ManagedCollections:
         return job
 
     async def _run(self, job: Job, payload: Sequence, embed, on_done) -> None:
-        beat = asyncio.create_task(self._heartbeat(job)) if self._redis is not None else None
+        beat = asyncio.create_task(self._heartbeat(job)) if self.records.shared else None
         try:
             await self._run_locked(job, payload, embed, on_done)
         finally:
@@ -389,7 +259,7 @@ class ManagedCollections:
         manifest = store.write(versions / name, chunks, vectors, embedding_model=self.embedding_model,
                                index_type=index_type, chunk_size=self.chunk_size, chunk_overlap=self.overlap,
                                source=f"collection {path.name}")
-        _write_atomic(path / CURRENT, name + "\n")  # the swap: readers load the new version from here on
+        write_atomic(path / CURRENT, name + "\n")  # the swap: readers load the new version from here on
         self._collect(path, keep={name, *served[-1:]})
         return manifest, name
 
@@ -428,19 +298,3 @@ def read_current(path: Path) -> tuple[list[Chunk], np.ndarray, str | None]:
     with (folder / CHUNKS_FILE).open() as f:
         chunks = [Chunk.model_validate_json(line) for line in f if line.strip()]
     return chunks, np.asarray(vectors, dtype=np.float32), manifest.index_version
-
-
-def parse(model: type[BaseModel], raw: bytes) -> Any:
-    """The body as ``model``: BadRequest naming the first wrong field otherwise."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadRequest(where, f"{first['msg']} ({exc.error_count()} error(s))") from None
-
-
-def describe(job: Job) -> dict:
-    return json.loads(job.model_dump_json())

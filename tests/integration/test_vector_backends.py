@@ -16,7 +16,8 @@ from index.milvus import MilvusBackend, alias_of, version_of
 from index.store import IndexStore
 from pipelines.errors import ArtifactError, BadRequest, NotFound, StageError
 from pipelines.indexing.chunk import chunk_documents, embedding_text
-from pipelines.indexing.ingest import DocumentIn, ManagedCollections
+from pipelines.indexing.ingest import ManagedCollections
+from pipelines.indexing.jobs import DocumentIn
 from pipelines.indexing.load import load_folder
 from tests.conftest import FIXTURE_CORPUS
 

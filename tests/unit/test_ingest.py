@@ -15,8 +15,9 @@ from index import collections as coll
 from index.collections import Collections, current_folder
 from index.store import IndexStore
 from pipelines.errors import BadRequest, NotFound
-from pipelines.indexing import ingest
-from pipelines.indexing.ingest import Conflict, DeleteBody, DocumentIn, ManagedCollections, UpsertBody, parse
+from pipelines.indexing import jobs
+from pipelines.indexing.ingest import ManagedCollections
+from pipelines.indexing.jobs import Conflict, DeleteBody, DocumentIn, UpsertBody, parse
 from tests.indexes import make_index
 
 
@@ -104,7 +105,7 @@ def test_two_jobs_on_one_collection_run_one_after_the_other(managed):
 
 def test_a_job_whose_process_died_reads_as_failed(managed):
     managed.create("kb")
-    record = ingest.Job(id="0123456789abcdef", collection="kb", kind="upsert", status="running", pid=2**22 + 7)
+    record = jobs.Job(id="0123456789abcdef", collection="kb", kind="upsert", status="running", pid=2**22 + 7)
     (managed.root / "kb" / "jobs" / "0123456789abcdef.json").write_text(record.model_dump_json())
     job = managed.job("0123456789abcdef")
     assert job.status == "failed" and "interrupted" in job.error

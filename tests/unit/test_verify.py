@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipelines.errors import ArtifactError, ConfigError
-from pipelines.query.cache.verify import FEATURES, PAIR_GROUP, RULES, WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
+from pipelines.query.cache.features import FEATURES, PAIR_GROUP, RULES
+from pipelines.query.cache.verify import WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
 
 ALL = {name: 0.0 for name in RULES} | {"order": 0.5}
 

@@ -4,7 +4,8 @@
     memory.py         the in-process backend (default)
     redis_backend.py  the Redis backend (REDIS_URL): shared by workers and replicas
     semantic.py       SemanticCache (threshold, verifier, policy over a backend); make_cache
-    verify.py         the hit verifier: rules and learned checks on a candidate pair
+    features.py       what the verifier reads from a pair of questions: near-miss rules, named features
+    verify.py         the hit verifier: the rules, then the learned check on a candidate pair
     pairmodel.py      the verifier's pair model (verifier-pair.npz; sha256 in verifier.json)
     policy.py         the error-bounded policy: per-band error estimates, answers_agree
 """

@@ -35,8 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,170 +43,13 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ArtifactError, ConfigError
-from pipelines.text import STOPWORDS
+from pipelines.query.cache.features import (EMBEDDING_GROUP, FEATURES, PAIR_GROUP, RULES, Question,
+                                            embedding_features, question_features)
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = Path(__file__).with_name("verifier.json")
 FORMAT_VERSION = 4
-
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*|\.[A-Za-z]+|\d+(?:[.,]\d+)?")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
-                     r"hundreds?|thousands?|millions?|billions?|lakhs?|crores?|dozens?)\b", re.I)
-_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-_NEGATION = frozenset({"not", "no", "never", "without", "cannot", "nor", "none", "nothing", "neither"})
-_ANTONYMS = (
-    ("enable", "disable"), ("add", "remove"), ("increase", "decrease"), ("start", "stop"), ("before", "after"),
-    ("install", "uninstall"), ("allow", "deny"), ("allow", "block"), ("encrypt", "decrypt"), ("import", "export"),
-    ("upload", "download"), ("open", "close"), ("buy", "sell"), ("win", "lose"), ("gain", "lose"),
-    ("best", "worst"), ("good", "bad"), ("advantages", "disadvantages"), ("pros", "cons"), ("max", "min"),
-    ("maximum", "minimum"), ("first", "last"), ("more", "less"), ("increase", "reduce"), ("connect", "disconnect"),
-    ("lock", "unlock"), ("male", "female"), ("men", "women"), ("love", "hate"), ("rich", "poor"),
-    ("positive", "negative"), ("true", "false"), ("legal", "illegal"), ("possible", "impossible"),
-    ("easy", "hard"), ("easy", "difficult"), ("cheap", "expensive"), ("old", "new"), ("young", "old"),
-)
-_WH = ("what", "why", "how", "when", "where", "who", "which", "whom", "whose")
-
-
-@dataclass(frozen=True)
-class _Question:
-    text: str
-    words: tuple[str, ...]
-    lower: tuple[str, ...]
-
-    @classmethod
-    def of(cls, text: str) -> _Question:
-        words = tuple(_WORD.findall(text))
-        return cls(text, words, tuple(w.lower() for w in words))
-
-    @property
-    def content(self) -> list[str]:
-        return [w for w in self.lower if w not in STOPWORDS and len(w) > 1]
-
-
-def _numbers(q: _Question) -> set[str]:
-    return {n.lower() for n in _NUMBER.findall(q.text)}
-
-
-def _negated(q: _Question) -> bool:
-    return any(w in _NEGATION or w.endswith("n't") for w in q.lower)
-
-
-def _entities(q: _Question) -> set[str]:
-    """Capitalized words after the first one: names of products, places, people, languages."""
-    return {w.lower() for w in q.words[1:] if w[0].isupper() and w.lower() not in STOPWORDS}
-
-
-def _discordance(a: list[str], b: list[str]) -> float:
-    """Share of pairs of shared words that appear in opposite order in the two questions."""
-    shared = [w for w in dict.fromkeys(a) if w in set(b)]
-    if len(shared) < 2:
-        return 0.0
-    pos_b = {w: i for i, w in enumerate(b)}
-    pairs = [(x, y) for i, x in enumerate(shared) for y in shared[i + 1:]]
-    return sum(pos_b[x] > pos_b[y] for x, y in pairs) / len(pairs)
-
-
-# Each rule: (cached, query, cut-off) -> a reason when the two questions need different answers.
-def _rule_numbers(a: _Question, b: _Question, _: float) -> str | None:
-    na, nb = _numbers(a), _numbers(b)
-    return f"numbers differ ({sorted(na)} vs {sorted(nb)})" if na != nb else None
-
-
-def _rule_negation(a: _Question, b: _Question, _: float) -> str | None:
-    return "one question is negated, the other is not" if _negated(a) != _negated(b) else None
-
-
-def _rule_antonyms(a: _Question, b: _Question, _: float) -> str | None:
-    sa, sb = set(a.lower), set(b.lower)
-    for x, y in _ANTONYMS:
-        for p, q in ((x, y), (y, x)):
-            if p in sa and q in sb and q not in sa and p not in sb:
-                return f"antonyms differ ({p!r} vs {q!r})"
-    return None
-
-
-def _rule_entities(a: _Question, b: _Question, cut: float) -> str | None:
-    ea, eb = _entities(a), _entities(b)
-    if not ea | eb:
-        return None
-    mismatch = 1 - len(ea & eb) / len(ea | eb)
-    return f"different names ({sorted(ea - eb)} vs {sorted(eb - ea)})" if mismatch > cut else None
-
-
-def _rule_order(a: _Question, b: _Question, cut: float) -> str | None:
-    d = _discordance(a.content, b.content)
-    return f"the same words in another order (roles swapped, {d:.0%} of word pairs reversed)" if d > cut else None
-
-
-def _rule_question_type(a: _Question, b: _Question, _: float) -> str | None:
-    wa, wb = {w for w in a.lower if w in _WH}, {w for w in b.lower if w in _WH}
-    return f"different question types ({sorted(wa)} vs {sorted(wb)})" if wa and wb and wa != wb else None
-
-
-def _rule_non_ascii(a: _Question, b: _Question, _: float) -> str | None:
-    xa, xb = set(_NON_ASCII.findall(a.text)), set(_NON_ASCII.findall(b.text))
-    return f"different non-ASCII terms ({sorted(xa)} vs {sorted(xb)})" if xa != xb else None
-
-
-RULES: dict[str, Callable[[_Question, _Question, float], str | None]] = {
-    "numbers": _rule_numbers,
-    "negation": _rule_negation,
-    "antonyms": _rule_antonyms,
-    "entities": _rule_entities,
-    "order": _rule_order,
-    "question_type": _rule_question_type,
-    "non_ascii": _rule_non_ascii,
-}
-
-
-# -- the learned duplicate check -------------------------------------------------------------------
-# Named pair features (each in [0, 1] but the cosine): what the reason string quotes.
-FEATURES: dict[str, str] = {
-    "cosine": "cosine",
-    "word_overlap": "shared words",
-    "extra_words": "words only in one",
-    "length_gap": "length difference",
-    "numbers": "different numbers",
-    "negation": "negation",
-    "antonyms": "antonyms",
-    "entities": "different names",
-    "order": "word order",
-    "question_type": "question type",
-    "non_ascii": "non-ASCII terms",
-}
-EMBEDDING_GROUP = "meaning (embeddings)"
-PAIR_GROUP = "pair model"
-
-
-def pair_features(cached: str, query: str, similarity: float) -> np.ndarray:
-    """The named features of a pair, in ``FEATURES`` order."""
-    return _pair_features(_Question.of(cached), _Question.of(query), similarity)
-
-
-def _pair_features(a: _Question, b: _Question, similarity: float) -> np.ndarray:
-    ca, cb = set(a.content), set(b.content)
-    ea, eb = _entities(a), _entities(b)
-    return np.array([
-        similarity,
-        len(ca & cb) / max(1, len(ca | cb)),
-        min(1.0, len(ca ^ cb) / 10),
-        abs(len(a.lower) - len(b.lower)) / max(1, len(a.lower), len(b.lower)),
-        float(_numbers(a) != _numbers(b)),
-        float(_negated(a) != _negated(b)),
-        float(_rule_antonyms(a, b, 0.0) is not None),
-        1 - len(ea & eb) / len(ea | eb) if ea | eb else 0.0,
-        _discordance(a.content, b.content),
-        float(_rule_question_type(a, b, 0.0) is not None),
-        float(_rule_non_ascii(a, b, 0.0) is not None),
-    ], dtype=np.float64)
-
-
-def embedding_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Symmetric interactions of two unit embeddings: |u - v| and u * v."""
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    return np.concatenate([np.abs(u - v), u * v], axis=-1)
-
 
 @dataclass(frozen=True)
 class PairScorer:
@@ -366,9 +208,9 @@ class HitVerifier:
         return cls(model["rules"], model["vector_threshold"], scorer, pair)
 
     def reasons(self, cached: str, query: str) -> list[str]:
-        return self._reasons(_Question.of(cached), _Question.of(query))
+        return self._reasons(Question.of(cached), Question.of(query))
 
-    def _reasons(self, a: _Question, b: _Question) -> list[str]:
+    def _reasons(self, a: Question, b: Question) -> list[str]:
         return [r for name, cut in self.rules.items() if (r := RULES[name](a, b, cut))]
 
     def check_many(self, items: Sequence[tuple[str, str, float, np.ndarray | None, np.ndarray | None]]
@@ -391,7 +233,7 @@ class HitVerifier:
               query_vector: np.ndarray | None = None, pair_logit: float | None = None) -> Verdict:
         """``pair_logit``: the pair model's logit for (cached, query) when the caller already has
         it (the eval scores pairs in batches); computed here otherwise."""
-        a, b = _Question.of(cached), _Question.of(query)
+        a, b = Question.of(cached), Question.of(query)
         found = self._reasons(a, b)
         if found:
             return Verdict(False, "rejected: " + "; ".join(found))
@@ -402,7 +244,7 @@ class HitVerifier:
         p = parts = None
         sure = self.sure_cosine
         if cached_vector is not None and query_vector is not None and len(cached_vector) == len(query_vector) == dim:
-            z, parts = self.scorer.logit(_pair_features(a, b, similarity),
+            z, parts = self.scorer.logit(question_features(a, b, similarity),
                                          embedding_features(cached_vector, query_vector))
             if self.pair is None:
                 p = _sigmoid(z)
