@@ -39,6 +39,7 @@ class FakeStages:
         self.collections = {"default"}
         self.route_features = None
         self.stream_fail_after: int | None = None
+        self.stream_stall_after: int | None = None  # words, then the stream hangs (a stalled engine)
         self.logprobs: dict[str, float] = {}  # tier -> logprob_mean (and min) of its answers
         self.route_gate: asyncio.Event | None = None  # set when route starts (concurrency tests)
         self.route_score = 0.9  # the fake router's score; large when >= the threshold (0.5 unless given)
@@ -110,6 +111,8 @@ class FakeStages:
         for i, word in enumerate(words):
             if self.stream_fail_after is not None and i == self.stream_fail_after:
                 raise StageError(f"generate[{tier}]", "injected failure mid-stream")
+            if self.stream_stall_after is not None and i == self.stream_stall_after:
+                await asyncio.sleep(3600)
             await asyncio.sleep(self.delays.get("token", 0))
             yield Delta(word if i == 0 else " " + word)
         yield TierAnswer(text=" ".join(words), tier=tier, model=f"{tier}-model", engine="fake", finish_reason="stop",

@@ -32,8 +32,8 @@ checks.positive_data_acceptance.enabled = false
 
 
 @pytest.fixture(scope="module")
-def contract_server(tmp_path_factory, model_cache):
-    home = tmp_path_factory.mktemp("ragroute-contract")
+def contract_server(e2e_home, model_cache):
+    home = e2e_home("ragroute-contract")
     key = add_key(home / "keys.json", "fuzz", "fuzz")
     # Short generation: fuzzed questions are answered (degraded, cut at the time limit) in about
     # a second each. One bearer token serves both the query API (its key) and the admin API.

@@ -51,3 +51,12 @@ def test_the_generation_rates_are_measured_and_on_metrics(default_server):
     # measured on this machine: neither the small prior (250 / 80) nor zero
     assert all(v > 0 for v in rates.values())
     assert rates[("prefill", "small")] != 250.0 and rates[("decode", "small")] != 80.0
+
+
+def test_a_first_start_builds_the_demo_index(default_server):
+    """This server started from an empty RAGROUTE_HOME (the other e2e stacks start from a copy)."""
+    import json
+
+    manifest = default_server.home / "indexes" / "demo" / "manifest.json"
+    assert manifest.is_file() and json.loads(manifest.read_text())["source"] == "pydoc_data.topics"
+    assert "building the demo index" in default_server.log.read_text(errors="replace")

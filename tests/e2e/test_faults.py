@@ -25,9 +25,9 @@ BUDGETS = {"RAGROUTE_BUDGET_PROFILE": "cpu", "RAGROUTE_BUDGET_TOTAL_MS": str(TOT
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache):
+def server(e2e_home, model_cache):
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_CACHE": "off", **BUDGETS}
-    with serving(tmp_path_factory.mktemp("ragroute-faults"), env) as srv:
+    with serving(e2e_home("ragroute-faults"), env) as srv:
         yield srv
 
 

@@ -23,9 +23,9 @@ QUESTIONS = ["When does the release train ship?", "Who owns paging for payments?
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache):
+def server(e2e_home, model_cache):
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_ADMIN_TOKEN": TOKEN, **GENEROUS_BUDGETS}
-    with serving(tmp_path_factory.mktemp("ragroute-ingest"), env) as srv:
+    with serving(e2e_home("ragroute-ingest"), env) as srv:
         yield srv
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import bentoml
@@ -56,7 +57,11 @@ def test_a_paraphrase_is_a_semantic_cache_hit(server, first):
 
 
 def test_bypass_and_explicit_tier_generate_afresh(server, first):
-    resp = server.post({"query": QUESTION, "tier": "large", "top_k": 2, "cache": "bypass"}).json()
+    body = {"query": QUESTION, "tier": "large", "top_k": 2}
+    stored = server.post(body).json()  # this partition now holds the answer ...
+    assert server.post(body).json()["cache"]["kind"] == "exact"
+    resp = server.post({**body, "cache": "bypass"}).json()  # ... which bypass does not read
+    assert "generate" in resp["timings_ms"] and resp["usage"]["tokens_out"] > 0 and stored["answer"]
     assert not resp["cache"]["hit"] and resp["route"]["tier"] == "large" and resp["route"]["score"] is None
     assert resp["route"]["model"].startswith("Qwen2.5-Coder-0.5B") and len(resp["sources"]) == 2
     assert resp["answer"].strip()
@@ -186,5 +191,8 @@ def test_a_completed_stream_is_cached_and_a_cut_one_is_not(server):
     cut_question = "How do decorators work?"
     events = sse(server, {"query": cut_question, "tier": "small"}, stop_after_tokens=2)
     assert [e["event"] for _, e in events][-1] == "token"  # the client hung up mid-answer
+    # Had the server gone on answering and stored the answer, it would have within the time a
+    # whole answer takes (the completed one above): wait that long (x2), then look.
+    time.sleep(min(30.0, max(3.0, 2 * done["timings_ms"]["total"] / 1000)))
     after = server.post({"query": cut_question, "tier": "small"}).json()
     assert after["cache"]["status"] == "miss" and not after["cache"]["hit"]

@@ -22,8 +22,8 @@ RATE = 6  # requests per minute of the rate-limited key
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, model_cache):
-    home = tmp_path_factory.mktemp("ragroute-redis-home")
+def stack(e2e_home, model_cache):
+    home = e2e_home("ragroute-redis-home")
     redis = RedisServer(home / "redis").start()
     keyfile = home / "keys.json"
     keys = {t: add_key(keyfile, t, t) for t in TENANTS}
@@ -66,7 +66,7 @@ def test_tenants_never_share_answers(stack):
     assert not a["cache"]["hit"]
     assert ask(server, query=Q, tenant="acme")["cache"]["kind"] == "exact"
     b = ask(server, query=Q, tenant="globex")  # the identical question, another tenant
-    assert not b["cache"]["hit"] and b["request_id"] != a["request_id"]
+    assert not b["cache"]["hit"] and "generate" in b["timings_ms"] and b["usage"]["tokens_out"] > 0  # answered afresh
     # The default error-bounded cache has seen nothing for globex yet: the paraphrase is answered
     # fresh, and its answer compared with the cached one (the first observation of the tenant).
     para = ask(server, query=Q + " exactly", tenant="globex")["cache"]
@@ -98,6 +98,9 @@ def test_admin_api_needs_the_token_and_valid_input(stack):
     server, _ = stack
     assert admin(server, "cache_purge", {"tenant": "acme"}, token=None).status_code == 401
     assert admin(server, "cache_purge", {"tenant": "acme"}, token="wrong").status_code == 401
+    assert admin(server, "cache_stats", token="wrong").status_code == 401
+    assert admin(server, "cache_stats", token=None).status_code == 401
+    assert admin(server, "cache_stats").json()["backend"] == "redis"
     assert admin(server, "cache_purge", {}).status_code == 400
     bad = admin(server, "cache_purge", {"tenant": "a b"})
     assert bad.status_code == 400 and bad.json()["detail"][0]["loc"] == ["tenant"]
@@ -106,17 +109,25 @@ def test_admin_api_needs_the_token_and_valid_input(stack):
 def test_redis_killed_mid_run_then_used_again(stack):
     server, redis = stack
     ask(server, query="How do I catch an exception?", tenant="ops")
+    errors_before = cache_errors(server)
     redis.stop()
     down = [ask(server, query="How do I catch an exception?", tenant="ops") for _ in range(2)]
     for resp in down:
         assert resp["answer"] and resp["cache"]["status"] == "unavailable" and not resp["degraded"]
+    purge = admin(server, "cache_purge", {"tenant": "ops"})  # the backend is down: said so, not a 500
+    assert purge.status_code == 503 and "purge failed" in purge.json()["error"], purge.text
     redis.start()  # the same object: the fixture stops this one at the end
     time.sleep(1.0)
     first = ask(server, query="How do I catch an exception?", tenant="ops")
     assert first["cache"]["status"] == "miss"  # reachable again (and empty: no persistence)
     assert ask(server, query="How do I catch an exception?", tenant="ops")["cache"]["kind"] == "exact"
+    assert cache_errors(server) > errors_before  # the lookups that found Redis down were counted
+
+
+def cache_errors(server) -> float:
+    """ragroute_cache_errors_total, summed over operations (and workers)."""
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert "ragroute_cache_errors_total" in metrics
+    return sum(float(v) for v in re.findall(r"^ragroute_cache_errors_total\{[^}]*\} (\S+)$", metrics, re.M))
 
 
 def test_without_a_key_or_with_a_wrong_one_the_query_api_is_a_401(stack):

@@ -22,14 +22,14 @@ MARGIN_MS = 2_000
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache, openai_server):
+def server(e2e_home, model_cache, openai_server):
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_CACHE": "off", "RAGROUTE_BUDGET_PROFILE": "cpu",
            "RAGROUTE_BUDGET_TOTAL_MS": str(TOTAL_MS), "RAGROUTE_BUDGET_GENERATE_MS": str(GENERATE_MS),
            "RAGROUTE_LARGE_ENGINE": "openai", "RAGROUTE_LARGE_MODEL": openai_server.alias,
            "RAGROUTE_LARGE_BASE_URL": openai_server.base_url, "RAGROUTE_LARGE_API_KEY": openai_server.api_key,
            "RAGROUTE_LARGE_TIMEOUT_S": str(REMOTE_TIMEOUT_S), "RAGROUTE_LARGE_RETRIES": "0",
            "RAGROUTE_LARGE_PRICE_IN": "0.15", "RAGROUTE_LARGE_PRICE_OUT": "0.60"}
-    with serving(tmp_path_factory.mktemp("ragroute-remote"), env) as srv:
+    with serving(e2e_home("ragroute-remote"), env) as srv:
         yield srv
 
 

@@ -24,7 +24,7 @@ def artifact(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_cache, artifact):
+def server(e2e_home, model_cache, artifact):
     # Cascade threshold 0: every answer's mean token log-probability is below it, so a cascade
     # always escalates (accepting is covered with real models in tests/integration/test_cascade.py).
     # Route threshold 0.7: between "going large gains nothing" (0.5, the easy questions) and
@@ -32,7 +32,7 @@ def server(tmp_path_factory, model_cache, artifact):
     # 60 toy questions, sits inside the hard cluster, so an unseen hard question may fall either side.
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_ROUTER_PATH": str(artifact),
            "RAGROUTE_CASCADE_THRESHOLD": "0", "RAGROUTE_ROUTE_THRESHOLD": "0.7", **GENEROUS_BUDGETS}
-    with serving(tmp_path_factory.mktemp("home"), env) as srv:
+    with serving(e2e_home("home"), env) as srv:
         yield srv
 
 

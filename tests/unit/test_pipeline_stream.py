@@ -93,6 +93,28 @@ def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
     assert done.timings_ms["total"] < 1500
 
 
+def test_a_stream_that_stalls_mid_answer_ends_there_at_the_deadline(stages):
+    """The first words are out when the engine stalls: the deadline ends the answer there (the
+    client keeps what it has, flagged incomplete), no fallback tier starts over, nothing is cached."""
+    from pipelines.budget import BudgetProfile
+
+    stages.answer = "one two three four five"
+    stages.stream_stall_after = 2
+    budget = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
+                                    "generate": 300, "safety": 100}, total_ms=5000)
+    pipeline = QueryPipeline(stages, cache(), CFG, budget=budget)
+    out = events(pipeline, query="what does with do", tier="large")
+    tokens = [e["text"] for e in out if e["event"] == "token"]
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert tokens == ["one", " two"] and done.answer == "one two"
+    assert done.degraded and any("incomplete" in w and "exceeded its 300 ms budget" in w for w in done.warnings)
+    assert done.budget["generate"].outcome == "timeout" and done.timings_ms["total"] < 2000
+    assert [c for c in stages.calls if c.startswith("generate")] == ["generate[large]"]  # no fallback
+    assert [(s.tier, s.outcome) for s in done.route.path] == [("large", "failed")]
+    again = events(pipeline, query="what does with do", tier="large")
+    assert not RagResponse.model_validate(again[-1]["response"]).cache.hit
+
+
 def test_an_unconfigured_tier_is_a_bad_request(stages):
     with pytest.raises(BadRequest, match="'xl' is not a configured tier; valid: auto, cascade, small, large"):
         events(QueryPipeline(stages, None, CFG), query="q", tier="xl")
@@ -104,3 +126,21 @@ def test_a_streamed_answer_without_citations_ends_with_a_citation_token():
     tokens = [e["text"] for e in out if e["event"] == "token"]
     done = RagResponse.model_validate(out[-1]["response"])
     assert tokens[-1] == " [1]" and "".join(tokens).strip() == done.answer == "This is the text of chunk 5. [1]"
+
+
+def test_safety_replace_when_streaming_replaces_the_final_answer_and_says_so():
+    """The words are out when the check runs: the client was shown them, but the response (and
+    what a later request would get) is the extract of the best source, flagged, and not cached."""
+    from pipelines.query.safety import SafetyConfig
+
+    stages = FakeStages(vectors={"what does with do": unit([1, 0, 0])},
+                        answer="Bananas grow on trees in tropical climates [1].")
+    pipeline = QueryPipeline(stages, cache(), CFG, safety=SafetyConfig(action="replace"))
+    out = events(pipeline, query="what does with do", tier="small")
+    streamed = "".join(e["text"] for e in out if e["event"] == "token")
+    done = RagResponse.model_validate(out[-1]["response"])
+    assert streamed.startswith("Bananas grow")
+    assert done.degraded and "safety: the generated answer was replaced by an extract of the best source" in done.warnings
+    assert "Bananas" not in done.answer and done.answer and done.safety.problems
+    again = RagResponse.model_validate(events(pipeline, query="what does with do", tier="small")[-1]["response"])
+    assert not again.cache.hit
