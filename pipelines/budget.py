@@ -3,21 +3,11 @@
 Two shipped profiles (README, "Latency budgets"):
 
 * ``gpu``: the product spec's defaults.
-* ``cpu``: derived from measurements on a 2-core CPU machine with evals/latency.py (idle,
-  one request at a time) and evals/load.py (32 concurrent clients), server-side stage times:
-  each budget covers the stage's tail under load; generation gets ~1.2x its idle p95. The
-  embed budget is where falling back costs more than waiting: the fallback (keyword
-  retrieval, then a 5-12 s CPU generation instead of a ~0.4 s semantic cache hit) is only
-  worth it once embedding is seconds late. At 1000 ms, 13% of embeds timed out under load
-  and each one added a generation; at 2500 ms none did.
-
-      stage      idle p50 / p95            under 32-client load           cpu budget
-      embed      18-19 ms / 32-34 ms       98% <= 1 s, max < 2.5 s        2500 ms
-      retrieve    5 ms    /  8 ms          (essential: a target only)     50 ms
-      rerank      5 ms    /  6-8 ms        4 timeouts of ~1000 at 100    250 ms
-      route       3-4 ms  /  4-6 ms        2 timeouts of ~1000 at 50     100 ms
-      generate   4.7-7.6 s / 8.6-10.4 s    (queues: one engine per tier) 12000 ms
-      cache      <0.1 ms  / 2.4 ms (Redis semantic)                       100 ms
+* ``cpu``: derived from measurements on a 2-core CPU machine (evals/latency.py idle, evals/load.py
+  under 32 concurrent clients; the table and the reasoning are in README, "Latency budgets"):
+  each budget covers the stage's tail under load, generation gets ~1.2x its idle p95, and the
+  embed budget is where falling back (keyword retrieval, then a generation) costs more than
+  waiting.
 
 The profile is chosen by ``RAGROUTE_BUDGET_PROFILE`` (``auto``: ``gpu`` when CUDA is visible,
 else ``cpu``); any stage can be overridden with ``RAGROUTE_BUDGET_<STAGE>_MS``.

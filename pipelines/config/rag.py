@@ -37,8 +37,12 @@ class CacheConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> CacheConfig:
+        backend = _choice(env, "RAGROUTE_CACHE", "memory", ("memory", "redis", "off"))
+        if backend == "redis" and not _get(env, "REDIS_URL", ""):
+            raise ConfigError("RAGROUTE_CACHE=redis needs REDIS_URL (e.g. redis://host:6379/0)")
         return cls(
-            backend=_choice(env, "RAGROUTE_CACHE", "memory", ("memory", "off")),
+            # "memory" keeps its old meaning: in-process, or Redis when REDIS_URL is set; "redis" says so
+            backend="memory" if backend == "redis" else backend,
             redis_url=_get(env, "REDIS_URL", ""),
             threshold=_num(env, "RAGROUTE_CACHE_THRESHOLD", None, float, 0.0, 1.0),  # type: ignore[arg-type]
             verifier=_choice(env, "RAGROUTE_CACHE_VERIFIER", "on", ("on", "off")) == "on",

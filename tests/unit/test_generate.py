@@ -143,7 +143,8 @@ def test_decoding_stops_at_the_deadline():
     g, engine = generator(WordEngine(["w"] * 100, delay=0.05), decode_tok_s=1000.0)
     t0 = time.monotonic()
     out = run(g.generate("small", "Q?", [chunk(0, "X.")], budget_ms=1000))
-    assert out.finish_reason == "deadline" and 0.9 < time.monotonic() - t0 < 1.3
+    # cut at the 1 s deadline: well before the 5 s the 100 words take, with room for a loaded machine
+    assert out.finish_reason == "deadline" and 0.9 < time.monotonic() - t0 < 2.5
     assert engine.stopped_early and 10 < out.tokens_out < 30
 
 

@@ -111,3 +111,12 @@ def test_the_scan_finds_a_read(tmp_path):
     src.write_text("import os\nA = os.environ.get('X')\nB = os.environ['Y']\nC = os.getenv('Z')\n"
                    "os.environ['W'] = '1'\ndef f(env=os.environ):\n    return env\n")
     assert _environment_reads(src) == [f"{src}:2", f"{src}:3", f"{src}:4"]
+
+
+def test_the_cache_backend_can_be_named_redis_and_then_needs_a_url():
+    from pipelines.config import CacheConfig
+
+    assert CacheConfig.from_env({"RAGROUTE_CACHE": "redis", "REDIS_URL": "redis://h:6379/0"}).redis_url
+    assert CacheConfig.from_env({"REDIS_URL": "redis://h:6379/0"}).redis_url  # memory + REDIS_URL: Redis, as before
+    with pytest.raises(ConfigError, match="RAGROUTE_CACHE=redis needs REDIS_URL"):
+        CacheConfig.from_env({"RAGROUTE_CACHE": "redis"})

@@ -15,13 +15,9 @@ token log-probability of the answer; ``grounded``, the share of the answer's con
 found in the sources it was given (the safety stage's grounding measure), which needs no
 log-probabilities; ``selfcheck``, 1 / (1 + the problems the answer shows on its own: arithmetic
 that does not compute, cut off at the token limit, unsure wording; pipelines/query/selfcheck.py),
-which the reason names. On SQuAD with the cpu tiers the first three are weak (the 135M tier is
-rarely right); grounding correlates best with the small answer's F1 (0.27; logprob_min 0.21,
-logprob_mean 0.07) and has the highest APGR (0.54; 0.51 and 0.53: evals/routing_live.py). On
-answers that compute (RouteLLM's GSM8K data) ``selfcheck`` finds a problem in 16.7% of
-Mixtral's answers, 88.5% of them wrong; with a routed start (``RAGROUTE_CASCADE_START=routed``)
-it needs 37% strong calls for 95% of strong-only accuracy, the router alone 57%
-(evals/routing_offline.py, README).
+which the reason names. How well each signal picks the answers worth escalating, on SQuAD with
+the cpu tiers and on RouteLLM's GSM8K data, is measured by evals/routing_live.py and
+evals/routing_offline.py (README, "Routing and cascades").
 """
 
 from __future__ import annotations
