@@ -17,6 +17,7 @@ same way. :func:`cache_call` adds the cache's rule on top: a cache failure bypas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,21 @@ class RequestState:
             if rep.used_ms > budget:
                 rep.detail = f"over its {budget:.0f} ms budget"
 
+    @contextlib.contextmanager
+    def _accounted(self, rep: StageReport, limit: float, label: str):
+        """Time the block into ``rep``; a timeout or a failure becomes StageError, reported."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        except TimeoutError:
+            rep.outcome, rep.detail = "timeout", f"exceeded its {limit:.0f} ms budget"
+            raise StageError(label, rep.detail) from None
+        except StageError as exc:
+            rep.outcome, rep.detail = "error", str(exc)
+            raise
+        finally:
+            rep.used_ms += (time.perf_counter() - t0) * 1000
+
     async def run(self, stage: str, make: Callable[[], Any], *, reserve_ms: float = 0.0,
                   essential: bool = False, label: str = "") -> Any:
         """Run one stage call within its budget; raises StageError (named ``label``, default
@@ -111,21 +127,12 @@ class RequestState:
         budget = self.deadline.budget_ms(stage, reserve_ms)
         limit = max(budget, self.deadline.remaining_ms()) if essential else budget
         rep = self._report(stage, budget, limit, label or stage)
-        t0 = time.perf_counter()
-        try:
+        with self._accounted(rep, limit, label or stage):
             async with asyncio.timeout(limit / 1000):
                 result = await make()
-            if rep.used_ms + (time.perf_counter() - t0) * 1000 > budget:
-                rep.detail = f"over its {budget:.0f} ms budget"
-            return result
-        except TimeoutError:
-            rep.outcome, rep.detail = "timeout", f"exceeded its {limit:.0f} ms budget"
-            raise StageError(label or stage, rep.detail) from None
-        except StageError as exc:
-            rep.outcome, rep.detail = "error", str(exc)
-            raise
-        finally:
-            rep.used_ms += (time.perf_counter() - t0) * 1000
+        if rep.used_ms > budget:
+            rep.detail = f"over its {budget:.0f} ms budget"
+        return result
 
     async def run_stream(self, stage: str, make: Callable[[float], AsyncIterator[T]], *,
                          final: Callable[[T], bool], reserve_ms: float = 0.0, label: str = "") -> AsyncIterator[T]:
@@ -134,26 +141,19 @@ class RequestState:
         ends before its final event fails (StageError). Reported like ``run``."""
         budget = self.deadline.budget_ms(stage, reserve_ms)
         rep = self._report(stage, budget, budget, label or stage)
-        t0 = time.perf_counter()
         deadline = time.monotonic() + budget / 1000
         events = make(budget)
         try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(anext(events), max(0.001, deadline - time.monotonic()))
-                except StopAsyncIteration:
-                    raise StageError(label or stage, "the stream ended without a result") from None
-                yield item
-                if final(item):
-                    return
-        except TimeoutError:
-            rep.outcome, rep.detail = "timeout", f"exceeded its {budget:.0f} ms budget"
-            raise StageError(label or stage, rep.detail) from None
-        except StageError as exc:
-            rep.outcome, rep.detail = "error", str(exc)
-            raise
+            with self._accounted(rep, budget, label or stage):
+                while True:
+                    try:
+                        item = await asyncio.wait_for(anext(events), max(0.001, deadline - time.monotonic()))
+                    except StopAsyncIteration:
+                        raise StageError(label or stage, "the stream ended without a result") from None
+                    yield item
+                    if final(item):
+                        return
         finally:
-            rep.used_ms += (time.perf_counter() - t0) * 1000
             await events.aclose()
 
 
