@@ -7,9 +7,7 @@ and the OpenAI-compatible ``/v1`` (services/openai_app.py) over the same pipelin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator
 import secrets
 
 import bentoml
@@ -24,6 +22,7 @@ from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
+from pipelines.sse import frames
 from services._common import PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
@@ -187,27 +186,12 @@ class RAG:
             await events.aclose()
             return self._refuse(ctx, exc)
 
-        async def sse() -> AsyncIterator[str]:
-            event = first
-            try:
-                while True:
-                    if event["event"] == "done":
-                        response = RagResponse.model_validate(event["response"])
-                        await self.front.settle(admitted, response)
-                        if admitted.warnings:
-                            event = {**event, "response": response.model_dump()}
-                    yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n"
-                    event = await anext(events)
-            except StopAsyncIteration:
-                return
-            except Exception as exc:  # noqa: BLE001 - the status is sent: report the error as an event
-                log.warning("request %s: stream failed: %s", request_id, exc)
-                body = {"event": "error", "request_id": request_id, "error": str(exc)}
-                yield f"event: error\ndata: {json.dumps(body)}\n\n"
-            finally:
-                await events.aclose()
+        async def settle(event: dict) -> dict:
+            response = RagResponse.model_validate(event["response"])
+            await self.front.settle(admitted, response)
+            return {**event, "response": response.model_dump()} if admitted.warnings else event
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
+        return StreamingResponse(frames(first, events, request_id, settle), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
 
     # -- admin ---------------------------------------------------------------------------------------

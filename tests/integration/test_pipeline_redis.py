@@ -80,3 +80,35 @@ def test_redis_killed_mid_run_then_back(tmp_path):
         again = ask(p, "What does with do?")
         assert again.cache.status == "miss" and not again.warnings  # Redis is used again (and was empty)
         assert ask(p, "What does with do?").cache.kind == "exact"
+
+
+def test_redis_killed_while_an_answer_streams(tmp_path):
+    """Redis dies after the lookups, while the words stream: the answer completes (not
+    degraded), the store that fails is reported and nothing breaks; back up, the cache works."""
+    from evals.redis_server import RedisServer
+    from pipelines.schema import RagResponse
+
+    with RedisServer(tmp_path / "r").start() as server:
+        s = stages()
+        s.delays["token"] = 0.05  # the default answer, "the text of the chunk [1]", word by word
+        p = pipeline_with(server.url, s)
+
+        async def stream_killing_redis_after_meta():
+            out = []
+            async for event in p.stream(RagRequest(query="What does with do?")):
+                out.append(event)
+                if event["event"] == "meta":
+                    server.stop()  # kill -9 between the lookups and the store
+            return out
+
+        events = asyncio.run(stream_killing_redis_after_meta())
+        tokens = "".join(e["text"] for e in events if e["event"] == "token")
+        done = RagResponse.model_validate(events[-1]["response"])
+        assert events[0]["event"] == "meta" and events[0]["cache"]["status"] == "miss"
+        assert tokens.strip() == done.answer == "the text of the chunk [1]" and not done.degraded
+        assert done.cache.status == "unavailable" and "cache store failed; cache bypassed" in done.warnings
+
+        server.start()
+        time.sleep(0.6)  # past retry_s
+        assert ask(p, "What does with do?").cache.status == "miss"  # nothing half-stored; Redis used again
+        assert ask(p, "What does with do?").cache.kind == "exact"

@@ -1,0 +1,69 @@
+"""The SSE frames of a streamed rag_query (pipelines/sse.py): one frame per event, the ``done``
+event settled before it is sent, a failure after the start an ``error`` frame, and the pipeline's
+stream closed however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from pipelines.sse import frames
+
+
+class Events:
+    def __init__(self, items, fail_with: Exception | None = None) -> None:
+        self.items, self.fail_with, self.closed = list(items), fail_with, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.items:
+            return self.items.pop(0)
+        if self.fail_with is not None:
+            raise self.fail_with
+        raise StopAsyncIteration
+
+    async def aclose(self):
+        self.closed = True
+
+
+def parse(frame: str) -> tuple[str, dict]:
+    head, data = frame.strip().split("\n")
+    return head.removeprefix("event: "), json.loads(data.removeprefix("data: "))
+
+
+async def collect(events: Events, on_done=None, take: int | None = None) -> list[str]:
+    async def settle(event):
+        return {**event, "settled": True}
+
+    first = await anext(events)
+    out = []
+    gen = frames(first, events, "req1", on_done or settle)
+    async for f in gen:
+        out.append(f)
+        if take is not None and len(out) >= take:
+            await gen.aclose()  # the client hung up
+            break
+    return out
+
+
+def test_each_event_is_a_frame_and_done_is_settled_first():
+    events = Events([{"event": "meta", "request_id": "req1"}, {"event": "token", "text": "Hi"},
+                     {"event": "done", "response": {"answer": "Hi"}}])
+    out = [parse(f) for f in asyncio.run(collect(events))]
+    assert [k for k, _ in out] == ["meta", "token", "done"]
+    assert out[1][1]["text"] == "Hi" and out[2][1]["settled"] and events.closed
+
+
+def test_a_failure_mid_stream_is_an_error_frame_naming_the_request():
+    events = Events([{"event": "meta"}, {"event": "token", "text": "Hi"}], fail_with=RuntimeError("engine died"))
+    out = [parse(f) for f in asyncio.run(collect(events))]
+    assert [k for k, _ in out] == ["meta", "token", "error"]
+    assert out[-1][1] == {"event": "error", "request_id": "req1", "error": "engine died"} and events.closed
+
+
+def test_a_client_hanging_up_closes_the_pipeline_stream():
+    events = Events([{"event": "meta"}, {"event": "token", "text": "a"}, {"event": "token", "text": "b"}])
+    out = asyncio.run(collect(events, take=2))
+    assert len(out) == 2 and events.closed
