@@ -24,11 +24,56 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.errors import RagrouteError, StageError
-from pipelines.records import ScoredChunk, TierAnswer
+from pipelines.records import ScoredChunk, Tier, TierAnswer
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Request(BaseModel):
+    """A stage API's input (the service's ``input_spec``): bounded, nothing else accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Query = Annotated[str, Field(max_length=20_000)]
+Count = Annotated[int, Field(ge=1, le=1000)]
+Collection = Annotated[str, Field(max_length=64)]
+
+
+class SearchRequest(_Request):
+    vector: Annotated[list[float], Field(max_length=8192)]
+    n: Count = 20
+    query: Query = ""
+    collection: Collection = "default"
+
+
+class SearchTextRequest(_Request):
+    query: Query
+    n: Count = 20
+    collection: Collection = "default"
+
+
+class RerankRequest(_Request):
+    query: Query
+    candidates: Annotated[list[ScoredChunk], Field(max_length=1000)]
+    top_k: Count = 4
+
+
+class RouteRequest(_Request):
+    query: Query
+    query_vector: Annotated[list[float], Field(max_length=8192)] | None = None
+    retrieval_scores: Annotated[list[float], Field(max_length=1000)] = []
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+
+class GenerateRequest(_Request):
+    tier: Tier
+    query: Query
+    sources: Annotated[list[ScoredChunk], Field(max_length=100)]
+    budget_ms: Annotated[float, Field(ge=1, le=600_000)] | None = Field(
+        None, description="the time the answer may take from now; it becomes a token limit")
 
 
 class SearchResult(_Wire):

@@ -11,16 +11,13 @@ import functools
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Annotated
 
 import bentoml
-from annotated_types import Ge, Le, MaxLen
 
+from pipelines import wire
 from pipelines.config import GenerationConfig
 from pipelines.errors import ConfigError, RagrouteError, StageError
-from pipelines import wire
-from pipelines.records import TierAnswer
-from pipelines.records import ScoredChunk, Tier
+from pipelines.records import ScoredChunk, Tier, TierAnswer
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)
@@ -76,10 +73,8 @@ class Generation:
             gauge.labels(tier=name, phase="prefill").set(rates.prefill_tok_s)
             gauge.labels(tier=name, phase="decode").set(rates.decode_tok_s)
 
-    @bentoml.api
-    async def generate(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
-                       sources: Annotated[list[ScoredChunk], MaxLen(100)],
-                       budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None) -> dict:
+    @bentoml.api(input_spec=wire.GenerateRequest)
+    async def generate(self, tier: Tier, query: str, sources: list[ScoredChunk], budget_ms: float | None = None) -> dict:
         """``budget_ms``: the time the answer may take from now; it becomes a token limit."""
         received = time.monotonic()  # taken on arrival, so queueing counts against the budget
         try:
@@ -93,11 +88,9 @@ class Generation:
             raise to_bentoml(exc) from None
         return wire.GenerateResult(generation=result).model_dump()
 
-    @bentoml.api
-    async def generate_stream(self, tier: Tier, query: Annotated[str, MaxLen(20_000)],
-                              sources: Annotated[list[ScoredChunk], MaxLen(100)],
-                              budget_ms: Annotated[float, Ge(1), Le(600_000)] | None = None,
-                              ) -> AsyncGenerator[str, None]:
+    @bentoml.api(input_spec=wire.GenerateRequest)
+    async def generate_stream(self, tier: Tier, query: str, sources: list[ScoredChunk],
+                              budget_ms: float | None = None) -> AsyncGenerator[str, None]:
         """The same answer as ``generate``, streamed as NDJSON lines as it is decoded."""
         received = time.monotonic()
         try:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Annotated
 
 import bentoml
-from annotated_types import Ge, Le, MaxLen
 
+from pipelines import wire
 from pipelines.config import RerankConfig
 from pipelines.records import ScoredChunk
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging
@@ -25,10 +24,8 @@ class Reranking:
             self.reranker = make_reranker(RerankConfig.from_env())
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rerank")
 
-    @bentoml.api
-    async def rerank(self, query: Annotated[str, MaxLen(20_000)],
-                     candidates: Annotated[list[ScoredChunk], MaxLen(1000)],
-                     top_k: Annotated[int, Ge(1), Le(1000)] = 4) -> list[dict]:
+    @bentoml.api(input_spec=wire.RerankRequest)
+    async def rerank(self, query: str, candidates: list[ScoredChunk], top_k: int = 4) -> list[dict]:
         # The hybrid scorer takes ~2 ms for 20 candidates: inline, cheaper than a thread hop. A
         # cross-encoder's forward pass runs on one worker thread, off the event loop.
         if self.reranker.blocking:

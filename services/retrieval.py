@@ -7,9 +7,10 @@ import asyncio
 from typing import Annotated
 
 import bentoml
-from annotated_types import Ge, Le, MaxLen
+from annotated_types import MaxLen
 
 from pipelines.config import RetrievalConfig
+from pipelines import wire
 from pipelines.errors import RagrouteError
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
@@ -42,9 +43,8 @@ class Retrieval:
     # async: on the demo index a search takes well under a millisecond, less than the thread hop a
     # sync API costs (evals/hops.py); a large index's search (BM25 scores every chunk) and a Milvus
     # search run in a thread so the event loop keeps serving.
-    @bentoml.api
-    async def search(self, vector: Annotated[list[float], MaxLen(8192)], n: Annotated[int, Ge(1), Le(1000)] = 20,
-                     query: Annotated[str, MaxLen(20_000)] = "", collection: Collection = "default") -> dict:
+    @bentoml.api(input_spec=wire.SearchRequest)
+    async def search(self, vector: list[float], n: int = 20, query: str = "", collection: str = "default") -> dict:
         """{"index_version": str, "hits": [ScoredChunk, ...]} best first. With the query's text, the
         configured hybrid search (RAGROUTE_RETRIEVAL) fuses BM25's best with the vector's."""
         try:
@@ -57,9 +57,8 @@ class Retrieval:
             raise to_bentoml(exc) from None
         return {"index_version": store.manifest.index_version, "hits": [h.model_dump() for h in hits]}
 
-    @bentoml.api
-    async def search_text(self, query: Annotated[str, MaxLen(20_000)], n: Annotated[int, Ge(1), Le(1000)] = 20,
-                          collection: Collection = "default") -> dict:
+    @bentoml.api(input_spec=wire.SearchTextRequest)
+    async def search_text(self, query: str, n: int = 20, collection: str = "default") -> dict:
         """Lexical (BM25) search over the chunk store: the fallback when embedding is unavailable."""
         try:
             store = self.collections.get(collection)

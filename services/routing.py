@@ -8,11 +8,10 @@ with the reason, unless RAGROUTE_ROUTER_FALLBACK names a router to use instead.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
 import bentoml
-from annotated_types import Ge, Le, MaxLen
 
+from pipelines import wire
 from pipelines.config import RoutingConfig
 from pipelines.errors import RagrouteError
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
@@ -33,15 +32,13 @@ class Routing:
             self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))
         log.info("router: %s", self.loaded.source)
 
-    @bentoml.api  # async: a decision takes microseconds, less than a sync API's thread hop
-    async def route(self, query: Annotated[str, MaxLen(20_000)],
-                    query_vector: Annotated[list[float], MaxLen(8192)] | None = None,
-                    retrieval_scores: Annotated[list[float], MaxLen(1000)] = [],  # noqa: B006 - pydantic copies it
-                    threshold: Annotated[float, Ge(0.0), Le(1.0)] | None = None) -> dict:
+    @bentoml.api(input_spec=wire.RouteRequest)  # async: a decision takes microseconds, less than a thread hop
+    async def route(self, query: str, query_vector: list[float] | None = None,
+                    retrieval_scores: list[float] | None = None, threshold: float | None = None) -> dict:
         """``threshold``: decide at this score instead of the router's own (a routed cascade's)."""
         from pipelines.query.route import QueryFeatures, decide
 
-        features = QueryFeatures(query_vector=query_vector, retrieval_scores=tuple(retrieval_scores))
+        features = QueryFeatures(query_vector=query_vector, retrieval_scores=tuple(retrieval_scores or ()))
         try:
             chosen = self.loaded.threshold if threshold is None else threshold
             return decide(self.loaded.router, query, features, chosen).model_dump()

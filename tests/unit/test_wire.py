@@ -81,3 +81,27 @@ def test_generate_bodies():
     assert wire.parse_generate(wire.GenerateResult(generation=ANSWER).model_dump(), "generate[small]") == ANSWER
     with pytest.raises(StageError, match=r"generate\[large\] stage failed: upstream timed out"):
         wire.parse_generate({"error": "upstream timed out", "status": 502}, "generate[large]")
+
+
+def test_the_stage_apis_take_the_wire_requests_and_refuse_what_they_bound():
+    import pydantic
+
+    from services.generation import Generation
+    from services.reranking import Reranking
+    from services.retrieval import Retrieval
+    from services.routing import Routing
+
+    specs = {(svc, name): svc.apis[name].input_spec for svc, name in [
+        (Retrieval, "search"), (Retrieval, "search_text"), (Reranking, "rerank"), (Routing, "route"),
+        (Generation, "generate"), (Generation, "generate_stream")]}
+    expected = [wire.SearchRequest, wire.SearchTextRequest, wire.RerankRequest, wire.RouteRequest,
+                wire.GenerateRequest, wire.GenerateRequest]
+    assert all(issubclass(spec, model) for spec, model in zip(specs.values(), expected))
+    with pytest.raises(pydantic.ValidationError, match="extra_field"):
+        wire.RerankRequest(query="q", candidates=[], extra_field=1)
+    with pytest.raises(pydantic.ValidationError, match="top_k"):
+        wire.RerankRequest(query="q", candidates=[], top_k=1001)
+    with pytest.raises(pydantic.ValidationError, match="budget_ms"):
+        wire.GenerateRequest(tier="small", query="q", sources=[], budget_ms=0.5)
+    with pytest.raises(pydantic.ValidationError, match="vector"):
+        wire.SearchRequest(vector=[0.0] * 8193)
