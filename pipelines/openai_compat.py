@@ -31,9 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import RagrouteError
+from pipelines.query.modes import available
 from pipelines.schema import MAX_QUERY_CHARS, NON_BLANK, WHITESPACE, Collection, RagRequest, RagResponse, Tenant
 
-AUTO, CASCADE = "ragroute", "ragroute-cascade"
+AUTO = "ragroute"  # the auto mode; another mode M is "ragroute-M" (ragroute-cascade)
 MAX_MESSAGES = 128
 MAX_MESSAGE_CHARS = 32_000
 CREATED = int(time.time())  # "created" of the model list: when this process started
@@ -159,13 +160,18 @@ def _param(loc: tuple) -> str:
     return ".".join(out)
 
 
+def _modes(tiers: list[str]) -> dict[str, str]:
+    """OpenAI model name -> mode, for the modes these tiers can serve (pipelines/query/modes/)."""
+    return {AUTO if mode == "auto" else f"{AUTO}-{mode}": mode for mode in available(tiers)}
+
+
 def model_names(tiers: list[str]) -> list[str]:
-    return [AUTO, CASCADE, *tiers] if len(tiers) >= 2 else [AUTO, *tiers]
+    return [*_modes(tiers), *tiers]
 
 
 def resolve_model(model: str, tiers: list[str]) -> str:
     """The ``tier`` of ``rag_query`` for an OpenAI ``model``; 404 listing the valid ones."""
-    mode = {AUTO: "auto", CASCADE: "cascade"}.get(model, model)
+    mode = _modes(tiers).get(model, model)
     if model not in model_names(tiers):
         raise OpenAIError(404, f"The model '{model}' does not exist; valid: {', '.join(model_names(tiers))}",
                           "model", "model_not_found")
@@ -328,5 +334,5 @@ def model_card(name: str, tiers: dict[str, TierConfig]) -> dict[str, Any]:
     if name in tiers:
         about = {"mode": "fixed", "tier": name, "engine": tiers[name].engine, "model": tiers[name].model}
     else:
-        about = {"mode": "auto" if name == AUTO else "cascade", "tiers": list(tiers)}
+        about = {"mode": _modes(list(tiers))[name], "tiers": list(tiers)}
     return {"id": name, "object": "model", "created": CREATED, "owned_by": "ragroute", "ragroute": about}

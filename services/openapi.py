@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import TierConfig
 from pipelines.openai_compat import ChatRequest, max_answer_tokens, model_names
+from pipelines.query.modes import available
 from pipelines.schema import NON_BLANK
 
 REF = "#/components/schemas/{model}"
@@ -104,8 +105,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
         props = schema.get("properties", {})
         if title == "RagRequestIODescriptor":
             props["query"]["pattern"] = NON_BLANK  # blank after trimming is refused
-            modes = ["auto", "cascade"] if len(tiers) >= 2 else ["auto"]
-            props["tier"] = {**props["tier"], "enum": [*modes, *tiers]}  # configured ones, not any name
+            props["tier"] = {**props["tier"], "enum": [*available(list(tiers)), *tiers]}  # configured ones, not any name
             props["tier"].pop("pattern", None)
         elif title == "PurgeRequestIODescriptor":  # a tenant, doc ids, or both
             schema["anyOf"] = [{"required": ["tenant"], "properties": {"tenant": {"type": "string"}}},

@@ -65,3 +65,12 @@ def test_an_unregistered_mode_is_refused_naming_the_field():
     with pytest.raises(BadRequest) as err:
         asyncio.run(pipeline(FakeStages()).run(RagRequest(query="q", tier="cheapest")))
     assert err.value.field == "tier" and "valid: auto, cascade, small, large" in str(err.value)
+
+
+def test_a_registered_mode_is_offered_where_modes_are_listed(registered):
+    from pipelines.openai_compat import model_names, resolve_model
+
+    assert modes.available(["small", "large"]) == ["auto", "cascade", "cheapest"]
+    assert modes.available(["small"]) == ["auto", "cheapest"]  # a cascade needs two tiers
+    assert "ragroute-cheapest" in model_names(["small", "large"])  # the OpenAI API's /v1/models
+    assert resolve_model("ragroute-cheapest", ["small", "large"]) == "cheapest"

@@ -30,3 +30,16 @@ def mode_for(tier: str, tiers: Sequence[str]) -> Mode:
         mode = FIXED
     mode.validate(tiers)
     return mode
+
+
+def available(tiers: Sequence[str]) -> list[str]:
+    """The names of the modes the configured tiers can serve, in registry order (what the API
+    documents and the OpenAI model list offers)."""
+    out = []
+    for name, mode in MODES.items():
+        try:
+            mode.validate(tiers)
+        except BadRequest:
+            continue
+        out.append(name)
+    return out
