@@ -154,5 +154,5 @@ class NoopRag:
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",
-                        tenant: str = "default", stream: bool = False) -> RagResponse:
+                        tenant: str = "default", stream: bool = False, collection: str = "default") -> RagResponse:
         return self.response

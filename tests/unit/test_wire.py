@@ -105,3 +105,14 @@ def test_the_stage_apis_take_the_wire_requests_and_refuse_what_they_bound():
         wire.GenerateRequest(tier="small", query="q", sources=[], budget_ms=0.5)
     with pytest.raises(pydantic.ValidationError, match="vector"):
         wire.SearchRequest(vector=[0.0] * 8193)
+
+
+def test_the_hop_benchmarks_no_op_rag_query_takes_every_field_of_the_real_one():
+    """evals/hops.py measures the real rag_query against a no-op of the same shape: a field the
+    no-op lacks turns every one of its requests into a 500 and the comparison into noise."""
+    import inspect
+
+    from evals.hops_service import NoopRag
+    from pipelines.schema import RagRequest
+
+    assert set(inspect.signature(NoopRag.apis["rag_query"].func).parameters) - {"self"} == set(RagRequest.model_fields)
