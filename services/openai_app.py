@@ -24,8 +24,8 @@ from starlette.routing import Route
 from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import RagrouteError
-from pipelines.openai_compat import (ChunkWriter, OpenAIError, completion, model_card, models_list, parse_request,
-                                     to_rag_request)
+from pipelines.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
+from pipelines.openai_request import OpenAIError, parse_request
 from pipelines.schema import RagResponse
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import json
 from typing import Any
 
 from pipelines.config import TierConfig
-from pipelines.openai_compat import ChatRequest, max_answer_tokens, model_names
+from pipelines.openai_compat import max_answer_tokens, model_names
+from pipelines.openai_request import ChatRequest
 from pipelines.query.modes import available
 from pipelines.schema import NON_BLANK
 

@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 
 from pipelines.access import FrontDoor, Gate
 from pipelines.config import CacheConfig, RagConfig, TierConfig
-from pipelines.openai_compat import (Message, OpenAIError, is_follow_up, parse_request, resolve_model,
-                                     standalone_question, to_rag_request)
+from pipelines.openai_compat import is_follow_up, resolve_model, standalone_question, to_rag_request
+from pipelines.openai_request import Message, OpenAIError, parse_request
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
 from services.openai_app import make_app

@@ -2,7 +2,7 @@
 
     records.py        partitions, candidates, hits; the backend protocol
     memory.py         the in-process backend (default)
-    redis_backend.py  the Redis backend (REDIS_URL): shared by workers and replicas
+    redis_backend.py  the Redis backend (REDIS_URL): shared by workers and replicas (redis_scripts.py: its Lua)
     semantic.py       SemanticCache (threshold, verifier, policy over a backend); make_cache
     features.py       what the verifier reads from a pair of questions: near-miss rules, named features
     verify.py         the hit verifier: the rules, then the learned check on a candidate pair

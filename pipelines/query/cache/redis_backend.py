@@ -33,6 +33,7 @@ import numpy as np
 from pipelines.config import CacheConfig
 from pipelines.query.cache.records import CacheUnavailable, Candidate, Partition, doc_tag
 from pipelines.query.cache.policy import EntryStats, PoolStats
+from pipelines.query.cache.redis_scripts import OBSERVE
 from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
@@ -40,28 +41,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 POOL_TTL_S = 30 * 86400
 ENTRY_STATS = ("verified", "wrong", "wrong_max")
-
-# KEYS: entry, pool. ARGV: band, score, wrong (0/1), sample (0/1), tenant, pool TTL (s).
-_OBSERVE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'verified', 1)
-  if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[1], 'wrong', 1)
-    local cur = tonumber(redis.call('HGET', KEYS[1], 'wrong_max') or '-1')
-    if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'wrong_max', ARGV[2]) end
-  end
-end
-redis.call('HINCRBY', KEYS[2], 'l' .. ARGV[1], 1)
-redis.call('HINCRBY', KEYS[2], 'n' .. ARGV[1], 1)
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'w' .. ARGV[1], 1) end
-if ARGV[4] == '1' then
-  redis.call('HINCRBY', KEYS[2], 'samples', 1)
-  if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'samples_wrong', 1) end
-end
-redis.call('HSET', KEYS[2], 'tenant', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return 1
-"""
 
 
 class RedisCache:
@@ -79,7 +58,7 @@ class RedisCache:
         self.order_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-order"
         self.meta_key = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-meta"  # the vector dimension
         self.pool_prefix = f"{cfg.namespace}:cache:v{SCHEMA_VERSION}-pool:"
-        self._observe = self.client.register_script(_OBSERVE)
+        self._observe = self.client.register_script(OBSERVE)
         self._index = None  # redisvl SearchIndex, built for the first vector's dimension
         self._on_error = on_error
         self._lock = threading.Lock()
