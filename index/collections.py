@@ -91,7 +91,7 @@ class Collections:
         if managed is not None:
             self._follow(name, managed)
         store = self._stores.get(name)
-        if store is None and NAME.match(name) and time.monotonic() - self._scanned >= RESCAN_S:
+        if store is None and NAME.fullmatch(name) and time.monotonic() - self._scanned >= RESCAN_S:
             self._rescan_folder()  # on the event loop: the folder only; Milvus is watched by a thread
             store = self._stores.get(name)
         if store is None:
@@ -119,7 +119,7 @@ class Collections:
                 served = folder if folder is not None else path
                 if name in self._stores or name in self._refused or not (served / MANIFEST).is_file():
                     continue
-                if name == DEFAULT or not NAME.match(name):
+                if name == DEFAULT or not NAME.fullmatch(name):
                     why = "the default collection is RAGROUTE_INDEX_DIR" if name == DEFAULT else NAME_RULE
                     log.warning("ignoring collection folder %s: %s", path, why)
                     self._refused[name] = why

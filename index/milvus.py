@@ -182,7 +182,7 @@ class MilvusBackend:
     # -- writing versions (pipelines/indexing/ingest.py) ---------------------------------------
     def create(self, name: str) -> None:
         """Register ``name`` with an empty version 0 (not served until a version has rows)."""
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise BadRequest("collection", f"{name!r} is not a valid collection name")
         self._create_version(version_of(name, 0), [], np.zeros((0, 1), np.float32), None)
 

@@ -66,7 +66,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 
         if args.out is not None:
             raise SystemExit("ragroute index build: give --out or --collection, not both")
-        if not NAME.match(args.collection) or args.collection == DEFAULT:
+        if not NAME.fullmatch(args.collection) or args.collection == DEFAULT:
             raise SystemExit(f"ragroute index build: --collection {args.collection!r}: {NAME_RULE}, and not "
                              f"{DEFAULT!r} (the default collection is RAGROUTE_INDEX_DIR)")
         if not args.milvus:

@@ -88,10 +88,9 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
         name = request.path_params["name"]
         await asyncio.to_thread(rag.ingest.check, name)  # an unknown collection is a 404 before the body is read
         body = parse(UpsertBody, await _body(request))
-        ids = [d.id for d in body.documents]
-        if len(set(ids)) != len(ids):
-            raise _Refused(400, "documents: an id appears twice in one request")
-        return 202, describe(_submit(rag, name, "upsert", body.documents))
+        # an id given twice: the last one is kept, as if sent in two requests in order
+        documents = list({d.id: d for d in body.documents}.values())
+        return 202, describe(_submit(rag, name, "upsert", documents))
 
     async def delete(request: Request, rag) -> tuple[int, dict]:
         name = request.path_params["name"]

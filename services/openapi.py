@@ -4,7 +4,7 @@ returns: BentoML's generated one, corrected, plus the mounted ``/v1`` and ``/pla
 BentoML 1.4.39 publishes request schemas that allow extra properties (the service refuses
 them), a 400 body whose ``detail`` is a string (BentoML's validation errors send a list), no
 401/403/429/503, JSON Schema 2020 constructs OpenAPI 3.0 does not have (``const``, ``type:
-null``), and nothing for mounted apps; and it answers a body it cannot parse (``multipart/form-
+null``), and nothing for mounted apps (/v1, /playground, /ingest); and it answers a body it cannot parse (``multipart/form-
 data`` without a boundary) with a 500. :func:`publish` fixes the document; :class:`ApiContract`
 (an ASGI middleware) serves it in place of BentoML's and answers a request body that is not
 JSON with a 415 before BentoML parses it.
@@ -91,9 +91,10 @@ JSON_APIS = ("/rag_query", "/cache_purge", "/cache_stats", "/collections")  # Be
 NO_FIELDS = ("/cache_stats", "/collections")  # an empty object or no body
 
 
-def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
-    """BentoML's document (``spec``), corrected, with /v1 and /playground added; ``tiers``: the
-    configured tiers (they bound /v1's ``model`` and sampling parameters)."""
+def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] = ("faiss",)) -> dict:
+    """BentoML's document (``spec``), corrected, with /v1, /playground and /ingest added;
+    ``tiers``: the configured tiers (they bound /v1's ``model`` and sampling parameters);
+    ``backends``: where a new collection can live (``milvus`` only with a Milvus configured)."""
     spec = copy.deepcopy(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(copy.deepcopy(SCHEMAS))
@@ -160,9 +161,58 @@ def publish(spec: dict, tiers: dict[str, TierConfig]) -> dict:
         "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"200": _json(_ref("Model"), "one mode or tier"), "401": OPENAI_ERRORS["401"],
                       "404": OPENAI_ERRORS["404"]}}}
+    _ingest_paths(paths, schemas, backends)
     paths["/playground"] = {"get": {"tags": ["Playground"], "operationId": "playground", "responses": {
         "200": {"description": "the playground page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
     return _openapi30(spec)
+
+
+def _model(schemas: dict, model) -> dict:
+    """``model``'s JSON schema registered under its name (its nested models too); a reference to it."""
+    schema = model.model_json_schema(ref_template=REF)
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas[name] = sub
+    schemas[model.__name__] = schema
+    return _ref(model.__name__)
+
+
+def _ingest_paths(paths: dict, schemas: dict, backends: tuple[str, ...]) -> None:
+    """The ingestion API (services/ingest_app.py), admin token required."""
+    from index.layout import NAME
+    from pipelines.indexing.jobs import JOB_ID, CreateBody, DeleteBody, Job, UpsertBody
+    from services.ingest_app import MAX_BODY_BYTES
+
+    job, create = _model(schemas, Job), _model(schemas, CreateBody)
+    schemas["CreateBody"]["properties"]["backend"] = {  # the configured ones
+        **schemas["CreateBody"]["properties"]["backend"], "anyOf": [{"type": "string", "enum": list(backends)},
+                                                                    {"type": "null"}]}
+    tags = {"tags": ["Ingestion"]}
+    errors = {code: copy.deepcopy(REST_ERRORS[code]) for code in ("400", "401", "403", "415")}
+    errors["413"] = _json(_ref("Error"), f"the body is over {MAX_BODY_BYTES} bytes")
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME.pattern}}]
+    not_found = _json(_ref("Error"), "no such managed collection")
+    conflict = _json(_ref("Error"), "the collection exists, is a read-only index folder, or has a job running")
+
+    def body(ref: dict) -> dict:
+        return {"required": True, "content": {JSON: {"schema": ref}}}
+
+    paths["/ingest/collections"] = {"post": {**tags, "operationId": "create_collection", "requestBody": body(create),
+        "responses": {"201": _json({"type": "object"}, "created (name, documents, backend)"), "409": conflict,
+                      **errors}}}
+    paths["/ingest/collections/{name}"] = {"delete": {**tags, "operationId": "drop_collection", "parameters": name,
+        "responses": {"200": _json({"type": "object"}, "dropped"), "404": not_found, "409": conflict,
+                      **{c: e for c, e in errors.items() if c in ("400", "401", "403")}}}}
+    for path, model, op, what in (("documents", UpsertBody, "upsert_documents", "upsert documents (replacing ids that exist)"),
+                                  ("documents/delete", DeleteBody, "delete_documents", "delete documents by id")):
+        paths[f"/ingest/collections/{{name}}/{path}"] = {"post": {**tags, "operationId": op, "description": what,
+            "parameters": name, "requestBody": body(_model(schemas, model)),
+            "responses": {"202": _json(job, "the job, queued (poll /ingest/jobs/{id})"), "404": not_found,
+                          "409": conflict, **errors}}}
+    paths["/ingest/jobs/{job_id}"] = {"get": {**tags, "operationId": "get_job", "parameters": [
+        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": JOB_ID.pattern}}],
+        "responses": {"200": _json(job, "the job: status, progress, result or error"),
+                      "404": _json(_ref("Error"), "no such job"),
+                      **{c: e for c, e in errors.items() if c in ("400", "401", "403")}}}}
 
 
 def _request_schemas(spec: dict) -> list[dict]:
@@ -193,6 +243,8 @@ def _openapi30(node: Any) -> Any:
         del node["anyOf"]
         if len(rest) == 1 and "$ref" not in rest[0]:
             node.update(rest[0])
+            if "enum" in node and None not in node["enum"]:  # OpenAPI 3.0: an enum lists null to allow it
+                node["enum"] = [*node["enum"], None]
         elif len(rest) == 1:
             node["allOf"] = rest
         else:
@@ -227,7 +279,9 @@ class ApiContract:
 
             pipeline = bentoml.get_current_service().pipeline
             tiers = {name: pipeline.tier_configs[name] for name in pipeline.tiers}
-            spec = publish(self.service.openapi_spec.asdict(), tiers)
+            ingest = bentoml.get_current_service().ingest
+            backends = ("faiss", "milvus") if ingest is not None and ingest.milvus is not None else ("faiss",)
+            spec = publish(self.service.openapi_spec.asdict(), tiers, backends)
             self.body = json.dumps(spec).encode()
         return self.body
 

@@ -138,7 +138,7 @@ class JobRecords:
                 log.warning("job %s: record not saved in Redis (%s); only this replica can report it", job.id, exc)
 
     def get(self, job_id: str) -> Job:
-        if not JOB_ID.match(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise BadRequest("job_id", "16 hexadecimal characters")
         for path in [*self.root.glob(f"*/{JOBS}/{job_id}.json"),
                      *self.root.glob(f"{MILVUS_JOBS}/*/{JOBS}/{job_id}.json")]:

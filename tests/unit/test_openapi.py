@@ -52,7 +52,32 @@ def test_v1_and_the_playground_are_published_in_openapi_3_0():
     assert '"const"' not in text and '{"type": "null"}' not in text  # JSON Schema 2020 only
 
 
+def test_the_ingestion_api_is_published_with_its_bodies_and_errors():
+    spec = publish(bentoml_spec(), TIERS)
+    ingest = {p: ops for p, ops in spec["paths"].items() if p.startswith("/ingest")}
+    assert {(p, m) for p, ops in ingest.items() for m in ops} == {
+        ("/ingest/collections", "post"), ("/ingest/collections/{name}", "delete"),
+        ("/ingest/collections/{name}/documents", "post"), ("/ingest/collections/{name}/documents/delete", "post"),
+        ("/ingest/jobs/{job_id}", "get")}
+    upsert = ingest["/ingest/collections/{name}/documents"]["post"]
+    assert {"202", "400", "401", "403", "404", "409", "413", "415"} <= set(upsert["responses"])
+    schemas = spec["components"]["schemas"]
+    assert schemas["UpsertBody"]["additionalProperties"] is False  # extra="forbid", as the API refuses
+    document = schemas["DocumentIn"]
+    assert document["additionalProperties"] is False and document["properties"]["text"]["minLength"] == 1
+    assert schemas["Job"]["properties"]["status"]["enum"] == ["queued", "running", "succeeded", "failed"]
+    assert '"const"' not in json.dumps(ingest) and '{"type": "null"}' not in json.dumps(schemas["Job"])
+
+
 def test_a_body_declared_as_anything_but_json_is_told_apart():
     assert _is_json({"headers": []}) and _is_json({"headers": [(b"content-type", b"application/json; charset=utf-8")]})
     assert not _is_json({"headers": [(b"content-type", b"multipart/form-data")]})
     assert not _is_json({"headers": [(b"content-type", b"text/plain")]})
+
+
+def test_a_collection_backend_is_offered_only_when_configured():
+    def backend(spec):
+        return spec["components"]["schemas"]["CreateBody"]["properties"]["backend"]
+
+    assert backend(publish(bentoml_spec(), TIERS))["enum"] == ["faiss", None]
+    assert backend(publish(bentoml_spec(), TIERS, ("faiss", "milvus")))["enum"] == ["faiss", "milvus", None]
