@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-backends capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -119,6 +119,12 @@ eval-answers: models
 # ~5 min on 2 cores, plus ~20 min to index the corpus the first time. Needs ../shared/data.
 eval-retrieval: install
 	$(BIN)/python -m evals.retrieval
+
+# The share of cached answers kept after a 1% document update and how many would have changed, per
+# carry rule (pipelines/query/cache/carry.py), on SciFact. JSON in evals/out/. ~2 min after
+# eval-retrieval has built the index once. Needs ../shared/data.
+eval-cache-survival: install
+	$(BIN)/python -m evals.cache_survival
 
 # FAISS index types at 100k and 1M synthetic 384-d vectors: build time, memory, single-core query
 # latency at recall@10 >= 0.95. JSON in evals/out/. ~20 min on 2 cores.

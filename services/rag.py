@@ -11,13 +11,14 @@ import logging
 import secrets
 
 import bentoml
+import numpy as np
 
 from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
 from pipelines.config import rag_workers
 from pipelines.config.services import RagSettings
 from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.indexing.ingest import Job, ManagedCollections
-from pipelines.query.cache import make_cache
+from pipelines.query.cache import Carried, VersionChange, make_cache
 from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
@@ -227,19 +228,29 @@ class RAG:
         log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
         return {"deleted": deleted}
 
-    async def ingested(self, job: Job, result: dict) -> None:
-        """After an ingestion job swapped versions: forget the collection's old version (its cache
-        partition is unreachable from here on) and delete cached answers citing a changed document
-        (belt and braces for other workers until they see the new version)."""
-        if not result.get("swapped"):
-            return
+    async def ingested(self, job: Job, result: dict, added: np.ndarray) -> dict | None:
+        """After an ingestion job swapped versions: forget the collection's old version, carry the
+        cached answers the change cannot have altered to the new version (carry.py) and delete
+        every other answer citing a changed document, whatever its version (workers that have not
+        seen the new version yet keep answering from the old one meanwhile). Joins the job's result
+        as ``cache``: how many answers were kept and dropped."""
         self.pipeline.stages.forget(job.collection)
-        if self.cache is not None and result["changed_documents"]:
-            try:
-                deleted = await asyncio.to_thread(self.cache.purge, doc_ids=result["changed_documents"])
-                log.info("job %s: %d cached answers citing changed documents deleted", job.id, deleted)
-            except Exception as exc:  # noqa: BLE001 - the new version's partition hides them anyway
-                log.warning("job %s: cache purge failed: %s", job.id, exc)
+        if self.cache is None or result.get("previous_version") is None:
+            return None
+        change = VersionChange.of(job.collection, result["previous_version"], result["version"],
+                                  result["changed_documents"], added)
+        try:
+            carried = await asyncio.to_thread(self.cache.carry, change) if self.cfg.cache.carry else Carried()
+            purged = await asyncio.to_thread(self.cache.purge, doc_ids=result["changed_documents"]) \
+                if result["changed_documents"] else 0
+        except Exception as exc:  # noqa: BLE001 - the old version's answers are unreachable from the new one anyway
+            log.warning("job %s: carrying the cache to %s failed: %s", job.id, change.new_version, exc)
+            return {"cache": {"error": f"{type(exc).__name__}: {exc}"}}
+        log.info("job %s: cached answers of %s: %s kept for %s, %d dropped, %d more citing a changed document "
+                 "deleted", job.id, job.collection, carried.kept, change.new_version, carried.dropped, purged)
+        if not self.cfg.cache.carry:  # RAGROUTE_CACHE_CARRY=off: the old version's answers are unreachable
+            return {"cache": {"carry": "off", "purged": purged}}
+        return {"cache": {**carried.as_dict(), "purged": purged}}
 
     @bentoml.api(input_spec=StatsRequest)
     def cache_stats(self, ctx: bentoml.Context) -> dict:

@@ -30,6 +30,8 @@ class CacheConfig:
     """the wrong-hit rate the operator accepts, in (0, 0.5]"""
     ttl_s: float = 3600.0
     sliding_ttl: bool = False
+    carry: bool = True
+    """after an ingestion job: keep the answers the change is unlikely to alter (carry.py); off: drop all"""
     max_entries: int = 10_000
     timeout_ms: float = 200.0
     retry_s: float = 2.0
@@ -52,6 +54,7 @@ class CacheConfig:
             max_error=_max_error(env),
             ttl_s=_num(env, "RAGROUTE_CACHE_TTL_S", 3600.0, float, 1.0, 30 * 86400.0),
             sliding_ttl=_choice(env, "RAGROUTE_CACHE_SLIDING_TTL", "off", ("on", "off")) == "on",
+            carry=_choice(env, "RAGROUTE_CACHE_CARRY", "on", ("on", "off")) == "on",
             max_entries=_num(env, "RAGROUTE_CACHE_MAX_ENTRIES", 10_000, int, 1, 10_000_000),
             timeout_ms=_num(env, "RAGROUTE_CACHE_TIMEOUT_MS", 200.0, float, 1.0, 10_000.0),
             retry_s=_num(env, "RAGROUTE_CACHE_RETRY_S", 2.0, float, 0.1, 3600.0),

@@ -77,9 +77,11 @@ class ManagedCollections:
 
     # -- collections -------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
-        if name == DEFAULT or not NAME.match(name):
-            raise BadRequest("collection", f"{name!r}: 1-64 characters [a-z0-9_-] starting with a letter or digit, "
-                                           f"and not {DEFAULT!r} (served from RAGROUTE_INDEX_DIR, read-only)")
+        if name == DEFAULT:
+            raise Conflict(f"collection {DEFAULT!r} is served from RAGROUTE_INDEX_DIR and is read-only; "
+                           "create a managed collection to ingest into")
+        if not NAME.fullmatch(name):
+            raise BadRequest("collection", f"{name!r}: 1-64 characters [a-z0-9_-] starting with a letter or digit")
         return self.root / name
 
     def check(self, name: str) -> None:
@@ -169,9 +171,11 @@ class ManagedCollections:
 
     def submit(self, name: str, kind: Literal["upsert", "delete"], payload: Sequence,
                embed: Callable[[list[str]], Awaitable[np.ndarray]],
-               on_done: Callable[[Job, dict], Awaitable[None]] | None = None) -> Job:
+               on_done: Callable[[Job, dict, np.ndarray], Awaitable[dict | None]] | None = None) -> Job:
         """Queue a job and start it in the background; returns its record (status "queued").
-        ``check(name)`` first (it may call Milvus: run it in a thread)."""
+        ``check(name)`` first (it may call Milvus: run it in a thread). ``on_done(job, result,
+        added)``: after a swap, with the embeddings of the chunks added; what it returns joins the
+        job's result."""
         if not self._job_path(name, "x").parent.is_dir():
             raise NotFound("collection", f"{name!r} is not a managed collection; create it first")
         job = Job(id=secrets.token_hex(8), collection=name, kind=kind, documents=len(payload))
@@ -198,18 +202,23 @@ class ManagedCollections:
                     await asyncio.to_thread(fcntl.flock, flock, fcntl.LOCK_EX)
                     job.status = "running"
                     self._save(job)
-                    result = await self._apply(path, job, payload, embed)
+                    result, added = await self._apply(path, job, payload, embed)
+                if on_done is not None and result["swapped"]:
+                    try:  # the new version is served already: whatever happens here, the job succeeded
+                        if (extra := await on_done(job, result, added)) is not None:
+                            result.update(extra)
+                    except Exception as exc:  # noqa: BLE001
+                        log.warning("job %s: after the swap: %s", job.id, exc)
                 job.status, job.result = "succeeded", result
                 self._save(job)
                 log.info("job %s on %s succeeded: %s", job.id, job.collection, result)
-                if on_done is not None:
-                    await on_done(job, result)
             except Exception as exc:  # noqa: BLE001 - the job fails with its reason; the served version stays
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.warning("job %s on %s failed: %s", job.id, job.collection, job.error)
                 self._save(job)
 
-    async def _apply(self, path: Path, job: Job, payload: Sequence, embed) -> dict:
+    async def _apply(self, path: Path, job: Job, payload: Sequence, embed) -> tuple[dict, np.ndarray]:
+        """The job's result, and the embeddings of the chunks it added."""
         in_milvus = path.parent.name == MILVUS_JOBS
         chunks, vectors, version = await asyncio.to_thread(self._read_milvus if in_milvus else read_current, path)
         existing = {c.doc_id for c in chunks}
@@ -223,7 +232,8 @@ class ManagedCollections:
             touched = set(payload) & existing
             missing = sorted(set(payload) - existing)
             if not touched:
-                return {"version": version, "changed_documents": [], "missing": missing, "swapped": False}
+                return {"version": version, "changed_documents": [], "missing": missing,
+                        "swapped": False}, np.zeros((0, 0), np.float32)
         keep = [i for i, c in enumerate(chunks) if c.doc_id not in touched]
         new_chunks = list(chunk_documents(docs, self.chunk_size, self.overlap))
         job.progress = {"chunks_embedded": 0, "chunks_to_embed": len(new_chunks)}
@@ -246,9 +256,11 @@ class ManagedCollections:
                 chunk_size=self.chunk_size, chunk_overlap=self.overlap)
         else:
             manifest, name = await asyncio.to_thread(self._write_version, path, all_chunks, matrix)
-        return {"version": manifest.index_version, "folder": name, "changed_documents": sorted(touched),
+        return {"version": manifest.index_version, "previous_version": version, "folder": name,
+                "changed_documents": sorted(touched),
                 "added_documents": sorted({d.id for d in docs} - existing), "missing": missing,
-                "chunks": manifest.vector_count, "documents": manifest.document_count, "swapped": True}
+                "chunks": manifest.vector_count, "documents": manifest.document_count, "swapped": True}, \
+            np.concatenate(new_vectors) if new_vectors else np.zeros((0, 0), np.float32)
 
     def _write_version(self, path: Path, chunks: list[Chunk], vectors: np.ndarray) -> tuple[IndexManifest, str]:
         from index import store  # FAISS: loaded by the first job, not at service start

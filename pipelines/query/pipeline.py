@@ -85,7 +85,7 @@ class QueryPipeline:
         r = self._start(req, request_id)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
-            return self.responder.from_cache(r, prep.hit, prep.verdicts)
+            return self.responder.from_cache(r, prep)
         generation = await mode.answer(self.runner, r, prep.route, prep.ranked)
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit; "
@@ -101,7 +101,7 @@ class QueryPipeline:
         r = self._start(req, request_id)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
-            cached = self.responder.from_cache(r, prep.hit, prep.verdicts)
+            cached = self.responder.from_cache(r, prep)
             yield {"event": "meta", "request_id": request_id, "route": cached.route.model_dump(),
                    "sources": [s.model_dump() for s in cached.sources], "cache": cached.cache.model_dump()}
             yield {"event": "token", "text": cached.answer}

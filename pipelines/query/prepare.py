@@ -87,7 +87,8 @@ class Preparation:
         # Same tenant, same index, same generation settings and request options -> same answer.
         prep = Prepared(mode=mode, index_version=index_version, qhash=query_hash(req.query),
                         part=Partition(req.tenant, index_version,
-                                       _options_id(self.fingerprint, req.tier, req.top_k, req.collection)),
+                                       _options_id(self.fingerprint, req.tier, req.top_k, req.collection),
+                                       req.collection),
                         read=cache is not None and req.cache == "use",
                         write=cache is not None and req.cache in ("use", "refresh"))
         try:

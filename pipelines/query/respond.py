@@ -18,8 +18,9 @@ from typing import Any
 from pipelines.budget import BudgetProfile
 from pipelines.errors import StageError
 from pipelines.query import cite, evidence
-from pipelines.query.cache import CacheHit, Observation, SemanticCache
+from pipelines.query.cache import Observation, SemanticCache
 from pipelines.query.cache.policy import answers_agree, comparable
+from pipelines.query.cache.carry import reach
 from pipelines.query.prepare import Prepared
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
@@ -60,9 +61,15 @@ class Responder:
         return RagResponse(**payload, request_id=r.id, cache=cache, timings_ms=r.timings(), budget=r.budget(),
                            budget_profile=self.budget.name, warnings=r.warnings)
 
-    def from_cache(self, r: RequestState, hit: CacheHit, verdicts: Sequence[str] = ()) -> RagResponse:
+    def from_cache(self, r: RequestState, prep: Prepared) -> RagResponse:
+        """The cached answer, named by the version it is served from (an answer carried to a new
+        version, carry.py, has sources unchanged in it)."""
+        hit, verdicts = prep.hit, prep.verdicts
+        assert hit is not None
         decision = "hit" if hit.kind == "semantic" and self.cache is not None and self.cache.policy else None
-        return self.respond(r, hit.payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
+        payload = hit.payload if hit.payload.get("index_version") == prep.index_version else \
+            {**hit.payload, "index_version": prep.index_version}
+        return self.respond(r, payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
                                                       status="hit", verifier=list(verdicts), decision=decision))
 
     async def finish(self, r: RequestState, prep: Prepared, generation: TierAnswer | None,
@@ -115,8 +122,9 @@ class Responder:
         if prep.observe is not None and good and r.cache_status != "unavailable":
             await self._compare(r, prep, prep.observe, answer, [s.chunk.doc_id for s in ranked])
         if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
+            # reach: a document added later nearer the question than that may change the answer (carry.py)
             await self._cache(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
-                              payload, [s.chunk.doc_id for s in ranked])
+                              payload, [s.chunk.doc_id for s in ranked], reach(prep.candidates, ranked))
         response = self.respond(r, {**payload, "degraded": r.degraded}, self.miss_info(r, prep))
         log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")

@@ -264,3 +264,50 @@ def test_redis_unreachable_at_start_does_not_block():
     with pytest.raises(CacheUnavailable):
         b.put(P, "h", "q", vec(1, 0), {"answer": "A"}, [])
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_version_change_carries_only_the_answers_it_cannot_have_changed(make_backend):
+    """carry.py's rule on both backends: an answer citing a changed document is dropped, one
+    whose question is nearer an added chunk than its farthest candidate (reach) is dropped, the
+    rest move to the new version with their tenant and settings; other collections and other
+    versions are left alone, and an answer already stored in the new version is not overwritten."""
+    from pipelines.query.cache import VersionChange
+
+    b = make_backend()
+    old = Partition("acme", "idx-v1", "fp1", "handbook")
+    new = Partition("acme", "idx-v2", "fp1", "handbook")
+    other_coll = Partition("acme", "idx-v1", "fp9", "wiki")
+    b.put(old, "cites-changed", "q1", vec(1, 0), {"answer": "1"}, ["doc-a"], 0.3)
+    b.put(old, "near-added", "q2", vec(0, 1), {"answer": "2"}, ["doc-b"], 0.5)
+    b.put(old, "unaffected", "q3", vec(0, 0, 1), {"answer": "3"}, ["doc-b"], 0.5)
+    b.put(old, "no-reach", "q4", vec(0, 0, 0, 1), {"answer": "4"}, ["doc-b"])  # stored without a reach
+    b.put(old, "taken", "q5", vec(0, 0, 1, 0.1), {"answer": "old 5"}, ["doc-b"], 0.5)
+    b.put(new, "taken", "q5", vec(0, 0, 1, 0.1), {"answer": "fresh 5"}, ["doc-b"], 0.5)
+    b.put(other_coll, "wiki", "q6", vec(1, 0), {"answer": "6"}, ["doc-a"], 0.3)
+    added = np.stack([vec(0, 1, 0.1), vec(0.2, 0.2, 0, 0, 1)])  # cosine 0.99 with q2, 0.0 with q3
+    carried = b.carry(VersionChange.of("handbook", "idx-v1", "idx-v2", ["doc-a"], added))
+
+    assert (carried.kept, carried.dropped) == (2, 3)  # unaffected + taken (not overwritten); 1, 2, 4 dropped
+    assert b.get_exact(new, "unaffected") == {"answer": "3"}
+    assert b.get_exact(new, "taken") == {"answer": "fresh 5"}
+    for gone in ("cites-changed", "near-added", "no-reach"):
+        assert b.get_exact(new, gone) is None
+    for moved in ("cites-changed", "near-added", "unaffected", "no-reach", "taken"):
+        assert b.get_exact(old, moved) is None  # the old version's partition is emptied
+    (cand,) = b.candidates(new, vec(0, 0, 1), 1, 0.99)
+    assert cand.payload == {"answer": "3"}
+    assert b.get_exact(other_coll, "wiki") == {"answer": "6"}  # another collection at the same version string
+    assert b.get_exact(Partition("globex", "idx-v2", "fp1", "handbook"), "unaffected") is None  # tenant kept
+
+
+def test_a_delete_only_change_keeps_every_answer_not_citing_a_deleted_document(make_backend):
+    from pipelines.query.cache import VersionChange
+
+    b = make_backend()
+    old = Partition("acme", "idx-v1", "fp1", "handbook")
+    b.put(old, "h1", "q1", vec(1, 0), {"answer": "1"}, ["doc-a", "doc-b"])
+    b.put(old, "h2", "q2", vec(0, 1), {"answer": "2"}, ["doc-c"])  # no reach: no chunk added, so kept
+    carried = b.carry(VersionChange.of("handbook", "idx-v1", "idx-v2", ["doc-b"]))
+    assert (carried.kept, carried.dropped) == (1, 1)
+    new = Partition("acme", "idx-v2", "fp1", "handbook")
+    assert b.get_exact(new, "h2") == {"answer": "2"} and b.get_exact(new, "h1") is None

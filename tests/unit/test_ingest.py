@@ -118,7 +118,7 @@ def test_a_job_whose_process_died_reads_as_failed(managed):
 def test_names_conflicts_and_read_only_folders(managed, tmp_path):
     with pytest.raises(BadRequest, match="collection"):
         managed.create("Bad Name")
-    with pytest.raises(BadRequest, match="default"):
+    with pytest.raises(Conflict, match="read-only"):  # it exists, and is not written through the API
         managed.create("default")
     managed.create("kb")
     with pytest.raises(Conflict):
@@ -175,3 +175,36 @@ def test_the_retrieval_side_follows_swaps_without_blocking(managed, tmp_path, mo
         asyncio.run(asyncio.sleep(0.01))
     assert {c.doc_id for c in served.get("kb").chunks} == {"a", "b"}
     assert {c.doc_id for c in first.chunks} == {"a"}  # a search holding the old store still sees its version
+
+
+def test_after_a_swap_on_done_gets_the_added_embeddings_and_its_answer_joins_the_result(managed):
+    """The cache carries its answers from what on_done is given (services/rag.py: ingested)."""
+    managed.create("handbook")
+    seen = []
+
+    async def on_done(job, result, added):
+        seen.append((result["previous_version"], result["version"], added))
+        return {"cache": {"kept": 3}}
+
+    async def go(payload, kind="upsert", hook=on_done):
+        job = managed.submit("handbook", kind, payload, embed, on_done=hook)
+        await managed.wait()
+        return managed.job(job.id)
+
+    first = asyncio.run(go(docs(("a", "alpha text"), ("b", "beta text"))))
+    second = asyncio.run(go(docs(("b", "beta rewritten"),)))
+    assert second.result["cache"] == {"kept": 3} and second.result["previous_version"] == first.result["version"]
+    assert seen[0][0] is None  # the first version has no previous one
+    prev, new, added = seen[1]
+    assert (prev, new) == (first.result["version"], second.result["version"])
+    np.testing.assert_allclose(added, asyncio.run(embed(["b\nbeta rewritten"])))  # the one chunk added, as embedded
+    deleted = asyncio.run(go(["a"], kind="delete"))
+    assert seen[2][2].shape[0] == 0 and deleted.result["changed_documents"] == ["a"]
+    asyncio.run(go(["zzz"], kind="delete"))  # nothing to delete: no swap, no call
+    assert len(seen) == 3
+
+    async def broken(job, result, added):
+        raise RuntimeError("cache down")
+
+    failing_hook = asyncio.run(go(docs(("c", "gamma"),), hook=broken))
+    assert failing_hook.status == "succeeded" and failing_hook.result["swapped"]  # the swap stands

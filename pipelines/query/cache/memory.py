@@ -6,14 +6,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pipelines.config import CacheConfig
 from pipelines.query.cache.policy import BANDS, EntryStats, PoolStats
-from pipelines.query.cache.records import Candidate, Partition, doc_tag
+from pipelines.query.cache.carry import Carried, VersionChange
+from pipelines.query.cache.records import NO_REACH, Candidate, Partition, doc_tag
 
 
 @dataclass
@@ -25,6 +26,7 @@ class _Entry:
     payload: dict[str, Any]
     doc_tags: frozenset[str]
     expires_at: float
+    reach: float = NO_REACH
     stats: EntryStats = EntryStats()
 
 
@@ -97,12 +99,12 @@ class InMemoryCache:
             return out
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
-            doc_ids: Sequence[str]) -> None:
+            doc_ids: Sequence[str], reach: float = NO_REACH) -> None:
         with self._lock:
             self._entries.pop((part.key, qhash), None)
             self._entries[(part.key, qhash)] = _Entry(part, qhash, query, np.asarray(vector, dtype=np.float32),
                                                       payload, frozenset(map(doc_tag, doc_ids)),
-                                                      self._clock() + self.ttl_s)
+                                                      self._clock() + self.ttl_s, reach)
             self._matrices.pop(part.key, None)
             now = self._clock()
             while len(self._entries) > self.max_entries or (
@@ -110,6 +112,25 @@ class InMemoryCache:
             ):
                 _, old = self._entries.popitem(last=False)
                 self._matrices.pop(old.part.key, None)
+
+    def carry(self, change: VersionChange) -> Carried:
+        kept = dropped = 0
+        with self._lock:
+            moving = [(k, e) for k, e in self._entries.items() if e.part.collection == change.collection
+                      and e.part.index_version == change.old_version and self._live(e)]
+            for key, entry in moving:
+                del self._entries[key]
+                self._matrices.pop(entry.part.key, None)
+                if not change.keeps(entry.doc_tags, entry.vector, entry.reach):
+                    dropped += 1
+                    continue
+                kept += 1
+                part = replace(entry.part, index_version=change.new_version)
+                if (part.key, entry.qhash) not in self._entries:  # a fresh answer stored meanwhile stays
+                    # at the end of the eviction order with its own expiry: reads check expiry anyway
+                    self._entries[(part.key, entry.qhash)] = replace(entry, part=part)
+                    self._matrices.pop(part.key, None)
+        return Carried(kept, dropped)
 
     def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
         tags = {doc_tag(d) for d in doc_ids}

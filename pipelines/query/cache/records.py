@@ -2,10 +2,11 @@
 backend (memory.py, redis_backend.py) implements.
 
 Every entry lives in a :class:`Partition` (tenant, index version, generation fingerprint):
-lookups only ever see entries of the same partition, so tenants never share answers, a
-rebuilt index never serves answers built from the old one, and a change of model, prompt
-or sampling settings starts afresh. Entries record the (hashed) ids of the documents their
-answer cites (:func:`doc_tag`), so they can be purged when those documents change.
+lookups only ever see entries of the same partition, so tenants never share answers, an
+answer is served only for the index version it was made from (or was carried to, carry.py),
+and a change of model, prompt or sampling settings starts afresh. Entries record the (hashed)
+ids of the documents their answer cites (:func:`doc_tag`), so they can be purged when those
+documents change.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from pipelines.query.cache.policy import Decision, EntryStats, PoolStats
 from pipelines.text import content_id
+
+if TYPE_CHECKING:
+    from pipelines.query.cache.carry import Carried, VersionChange
+
+NO_REACH = -1.0  # an entry whose candidate pool is unknown: any chunk added to its collection may change it
 
 
 class CacheUnavailable(Exception):
@@ -29,7 +35,8 @@ class CacheUnavailable(Exception):
 class Partition:
     tenant: str
     index_version: str
-    fingerprint: str  # generation settings: tier models, prompt version, sampling, top_k
+    fingerprint: str  # generation settings: tier models, prompt version, sampling, top_k, collection
+    collection: str = "default"  # already in the fingerprint; stored so a version change finds its entries
 
     @property
     def key(self) -> str:
@@ -69,7 +76,16 @@ class CacheBackend(Protocol):
         ...
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
-            doc_ids: Sequence[str]) -> None: ...
+            doc_ids: Sequence[str], reach: float = NO_REACH) -> None:
+        """Store an answer citing ``doc_ids``; ``reach``: the lowest cosine between the question
+        and the candidates the answer was made from (carry.py)."""
+        ...
+
+    def carry(self, change: VersionChange) -> Carried:
+        """Move the entries of ``change.collection`` at ``change.old_version`` that ``change.keeps``
+        to ``change.new_version`` (same tenant and settings, same remaining TTL, not over an
+        answer already stored there); delete the others."""
+        ...
 
     def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
         """Delete the entries of a tenant and/or those citing any of ``doc_ids``; returns how many.

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import CacheConfig
-from pipelines.query.cache.records import CacheUnavailable, Candidate, Partition, doc_tag
+from pipelines.query.cache.carry import Carried, VersionChange
+from pipelines.query.cache.records import NO_REACH, CacheUnavailable, Candidate, Partition, doc_tag
 from pipelines.query.cache.policy import EntryStats, PoolStats
 from pipelines.query.cache.redis_scripts import OBSERVE
 from pipelines.text import content_id
@@ -206,12 +207,13 @@ class RedisCache:
         return self._call("lookup", run)
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
-            doc_ids: Sequence[str]) -> None:
+            doc_ids: Sequence[str], reach: float = NO_REACH) -> None:
         vec = np.asarray(vector, dtype=np.float32)
         key = self._key(part, qhash)
         now = time.time()
         mapping = {
             "tenant": part.tenant, "index_version": part.index_version, "fingerprint": part.fingerprint,
+            "collection": part.collection, "reach": repr(float(reach)),
             "doc_tags": ",".join(sorted({doc_tag(d) for d in doc_ids})), "query": query, "qhash": qhash,
             "answer_json": json.dumps(payload), "created_at": now, "embedding": vec.tobytes(),
         }
@@ -235,6 +237,11 @@ class RedisCache:
                     self.client.delete(*evicted)
 
         self._call("store", run)
+
+    def carry(self, change: VersionChange) -> Carried:
+        from pipelines.query.cache.redis_carry import carry
+
+        return self._call("carry", lambda: carry(self, change))
 
     def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
         from redisvl.query import FilterQuery

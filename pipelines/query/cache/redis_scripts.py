@@ -23,3 +23,24 @@ redis.call('HSET', KEYS[2], 'tenant', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return 1
 """
+
+# Move one entry to a new index version (carry.py), keeping its TTL and its place in the
+# eviction order; an answer already stored under the new key stays (the moved one is deleted).
+# KEYS: entry, its key in the new version, the order set. ARGV: the new version.
+# Returns 0: the entry was gone (expired, evicted), 1: moved, 2: the new key was taken.
+MOVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], KEYS[1])
+  return 0
+end
+local score = redis.call('ZSCORE', KEYS[3], KEYS[1])
+redis.call('ZREM', KEYS[3], KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 2
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'index_version', ARGV[1])
+if score then redis.call('ZADD', KEYS[3], score, KEYS[2]) end
+return 1
+"""

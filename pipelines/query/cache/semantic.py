@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.config import CacheConfig
+from pipelines.query.cache.carry import Carried, VersionChange
 from pipelines.query.cache.memory import InMemoryCache
 from pipelines.query.cache.policy import ErrorBoundPolicy, PoolStats
-from pipelines.query.cache.records import (CacheBackend, CacheHit, Candidate, Found, Observation, Partition,
+from pipelines.query.cache.records import (NO_REACH, CacheBackend, CacheHit, Candidate, Found, Observation, Partition,
                                            SemanticLookup)
 from pipelines.query.cache.verify import HitVerifier
 
@@ -120,8 +121,13 @@ class SemanticCache:
         return SemanticLookup(None, tuple(verdicts), Observation(cand, decision), decision.band)
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
-            doc_ids: Iterable[str]) -> None:
-        self.backend.put(part, qhash, query, vector, payload, sorted(set(doc_ids)))
+            doc_ids: Iterable[str], reach: float = NO_REACH) -> None:
+        self.backend.put(part, qhash, query, vector, payload, sorted(set(doc_ids)), reach)
+
+    def carry(self, change: VersionChange) -> Carried:
+        """After ``change.collection`` moved to a new version: keep the answers it cannot have
+        changed (carry.py), drop the rest."""
+        return self.backend.carry(change)
 
     def purge(self, *, tenant: str | None = None, doc_ids: Sequence[str] = ()) -> int:
         return self.backend.purge(tenant=tenant, doc_ids=doc_ids)
