@@ -74,7 +74,7 @@ class Carried:
     kept: int = 0
     dropped: int = 0
 
-    def as_dict(self) -> dict[str, int | float]:
+    def as_dict(self) -> dict[str, int | float | None]:
         total = self.kept + self.dropped
         return {"kept": self.kept, "dropped": self.dropped,
-                "kept_share": round(self.kept / total, 4) if total else 1.0}
+                "kept_share": round(self.kept / total, 4) if total else None}
