@@ -34,10 +34,11 @@ INDEX_SPECS = {
     "ivf-sq8": "inverted lists over 8-bit scalar-quantized vectors; approximate, 4x less memory",
 }
 # The search parameter each approximate type is loaded with. evals/index_scale.py measures what
-# recall@10 >= 0.95 costs on a deliberately hard synthetic set (a Gaussian shaped like MiniLM
-# embeddings): efSearch 256 / nprobe 192 at 100k vectors; real corpora, whose neighbours cluster
-# by topic, need less. README, "Index types by size".
-DEFAULT_SEARCH_PARAM = {"hnsw": 128, "ivf": 32, "ivf-sq8": 32}
+# recall@10 >= 0.95 costs: on 1M clustered vectors shaped like MiniLM embeddings (--shape
+# mixture), efSearch 128-192 (0.95-0.97, p50 0.55-0.78 ms on one core) and nprobe 16-24; on a
+# deliberately hard Gaussian, efSearch 256 / nprobe 192 at 100k and out of reach at 1M. README,
+# "Index types by size".
+DEFAULT_SEARCH_PARAM = {"hnsw": 192, "ivf": 32, "ivf-sq8": 32}
 
 
 def _nlist(n: int) -> int:
