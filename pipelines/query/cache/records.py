@@ -77,8 +77,8 @@ class CacheBackend(Protocol):
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
             doc_ids: Sequence[str], reach: float = NO_REACH) -> None:
-        """Store an answer citing ``doc_ids``; ``reach``: the lowest cosine between the question
-        and the candidates the answer was made from (carry.py)."""
+        """Store an answer citing ``doc_ids``; ``reach``: how near the question a chunk added
+        later must be to drop the answer (carry.reach of the candidates it was made from)."""
         ...
 
     def carry(self, change: VersionChange) -> Carried:
