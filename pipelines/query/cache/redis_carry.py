@@ -2,8 +2,9 @@
 keeps to the new version, delete the others.
 
 The entries are walked through the eviction-order set (every live entry is in it), 500 at a
-time with one pipelined read each; a kept entry moves with one script call (redis_scripts.MOVE:
-renamed with its TTL and eviction rank, never over an answer already stored in the new version).
+time: one pipelined read, then the batch's moves (one script call each, redis_scripts.MOVE:
+renamed with its TTL and eviction rank, never over an answer already stored in the new version)
+in one pipeline and its deletes in another.
 Entries written without a collection (before carry existed) are left to expire.
 """
 
@@ -32,7 +33,9 @@ def carry(cache: RedisCache, change: VersionChange) -> Carried:
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, FIELDS)
-        kept = dropped = 0
+        moves = client.pipeline(transaction=False)  # the batch's moves in one round trip
+        drops = client.pipeline(transaction=False)  # and its deletes in another
+        dropped = 0
         for key, (coll, version, tenant, fp, tags, reach, blob) in zip(keys, pipe.execute(), strict=True):
             if coll is None or coll.decode() != change.collection or version.decode() != change.old_version:
                 continue  # another collection or version, or gone meanwhile
@@ -41,11 +44,13 @@ def carry(cache: RedisCache, change: VersionChange) -> Carried:
             if change.keeps(doc_tags, vector, float(reach or NO_REACH)):
                 part = Partition(tenant.decode(), change.new_version, fp.decode(), change.collection)
                 new_key = f"{cache.prefix}{part.key}:{key.decode().rsplit(':', 1)[1]}"
-                kept += move(keys=[key, new_key, cache.order_key], args=[change.new_version]) != 0
+                move(keys=[key, new_key, cache.order_key], args=[change.new_version], client=moves)
             else:
-                client.delete(key)
-                client.zrem(cache.order_key, key)
+                drops.delete(key)
+                drops.zrem(cache.order_key, key)
                 dropped += 1
+        drops.execute()
+        kept = sum(1 for moved in moves.execute() if moved != 0)  # 0: the entry expired meanwhile
         return kept, dropped
 
     kept = dropped = 0
