@@ -92,7 +92,7 @@ def answer(store: IndexStore, reranker: Reranker, cfg: SearchConfig, q: Asked, c
     pool = search(store, cfg, q.vector, q.text, candidates)
     ranked = reranker.rerank(q.text, pool, top_k)
     cosines = sorted((c.dense_score for c in pool), reverse=True)
-    reaches = {"shipped": reach(pool, ranked), "pool min": cosines[-1], "sources min": min(s.dense_score for s in ranked),
+    reaches = {"shipped": reach(pool), "pool min": cosines[-1], "sources min": min(s.dense_score for s in ranked),
                "pool 10th": cosines[min(9, len(cosines) - 1)], "pool 5th": cosines[min(4, len(cosines) - 1)]}
     return [s.chunk.id for s in ranked], [s.chunk.doc_id for s in ranked], reaches, {c.chunk.doc_id for c in pool}
 

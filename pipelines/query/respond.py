@@ -124,7 +124,7 @@ class Responder:
         if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
             # reach: a document added later nearer the question than that may change the answer (carry.py)
             await self._cache(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
-                              payload, [s.chunk.doc_id for s in ranked], reach(prep.candidates, ranked))
+                              payload, [s.chunk.doc_id for s in ranked], reach(prep.candidates))
         response = self.respond(r, {**payload, "degraded": r.degraded}, self.miss_info(r, prep))
         log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")

@@ -32,9 +32,9 @@ from pipelines.records import ScoredChunk
 REACH_RANK = 10  # chosen on SciFact train by evals/cache_survival.py (README "The cache follows the documents")
 
 
-def reach(candidates: Sequence[ScoredChunk], sources: Sequence[ScoredChunk]) -> float:
+def reach(candidates: Sequence[ScoredChunk]) -> float:
     """How near the question an added chunk must be to be likely to change the answer made from
-    ``candidates`` (retrieved) and ``sources`` (reranked from them): the cosine of the
+    ``candidates`` (the retrieved chunks its sources were reranked from): the cosine of the
     ``REACH_RANK``-th nearest candidate (the farthest, with fewer). The farthest candidate of all
     would be the safe bound for dense retrieval, but the pool is fused with BM25, whose
     candidates can be far in embedding space: with it a third of the cache survived a 1% update,
