@@ -30,11 +30,14 @@ $(BASE): scripts/bootstrap-system.sh
 # llama.cpp compiles from source: a portable AVX2 build, not -march=native. Native builds on
 # CPUs with AMX segfault in ggml's AMX kernels on any multi-token prompt (seen with 0.3.36 on
 # an AMX host), and a native wheel breaks on an older CPU. Without the multimodal library
-# (LLAVA_BUILD=OFF: ragroute serves text models; a quarter of the sources). Built once into
+# (LLAVA_BUILD=OFF: ragroute serves text models; a quarter of the sources), nor llama.cpp's
+# "common" library that llama-cpp-python builds but does not use (scripts/llama-no-common.cmake:
+# half the compile time). Built once into
 # $(WHEELS) without pip's cache (a cached native wheel would be reused); the vLLM venv installs
 # the same wheel.
 $(LLAMA_BUILT): $(BASE)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) -DCMAKE_PROJECT_llama.cpp_INCLUDE=$(CURDIR)/scripts/llama-no-common.cmake" \
+		$(BIN)/pip wheel --no-cache-dir --no-deps -w $(WHEELS) llama-cpp-python==0.3.36
 	touch $@
 
 # Everything else. torch first, exactly pinned: pip then takes the CPU wheel instead of GBs of
