@@ -177,7 +177,9 @@ async def measure_raw(rows: list[dict], questions: list[dict], data: Path) -> No
     finally:
         await generator.close()
     path = WORK / "answers.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    keys = {r["config"] for r in rows}
+    others = [line for line in path.read_text().splitlines() if json.loads(line)["config"] not in keys]
+    path.write_text("".join(line + "\n" for line in others) + "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def summarize(rows: list[dict]) -> dict:

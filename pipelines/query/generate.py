@@ -28,6 +28,7 @@ from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import ENGINES, Engine, Sampling
 from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
+from pipelines.query.leadin import LeadIn
 from pipelines.query.prompt import STOP, build_messages
 from pipelines.records import ScoredChunk, TierAnswer
 
@@ -160,7 +161,9 @@ class Generator:
                                  f"{rates.decode_tok_s:.0f} tok/s ({rates.source})")
             started = time.perf_counter()
             ttft: float | None = None
-            parts: list[str] = []
+            parts: list[str] = []  # what the model said
+            shown: list[str] = []  # what the caller gets: the same, minus a lead-in ("According to [1], ")
+            lead_in = LeadIn(s.chunk.title for s in sources)
             logprobs: list[float] = []
             final = None
             sentences = 0
@@ -182,7 +185,9 @@ class Generator:
                                 left_s = deadline - time.monotonic() - SAFETY_MARGIN_S
                                 limit = min(tier_cfg.max_tokens, 1 + int(left_s * self.throughput[tier].decode_tok_s))
                         parts.append(chunk.text)
-                        yield Delta(chunk.text)
+                        if out := lead_in.feed(chunk.text):
+                            shown.append(out)
+                            yield Delta(out)
                         if ends_sentence(chunk.text, parts):
                             sentences += 1
                             if sentences >= MAX_SENTENCES:
@@ -193,7 +198,10 @@ class Generator:
                         break
             finally:
                 await stream.aclose()  # stops the engine's work for an abandoned or cut request
-        text = "".join(parts).strip()
+        if rest := lead_in.close():
+            shown.append(rest)
+            yield Delta(rest)
+        text = "".join(shown).strip()
         if final is None:  # stopped here: at MAX_SENTENCES, at the time's token limit, or at the deadline
             tokens_in, tokens_out = prompt_tokens, max(len(logprobs), len(parts))
             finish = "stop" if sentences >= MAX_SENTENCES else "length" if tokens_out >= limit else "deadline"

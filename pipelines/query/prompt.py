@@ -9,7 +9,8 @@ source of the response even when the first contributed nothing.
 
 The instructions ask for one or two sentences with citations; ``STOP`` ends an answer that
 starts a new section instead (small models tend to repeat the sources or invent a next
-question).
+question), and ``leadin.py`` drops an opening such as "According to the sources," that the
+models write anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pipelines.query import evidence
 from pipelines.records import ScoredChunk
 
-PROMPT_VERSION = "2"
+PROMPT_VERSION = "3"  # 3: answers lose their lead-in ("According to [1], "), pipelines/query/leadin.py
 SYSTEM = (
     "You answer questions using only the numbered sources provided. "
     "Answer in one or two short sentences that state the answer directly (do not begin with "

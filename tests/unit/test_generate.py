@@ -159,3 +159,16 @@ def test_decoding_stops_after_three_sentences_not_at_a_version_number():
     out = run(g.generate("small", "What is X?", [chunk(0, "X.")]))
     assert out.text == "Python 3.10 added it. It is useful. See also this." and out.finish_reason == "stop"
     assert engine.stopped_early
+
+
+def test_a_lead_in_pointing_at_the_sources_is_neither_streamed_nor_kept():
+    words = ["According", " to", " [", "2", "],", " Paris", " is", " the", " capital", "."]
+    g, _ = generator(WordEngine(words))
+
+    async def collect():
+        return [item async for item in g.stream("small", "Capital of France?", [chunk(0, "X."), chunk(1, "Paris.")])]
+
+    items = run(collect())
+    streamed = "".join(d.text for d in items[:-1])
+    assert streamed == items[-1].text == "Paris is the capital. [2]"
+    assert items[-1].tokens_out == len(words)  # the model's tokens are still what was spent
