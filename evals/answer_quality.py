@@ -3,6 +3,8 @@
     python -m evals.answer_quality                      # 60 questions, every mode; JSON + PNG in evals/out/
     python -m evals.answer_quality --limit 40 --modes small,large
     python -m evals.answer_quality --data DIR           # any BEIR-layout QA folder whose queries carry "answers"
+    python -m evals.answer_quality --set RAGROUTE_SMALL_ENGINE=extractive   # a setting on top of the defaults
+                                                        # (written to answer_quality-small_engine-extractive.json)
 
 Every question goes through ``QueryPipeline`` in process over the real stages (MiniLM, FAISS,
 the hybrid reranker, the heuristic router, both packaged llama.cpp models), with the ``cpu``
@@ -73,9 +75,9 @@ def citation_precision(answer: str, cited_texts: dict[int, str], answers: list[s
     return good / len(numbers)
 
 
-def cpu_pipeline(embedder, store):
-    """The pipeline over the real stages on ``store``, with the shipped defaults (cpu profile),
-    no cache: (pipeline, generator, generation config)."""
+def cpu_pipeline(embedder, store, overrides: dict[str, str] | None = None):
+    """The pipeline over the real stages on ``store``, with the shipped defaults (cpu profile)
+    and any ``RAGROUTE_*`` ``overrides``, no cache: (pipeline, generator, generation config)."""
     from pipelines.budget import BudgetProfile
     from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RoutingConfig
     from pipelines.query.generate import Generator
@@ -84,7 +86,7 @@ def cpu_pipeline(embedder, store):
     from pipelines.query.rerank import make_reranker
     from pipelines.query.route import load_router, router_uses_retrieval
 
-    env = {"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_BUDGET_PROFILE": "cpu"}
+    env = {"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_BUDGET_PROFILE": "cpu", **(overrides or {})}
     gen_cfg = GenerationConfig.from_env(env)
     generator = Generator(gen_cfg)
     routing = RoutingConfig.from_env({})
@@ -96,7 +98,7 @@ def cpu_pipeline(embedder, store):
     return pipeline, generator, gen_cfg
 
 
-def build(data: Path):
+def build(data: Path, overrides: dict[str, str] | None = None):
     """The pipeline over the real stages, with the shipped defaults (cpu profile)."""
     from index.store import IndexStore
     from pipelines.config import EmbeddingConfig
@@ -109,19 +111,20 @@ def build(data: Path):
     if not (directory / "manifest.json").is_file():
         build_index(load_beir(data / "corpus.jsonl"), directory, embedder, source=str(data / "corpus.jsonl"))
     store = IndexStore.load(directory, embedding_model=embedder.model_id)
-    pipeline, generator, gen_cfg = cpu_pipeline(embedder, store)
-    fingerprint = "|".join(f"{t.name}:{t.model}:{t.max_tokens}:{t.source_tokens}" for t in gen_cfg.tiers.values())
+    pipeline, generator, gen_cfg = cpu_pipeline(embedder, store, overrides)
+    fingerprint = "|".join(f"{t.name}:{t.engine}:{t.model}:{t.max_tokens}:{t.source_tokens}" for t in gen_cfg.tiers.values())
     return pipeline, generator, {c.id: c for c in store.chunks}, gen_cfg, fingerprint
 
 
-async def answer_all(questions: list[dict], modes: list[str], data: Path) -> tuple[list[dict], object]:
+async def answer_all(questions: list[dict], modes: list[str], data: Path,
+                     overrides: dict[str, str] | None = None) -> tuple[list[dict], object]:
     from pipelines.query.prompt import PROMPT_VERSION
     from pipelines.schema import RagRequest
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / "answers.jsonl"
     rows = [json.loads(line) for line in path.open()] if path.exists() else []
-    pipeline, generator, chunks, gen_cfg, fingerprint = build(data)
+    pipeline, generator, chunks, gen_cfg, fingerprint = build(data, overrides)
     key = f"{fingerprint}|prompt {PROMPT_VERSION}"
     have = {(r["id"], r["mode"]) for r in rows if r["config"] == key}
     out = [r for r in rows if r["config"] == key]
@@ -157,9 +160,10 @@ async def answer_all(questions: list[dict], modes: list[str], data: Path) -> tup
     return out, gen_cfg
 
 
-async def measure_raw(rows: list[dict], questions: list[dict], data: Path) -> None:
+async def measure_raw(rows: list[dict], questions: list[dict], data: Path,
+                      overrides: dict[str, str] | None = None) -> None:
     """``raw_ms`` for the report split's fixed-tier rows that lack it (llama.cpp tiers only)."""
-    pipeline, generator, _, gen_cfg, _ = build(data)
+    pipeline, generator, _, gen_cfg, _ = build(data, overrides)
     todo = [r for r in rows if r["mode"] in gen_cfg.tiers and r["split"] == "report" and "raw_ms" not in r
             and gen_cfg.tiers[r["mode"]].engine == "llamacpp"]
     text = {q["_id"]: q["text"] for q in questions}
@@ -253,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=60, help="first N questions (half tune, half report)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: tiers, auto, cascade")
     parser.add_argument("--no-raw", action="store_true", help="skip the side-by-side raw llama.cpp timing")
+    parser.add_argument("--set", action="append", default=[], metavar="RAGROUTE_KEY=VALUE",
+                        help="a setting on top of the shipped defaults, e.g. RAGROUTE_SMALL_ENGINE=extractive "
+                             "(repeatable; answers are cached per tier settings)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not (args.data / "queries.jsonl").is_file():
@@ -260,25 +267,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     questions = [json.loads(line) for line in (args.data / "queries.jsonl").open() if line.strip()][: args.limit]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    rows, gen_cfg = asyncio.run(answer_all(questions, modes, args.data))
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("RAGROUTE_"):
+            parser.error(f"--set {item!r}: expected RAGROUTE_KEY=VALUE")
+        overrides[key] = value
+    rows, gen_cfg = asyncio.run(answer_all(questions, modes, args.data, overrides))
     if not args.no_raw:
-        asyncio.run(measure_raw(rows, questions, args.data))
+        asyncio.run(measure_raw(rows, questions, args.data, overrides))
     rows = [r for r in rows if r["id"] in {q["_id"] for q in questions} and r["mode"] in modes]
-    result = {"config": {"data": str(args.data), "limit": args.limit, "modes": modes,
-                         "tiers": {n: {"model": t.model, "max_tokens": t.max_tokens, "source_tokens": t.source_tokens}
+    result = {"config": {"data": str(args.data), "limit": args.limit, "modes": modes, "settings": overrides,
+                         "tiers": {n: {"engine": t.engine, "model": t.model, "max_tokens": t.max_tokens, "source_tokens": t.source_tokens}
                                    for n, t in gen_cfg.tiers.items()},
                          "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
               **analyze(rows, modes, gen_cfg)}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "answer_quality.json").write_text(json.dumps(result, indent=2))
-    plot(result, OUT / "answer_quality.png")
+    stem = "answer_quality" + "".join(f"-{k.removeprefix('RAGROUTE_').lower()}-{v}" for k, v in sorted(overrides.items()))
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    (OUT / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    plot(result, OUT / f"{stem}.png")
     for mode, splits in result["modes"].items():
         r = splits["report"]
         log.info("%-8s report n=%d F1 %.3f EM %.3f contains %.3f cite-prec %s degraded %.1f%% p50 %s ms "
                  "prompt %s tok, large %.0f%%", mode, r["n"], r["f1"] or 0, r["em"] or 0, r["contains"] or 0,
                  r["citation_precision"], 100 * (r["degraded_share"] or 0), r["latency_ms_p50"],
                  r["prompt_tokens_mean"], 100 * (r["large_share"] or 0))
-    log.info("wrote %s and %s", OUT / "answer_quality.json", OUT / "answer_quality.png")
+    log.info("wrote %s and %s", OUT / f"{stem}.json", OUT / f"{stem}.png")
     return 0
 
 

@@ -11,7 +11,10 @@ from pipelines.errors import ConfigError
 
 RESERVED_TIER_NAMES = ("auto", "cascade")
 # The generation engines a tier can use (pipelines/engines/: ENGINES maps each to its loader).
-ENGINE_NAMES = ("llamacpp", "vllm", "openai")
+ENGINE_NAMES = ("llamacpp", "vllm", "openai", "extractive")
+# An extractive tier (no model) starts from these instead of the profile's model settings.
+EXTRACTIVE_DEFAULTS = dict(model="extractive", price_in=0.0, price_out=0.0, prefill_tok_s=100_000.0,
+                          decode_tok_s=100_000.0)
 
 
 TIER_NAME = r"^[a-z][a-z0-9_]{0,31}$"
@@ -106,6 +109,8 @@ def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperatur
     engine = _get(env, f"{key}_ENGINE", str(b["engine"]))
     if engine not in ENGINE_NAMES:
         raise ConfigError(f"{key}_ENGINE={engine!r} is not a known engine; valid: {', '.join(ENGINE_NAMES)}")
+    if engine == "extractive" and b["engine"] != "extractive":
+        b.update(EXTRACTIVE_DEFAULTS)
     model = _get(env, f"{key}_MODEL", str(b["model"]))
     if not model:
         raise ConfigError(f"{key}_MODEL is not set (tier {name!r} has no default model)")

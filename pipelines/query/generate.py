@@ -65,6 +65,8 @@ def check_config(cfg: GenerationConfig) -> None:
         if tier.engine == "llamacpp" and tier.model not in models.GGUF_MODELS:
             raise ConfigError(f"{key}_MODEL={tier.model!r} is not a packaged GGUF model; valid for llamacpp: "
                               f"{', '.join(models.GGUF_MODELS)}")
+        if tier.engine == "extractive" and tier.model != "extractive":
+            raise ConfigError(f"{key}_MODEL={tier.model!r}: the extractive engine has no model (leave it unset)")
 
 
 def confidence(logprobs: Sequence[float]) -> tuple[float | None, float | None]:
@@ -170,8 +172,10 @@ class Generator:
             # The engine may decode up to the tier's limit; the time limit is enforced here, and
             # set again once the prompt is in, from the time really left (a prefill estimate that
             # was off then costs nothing).
-            stream = engine.stream(messages, Sampling(tier_cfg.max_tokens, tier_cfg.temperature, tier_cfg.top_p,
-                                                      STOP))
+            sampling = Sampling(tier_cfg.max_tokens, tier_cfg.temperature, tier_cfg.top_p, STOP)
+            # An engine without a model (extractive) answers from the sources themselves.
+            stream = engine.answer(question, sources, sampling) if getattr(engine, "reads_sources", False) else \
+                engine.stream(messages, sampling)
             try:
                 async for chunk in stream:
                     logprobs.extend(chunk.logprobs)

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import Chunk, Final
-from pipelines.errors import BadRequest, StageError
+from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.generate import Delta, Generator, confidence
 from pipelines.records import TierAnswer
 from tests.fakes import chunk
@@ -172,3 +172,26 @@ def test_a_lead_in_pointing_at_the_sources_is_neither_streamed_nor_kept():
     streamed = "".join(d.text for d in items[:-1])
     assert streamed == items[-1].text == "Paris is the capital. [2]"
     assert items[-1].tokens_out == len(words)  # the model's tokens are still what was spent
+
+
+def test_an_extractive_tier_answers_with_the_sources_best_sentence_cited_and_no_model():
+    from pipelines.config import GenerationConfig as G
+
+    cfg = G.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_SMALL_ENGINE": "extractive"})
+    small = cfg.tiers["small"]
+    assert (small.engine, small.model, small.price_in, small.price_out) == ("extractive", "extractive", 0.0, 0.0)
+    g = Generator(G(tiers={"small": small}, threads=1))  # loads no model: the engine has none
+    sources = [chunk(0, "Lists are mutable. A tuple is an immutable sequence. Tuples use parentheses.", "Sequences"),
+               chunk(1, "Dictionaries map keys to values.", "Mappings")]
+    out = run(g.generate("small", "What is a tuple?", sources, budget_ms=1000))
+    assert out.text == "A tuple is an immutable sequence. [1]"
+    assert out.engine == "extractive" and out.finish_reason == "stop" and out.cost_usd == 0.0
+    assert out.tokens_out == 7 and out.logprob_mean is None
+
+
+def test_an_extractive_tier_with_a_model_name_is_refused_naming_the_variable():
+    from pipelines.config import GenerationConfig as G
+
+    cfg = G.from_env({"RAGROUTE_SMALL_ENGINE": "extractive", "RAGROUTE_SMALL_MODEL": "smollm2-135m-instruct"})
+    with pytest.raises(ConfigError, match="RAGROUTE_SMALL_MODEL"):
+        Generator(cfg)

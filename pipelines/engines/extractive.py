@@ -1,0 +1,52 @@
+"""The extractive engine: no language model. The answer is the sentences of the sources that best
+answer the question, each cited (``pipelines/query/evidence.py``, the same selection as the
+pipeline's extractive fallback, lexical scoring only: the Generation service has no embedder).
+
+A tier for when a small model is not good enough and a large one is not always needed: on SQuAD
+(`make eval-answers`, report split) it contains the gold answer in 87% of its answers at token
+F1 0.148, where the packaged SmolLM2-135M manages 20% and 0.066, in milliseconds instead of
+seconds. It quotes rather than answers: the reader gets what the sources say, in their words.
+
+    RAGROUTE_SMALL_ENGINE=extractive make serve
+
+Engines normally turn chat messages into text; this one reads the question and the sources
+themselves (``reads_sources``), which ``Generator.stream`` hands it instead of the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from pipelines.config import TierConfig
+from pipelines.engines.base import Chunk, Final, Sampling
+from pipelines.query import evidence
+from pipelines.records import ScoredChunk
+
+MODEL = "extractive"
+SOURCES = 3  # sentences come from the best three sources, like the pipeline's fallback
+MAX_CHARS = 400
+
+
+class ExtractiveEngine:
+    name = "extractive"
+    reads_sources = True
+    concurrency = None  # a few milliseconds of CPU per answer: no queue of its own
+
+    def __init__(self, tier: TierConfig) -> None:
+        self.model = f"{MODEL} (best source sentences, BM25)"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())  # words: only prompt sizes and usage are counted with it
+
+    async def answer(self, question: str, sources: Sequence[ScoredChunk], sampling: Sampling) -> AsyncIterator[Chunk]:
+        text = evidence.extract(question, list(sources)[:SOURCES], max_chars=MAX_CHARS)
+        yield Chunk(text=text)
+        prompt = self.count_tokens(question) + sum(self.count_tokens(s.chunk.text) for s in sources[:SOURCES])
+        yield Chunk(final=Final("stop", prompt, self.count_tokens(text)))
+
+    async def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> AsyncIterator[Chunk]:
+        raise NotImplementedError("the extractive engine answers from sources (Generator.stream), not from messages")
+        yield Chunk()  # pragma: no cover - makes this an async generator
+
+    async def close(self) -> None:
+        pass
