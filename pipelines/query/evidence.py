@@ -179,7 +179,11 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
         return "No answer could be generated and no relevant source was found."
     picked: list[Sentence] = []
     length = 0
-    for s in best(question, sources, 3, query_vector=query_vector, vectors=vectors, relative=EXTRACT_RELATIVE):
+    ranked = best(question, sources, 6, query_vector=query_vector, vectors=vectors, relative=EXTRACT_RELATIVE)
+    # "... proceeds as follows:" announces what the answer would not quote: left out, unless
+    # nothing else is left
+    complete = [s for s in ranked if not s.text.rstrip().endswith(":")] or ranked[:1]
+    for s in complete[:3]:
         if picked and length + len(s.text) > max_chars:
             break
         picked.append(s)

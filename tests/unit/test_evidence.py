@@ -108,3 +108,12 @@ def test_citations_already_there_are_kept_and_unsupported_ones_count_against_pre
 
 def test_an_answer_nothing_supports_gets_no_citation():
     assert cite.missing("Bananas are yellow fruit grown in warm countries.", [WITH, OTHER]) == ""
+
+
+def test_an_extract_leaves_out_a_sentence_that_announces_what_follows():
+    source = chunk(0, "The with statement wraps a block with a context manager. "
+                      "The execution of the with statement proceeds as follows:")
+    assert evidence.extract("What does the with statement do?", [source]) == \
+        "The with statement wraps a block with a context manager. [1]"
+    only = chunk(0, "The with statement runs as follows:")
+    assert evidence.extract("What does the with statement do?", [only]) == "The with statement runs as follows: [1]"
