@@ -1,7 +1,9 @@
 """The hybrid deployment through `bentoml serve`: the large tier is a remote OpenAI-compatible
-endpoint (llama.cpp's server, started by the test). It answers, streams, and when it hangs
-the tier errors within its timeout, the request falls back to the small tier within the total
-budget (degraded, reported), and large answers resume when the endpoint is back."""
+endpoint (llama.cpp's server, started by the test), the small tier the extractive engine (no
+model; the README's recommendation for CPU machines). The large tier answers, streams, and when
+it hangs the tier errors within its timeout, the request falls back to the small tier within the
+total budget (degraded, reported), and large answers resume when the endpoint is back; the
+small tier quotes its sources, cited, at no cost."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def server(e2e_home, model_cache, openai_server):
            "RAGROUTE_LARGE_ENGINE": "openai", "RAGROUTE_LARGE_MODEL": openai_server.alias,
            "RAGROUTE_LARGE_BASE_URL": openai_server.base_url, "RAGROUTE_LARGE_API_KEY": openai_server.api_key,
            "RAGROUTE_LARGE_TIMEOUT_S": str(REMOTE_TIMEOUT_S), "RAGROUTE_LARGE_RETRIES": "0",
-           "RAGROUTE_LARGE_PRICE_IN": "0.15", "RAGROUTE_LARGE_PRICE_OUT": "0.60"}
+           "RAGROUTE_LARGE_PRICE_IN": "0.15", "RAGROUTE_LARGE_PRICE_OUT": "0.60",
+           "RAGROUTE_SMALL_ENGINE": "extractive"}
     with serving(e2e_home("ragroute-remote"), env) as srv:
         yield srv
 
@@ -71,3 +74,15 @@ def test_a_hung_remote_tier_falls_back_to_small_within_budget_then_recovers(serv
             break
         time.sleep(1)
     assert again["route"]["model"] == openai_server.alias and not again["degraded"]
+
+
+def test_the_extractive_small_tier_quotes_its_best_source_cited_at_no_cost(server):
+    resp = server.post({"query": "What does the with statement do?", "tier": "small", "cache": "bypass"}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["route"]["tier"] == "small" and out["route"]["model"].startswith("extractive") and not out["degraded"]
+    # the with topic's own definition, quoted and cited; no model ran, so nothing was spent
+    assert "context manager" in out["answer"] and "[1]" in out["answer"], out["answer"]
+    assert out["sources"][0]["doc_id"] == "pydoc:with"
+    assert out["usage"]["cost_usd"] == 0 and out["usage"]["logprob_mean"] is None
+    assert out["timings_ms"]["generate"] < 1000
