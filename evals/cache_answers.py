@@ -2,6 +2,8 @@
 CPU tiers, cache bypassed): what the error-bounded cache's answer comparison is measured on.
 
     python -m evals.cache_answers --questions 40     # ~3 answers per question, ~4 s each on 2 cores
+    python -m evals.cache_answers --set RAGROUTE_SMALL_ENGINE=extractive \
+        --out evals/out/cache_policy/answers-extractive.jsonl   # another tier setting, its own file
 
 For the first ``--questions`` entries of evals/data/cache_paraphrases.jsonl it answers the
 question, its first rewording and its first near-miss, and appends them to
@@ -27,8 +29,9 @@ DATA = ROOT / "evals" / "data" / "cache_paraphrases.jsonl"
 OUT = ROOT / "evals" / "out" / "cache_policy" / "answers.jsonl"
 
 
-def build():
-    """The pipeline over the real stages on the demo index, shipped defaults (cpu profile), no cache."""
+def build(overrides: dict[str, str] | None = None):
+    """The pipeline over the real stages on the demo index, shipped defaults (cpu profile) plus
+    ``overrides``, no cache."""
     from evals.answer_quality import cpu_pipeline
     from pipelines.config import EmbeddingConfig, RetrievalConfig
     from pipelines.query.embed import SentenceTransformerEmbedder
@@ -38,16 +41,16 @@ def build():
     embedder = SentenceTransformerEmbedder(EmbeddingConfig(device="cpu"))
     cfg = RetrievalConfig.from_env({})
     ensure_default_index(cfg)  # the demo index, built on first use
-    pipeline, generator, _ = cpu_pipeline(embedder, open_index(cfg))
+    pipeline, generator, _ = cpu_pipeline(embedder, open_index(cfg), overrides)
     return pipeline, generator, embedder
 
 
-async def collect(n: int, out: Path) -> None:
+async def collect(n: int, out: Path, overrides: dict[str, str] | None = None) -> None:
     from pipelines.schema import RagRequest
 
     items = [json.loads(line) for line in DATA.open() if line.strip()][:n]
     done = {(r["question"], r["role"]) for r in map(json.loads, out.open())} if out.exists() else set()
-    pipeline, generator, _ = build()
+    pipeline, generator, _ = build(overrides)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with out.open("a") as f:
@@ -74,9 +77,19 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--questions", type=int, default=40, help="how many questions of the set (default 40)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--set", action="append", default=[], metavar="RAGROUTE_KEY=VALUE",
+                   help="a setting on top of the shipped defaults (repeatable); use another --out")
     args = p.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("RAGROUTE_"):
+            p.error(f"--set {item!r}: expected RAGROUTE_KEY=VALUE")
+        overrides[key] = value
+    if overrides and args.out == OUT:
+        p.error("--set answers another configuration: give them their own --out file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    asyncio.run(collect(args.questions, args.out))
+    asyncio.run(collect(args.questions, args.out, overrides))
     return 0
 
 

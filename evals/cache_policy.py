@@ -280,14 +280,14 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
-def comparison_errors(cache_dir: Path) -> dict | None:
+def comparison_errors(cache_dir: Path, answers: Path = ANSWERS) -> dict | None:
     """How often the service's answer comparison disagrees with the labels, on real answers."""
-    if not ANSWERS.is_file():
+    if not answers.is_file():
         return None
     from pipelines.config import EmbeddingConfig
     from pipelines.query.embed import SentenceTransformerEmbedder
 
-    rows = [json.loads(line) for line in ANSWERS.open()]
+    rows = [json.loads(line) for line in answers.open()]
     by: dict[str, dict[str, dict]] = {}
     for r in rows:
         if not r["degraded"]:
@@ -373,9 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=5, help="stream orders per data set (default 5)")
     p.add_argument("--skip-qqp", action="store_true", help="leave out QQP (its embeddings take minutes the first time)")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--answers", type=Path, default=ANSWERS,
+                   help="real answers for the comparison's error rates (python -m evals.cache_answers)")
+    p.add_argument("--comparison-only", action="store_true",
+                   help="only measure the answer comparison on --answers (seconds; prints and saves it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cache_dir = args.out.parent / "cache"
+    if args.comparison_only:
+        errors = comparison_errors(cache_dir, args.answers)
+        if errors is None:
+            p.error(f"no answers at {args.answers}: run python -m evals.cache_answers first")
+        log.info("service comparison on real answers (%s): %s", args.answers, errors)
+        target = args.out.with_name(f"{args.out.stem}-comparison-{args.answers.stem}.json")
+        target.write_text(json.dumps({"answers": str(args.answers), "service_comparison": errors}, indent=2) + "\n")
+        log.info("wrote %s", target)
+        return 0
     verifier = HitVerifier.load()
     seeds = list(range(args.seeds))
     streams = [in_domain_stream(cache_dir)]
@@ -385,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no GPTCache pairs at %s/cache: left out", args.data)
     if not args.skip_qqp and (args.data / "cache" / "qqp-pairs.jsonl").is_file():
         streams.append(qqp_stream(args.data, cache_dir))
-    errors = comparison_errors(cache_dir)
+    errors = comparison_errors(cache_dir, args.answers)
     if errors:
         log.info("service comparison on real answers: %s", errors)
     result = {"meta": {"seeds": len(seeds), "candidates_per_lookup": K, "cosine_floor": verifier.vector_threshold,
