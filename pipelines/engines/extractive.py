@@ -4,8 +4,10 @@ pipeline's extractive fallback, lexical scoring only: the Generation service has
 
 A tier for when a small model is not good enough and a large one is not always needed: on SQuAD
 (`make eval-answers`, report split) it contains the gold answer in 87% of its answers at token
-F1 0.148, where the packaged SmolLM2-135M manages 20% and 0.066, in milliseconds instead of
+F1 0.140, where the packaged SmolLM2-135M manages 20% and 0.066, in milliseconds instead of
 seconds. It quotes rather than answers: the reader gets what the sources say, in their words.
+SQuAD flatters it (its questions share words with the answering sentence); on the pydoc demo
+corpus BM25 alone often picks the wrong sentence (README, "Answer quality").
 
     RAGROUTE_SMALL_ENGINE=extractive make serve
 

@@ -180,9 +180,11 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
     picked: list[Sentence] = []
     length = 0
     ranked = best(question, sources, 6, query_vector=query_vector, vectors=vectors, relative=EXTRACT_RELATIVE)
-    # "... proceeds as follows:" announces what the answer would not quote: left out, unless
+    # "... proceeds as follows:" announces what the answer would not quote, and a grammar rule
+    # ("pass_stmt ::= ...") or an interactive session (">>> ...") is not prose: left out, unless
     # nothing else is left
-    complete = [s for s in ranked if not s.text.rstrip().endswith(":")] or ranked[:1]
+    complete = [s for s in ranked if not s.text.rstrip().endswith(":") and "::=" not in s.text
+                and not s.text.lstrip().startswith(">>>")] or ranked[:1]
     for s in complete[:3]:
         if picked and length + len(s.text) > max_chars:
             break

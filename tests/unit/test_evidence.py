@@ -117,3 +117,13 @@ def test_an_extract_leaves_out_a_sentence_that_announces_what_follows():
         "The with statement wraps a block with a context manager. [1]"
     only = chunk(0, "The with statement runs as follows:")
     assert evidence.extract("What does the with statement do?", [only]) == "The with statement runs as follows: [1]"
+
+
+def test_an_extract_leaves_out_grammar_rules_and_interactive_sessions():
+    source = chunk(0, '   pass_stmt ::= "pass"\n\n"pass" is a null operation. When it is executed, nothing happens.')
+    out = evidence.extract("What does the pass statement do?", [source])
+    assert "::=" not in out and "null operation" in out
+    source = chunk(0, ">>> try: ... raise TypeError ... except: ... print(sys.exception())\n\n"
+                      "An exception is caught by an except clause of a try statement.")
+    assert evidence.extract("How do I catch an exception?", [source]) == \
+        "An exception is caught by an except clause of a try statement. [1]"
