@@ -1,13 +1,15 @@
 """The extractive engine: no language model. The answer is the sentences of the sources that best
-answer the question, each cited (``pipelines/query/evidence.py``, the same selection as the
-pipeline's extractive fallback, lexical scoring only: the Generation service has no embedder).
+answer the question, from the best source, each cited (``pipelines/query/evidence.py``, the
+selection of the pipeline's extractive fallback over the first source only, lexical scoring
+only: the Generation service has no embedder).
 
 A tier for when a small model is not good enough and a large one is not always needed: on SQuAD
-(`make eval-answers`, report split) it contains the gold answer in 87% of its answers at token
-F1 0.140, where the packaged SmolLM2-135M manages 20% and 0.066, in milliseconds instead of
-seconds. It quotes rather than answers: the reader gets what the sources say, in their words.
-SQuAD flatters it (its questions share words with the answering sentence); on the pydoc demo
-corpus BM25 alone often picks the wrong sentence (README, "Answer quality").
+(`python -m evals.answer_quality --set RAGROUTE_SMALL_ENGINE=extractive`, report split) it contains the gold
+answer in 87% of its answers at token F1 0.162, where the packaged SmolLM2-135M manages 20% and
+0.066, in milliseconds instead of seconds. It quotes rather than answers: the reader gets what
+the best source says, in its words. SQuAD flatters it (its questions share words with the
+answering sentence), and when retrieval's best source is the wrong document it quotes that
+(README, "Answer quality").
 
     RAGROUTE_SMALL_ENGINE=extractive make serve
 
@@ -25,7 +27,8 @@ from pipelines.query import evidence
 from pipelines.records import ScoredChunk
 
 MODEL = "extractive"
-SOURCES = 3  # sentences come from the best three sources, like the pipeline's fallback
+SOURCES = 1  # the reranker's best source: its sentences only (three sources let BM25 pick a
+# look-alike sentence elsewhere: "What does the pass statement do?" quoted the class topic)
 MAX_CHARS = 400
 
 

@@ -170,6 +170,16 @@ def render(picked: Sequence[Sentence]) -> str:
     return " ".join(parts)
 
 
+_ENDS_PROSE = re.compile(r"[.!?][\"')\]\u201d\u2019]*$")
+
+
+def _prose(text: str) -> bool:
+    """A sentence an extract may quote: it ends like one (code lines and headings do not), and is
+    no grammar rule or interactive session."""
+    t = text.strip()
+    return bool(_ENDS_PROSE.search(t)) and "::=" not in t and not t.startswith(">>>")
+
+
 def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 400,
             query_vector: np.ndarray | None = None, vectors: np.ndarray | None = None) -> str:
     """The extractive answer: the best sentence, and up to two more that score nearly as well
@@ -179,12 +189,14 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
         return "No answer could be generated and no relevant source was found."
     picked: list[Sentence] = []
     length = 0
-    ranked = best(question, sources, 6, query_vector=query_vector, vectors=vectors, relative=EXTRACT_RELATIVE)
-    # "... proceeds as follows:" announces what the answer would not quote, and a grammar rule
-    # ("pass_stmt ::= ...") or an interactive session (">>> ...") is not prose: left out, unless
-    # nothing else is left
-    complete = [s for s in ranked if not s.text.rstrip().endswith(":") and "::=" not in s.text
-                and not s.text.lstrip().startswith(">>>")] or ranked[:1]
+    sents = sentences(sources)
+    scores = score(question, sents, len(sources), query_vector=query_vector, vectors=vectors)
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    # "... proceeds as follows:" announces what the answer would not quote, and a code line, a
+    # grammar rule ("pass_stmt ::= ...") or an interactive session (">>> ...") is not prose:
+    # passed over for the best sentence that is, unless there is none
+    prose = [i for i in order if _prose(sents[i].text)] or order[:1]
+    complete = [sents[i] for n, i in enumerate(prose) if n == 0 or scores[i] >= EXTRACT_RELATIVE * scores[prose[0]]]
     for s in complete[:3]:
         if picked and length + len(s.text) > max_chars:
             break

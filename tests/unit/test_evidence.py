@@ -127,3 +127,14 @@ def test_an_extract_leaves_out_grammar_rules_and_interactive_sessions():
                       "An exception is caught by an except clause of a try statement.")
     assert evidence.extract("How do I catch an exception?", [source]) == \
         "An exception is caught by an except clause of a try statement. [1]"
+
+
+def test_an_extract_passes_over_a_better_scoring_announcement_for_the_best_prose_sentence():
+    source = chunk(0, "The pass statement is useful as a placeholder when a statement is required, for example:\n\n"
+                      "It is a null operation.")
+    assert evidence.extract("What does the pass statement do?", [source]) == "It is a null operation. [1]"
+
+
+def test_an_extract_passes_over_code_lines():
+    source = chunk(0, '"pass" is a null operation.\n\n   def f(arg): pass    # a function that does nothing (yet)\n')
+    assert evidence.extract("What does pass do in a function f?", [source]) == '"pass" is a null operation. [1]'
