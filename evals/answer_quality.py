@@ -75,6 +75,18 @@ def citation_precision(answer: str, cited_texts: dict[int, str], answers: list[s
     return good / len(numbers)
 
 
+def settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--set RAGROUTE_KEY=VALUE`` items as overrides of the shipped defaults (a usage error
+    for anything else)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("RAGROUTE_"):
+            parser.error(f"--set {item!r}: expected RAGROUTE_KEY=VALUE")
+        overrides[key] = value
+    return overrides
+
+
 def cpu_pipeline(embedder, store, overrides: dict[str, str] | None = None):
     """The pipeline over the real stages on ``store``, with the shipped defaults (cpu profile)
     and any ``RAGROUTE_*`` ``overrides``, no cache: (pipeline, generator, generation config)."""
@@ -267,12 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     questions = [json.loads(line) for line in (args.data / "queries.jsonl").open() if line.strip()][: args.limit]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith("RAGROUTE_"):
-            parser.error(f"--set {item!r}: expected RAGROUTE_KEY=VALUE")
-        overrides[key] = value
+    overrides = settings(parser, args.set)
     rows, gen_cfg = asyncio.run(answer_all(questions, modes, args.data, overrides))
     if not args.no_raw:
         asyncio.run(measure_raw(rows, questions, args.data, overrides))

@@ -80,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="RAGROUTE_KEY=VALUE",
                    help="a setting on top of the shipped defaults (repeatable); use another --out")
     args = p.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.startswith("RAGROUTE_"):
-            p.error(f"--set {item!r}: expected RAGROUTE_KEY=VALUE")
-        overrides[key] = value
+    from evals.answer_quality import settings
+
+    overrides = settings(p, args.set)
     if overrides and args.out == OUT:
         p.error("--set answers another configuration: give them their own --out file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
