@@ -110,12 +110,17 @@ def score(question: str, sents: Sequence[Sentence], n_sources: int, *,
 
 
 def best(question: str, sources: Sequence[ScoredChunk], k: int, *, query_vector: np.ndarray | None = None,
-         vectors: np.ndarray | None = None, relative: float = 0.0) -> list[Sentence]:
+         vectors: np.ndarray | None = None, relative: float = 0.0,
+         keep: Callable[[str], bool] | None = None) -> list[Sentence]:
     """Up to ``k`` best sentences, best first; after the first, only those scoring at least
-    ``relative`` x the best score."""
+    ``relative`` x the best score. ``keep``: only sentences it accepts (the best one alone, if it
+    accepts none)."""
     sents = sentences(sources)
     scores = score(question, sents, len(sources), query_vector=query_vector, vectors=vectors)
-    order = np.argsort(-scores, kind="stable")[:k]
+    order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    if keep is not None:
+        order = [i for i in order if keep(sents[i].text)] or order[:1]
+    order = order[:k]
     return [sents[i] for n, i in enumerate(order) if n == 0 or scores[i] >= relative * scores[order[0]]]
 
 
@@ -189,15 +194,12 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
         return "No answer could be generated and no relevant source was found."
     picked: list[Sentence] = []
     length = 0
-    sents = sentences(sources)
-    scores = score(question, sents, len(sources), query_vector=query_vector, vectors=vectors)
-    order = [int(i) for i in np.argsort(-scores, kind="stable")]
     # "... proceeds as follows:" announces what the answer would not quote, and a code line, a
     # grammar rule ("pass_stmt ::= ...") or an interactive session (">>> ...") is not prose:
     # passed over for the best sentence that is, unless there is none
-    prose = [i for i in order if _prose(sents[i].text)] or order[:1]
-    complete = [sents[i] for n, i in enumerate(prose) if n == 0 or scores[i] >= EXTRACT_RELATIVE * scores[prose[0]]]
-    for s in complete[:3]:
+    complete = best(question, sources, 3, query_vector=query_vector, vectors=vectors, relative=EXTRACT_RELATIVE,
+                    keep=_prose)
+    for s in complete:
         if picked and length + len(s.text) > max_chars:
             break
         picked.append(s)
