@@ -84,18 +84,9 @@ def undecided(text: str) -> bool:
 
 def strip(text: str, titles: Iterable[str] = ()) -> str:
     """``text`` without its lead-in, first letter capitalised, the lead-in's citations appended
-    if the rest does not cite them."""
-    found = match(text, titles)
-    if found is None:
-        return text
-    length, cited = found
-    rest = text[length:]
-    if not rest.strip():
-        return text
-    rest = rest[0].upper() + rest[1:]
-    have = {int(n) for n in CITATION.findall(rest)}
-    extra = "".join(f" [{n}]" for n in dict.fromkeys(cited) if n not in have)
-    return rest.rstrip() + extra if extra else rest
+    if the rest does not cite them (a whole answer through :class:`LeadIn`)."""
+    f = LeadIn(titles)
+    return f.feed(text) + f.close()
 
 
 class LeadIn:
