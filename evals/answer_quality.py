@@ -25,8 +25,13 @@ prompt building on top of the model's own time).
 Questions are split by position: even ones are the *tune* split, odd ones the *report* split.
 The tune split sets the answer-length limit it reports (``tuned_max_tokens``: the 95th
 percentile of the answer tokens of the tune split's correct answers, per tier); the report
-split's numbers are the ones to quote. Answers are cached in evals/out/answer_quality/answers.jsonl
-(keyed by question, mode and the generation fingerprint), so a re-run only asks what is missing.
+split's numbers are the ones to quote. With both the cheapest and the last tier answered, it also
+calibrates a cascade between them on the ``coverage`` signal of the cheapest tier's answers
+(``cascade_calibration``: the threshold that keeps 95% of the last tier's F1 with the fewest
+escalations on the tune split, and what that threshold does on the report split); the built-in
+``coverage`` threshold for an extractive small tier is this one. Answers are cached in
+evals/out/answer_quality/answers.jsonl (keyed by question, mode and what the mode's answers
+depend on: ``cache_key``), so a re-run only asks what is missing.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ DATA = Path(os.environ.get("RAGROUTE_SQUAD_DIR", ROOT.parent / "shared" / "data"
 OUT = ROOT / "evals" / "out"
 WORK = OUT / "answer_quality"
 MODES = ("small", "large", "auto", "cascade")
+QUALITY_TARGET = 0.95  # of large-only F1, for the calibrated cascade threshold
 
 log = logging.getLogger("evals.answer_quality")
 
@@ -124,25 +130,41 @@ def build(data: Path, overrides: dict[str, str] | None = None):
         build_index(load_beir(data / "corpus.jsonl"), directory, embedder, source=str(data / "corpus.jsonl"))
     store = IndexStore.load(directory, embedding_model=embedder.model_id)
     pipeline, generator, gen_cfg = cpu_pipeline(embedder, store, overrides)
-    fingerprint = "|".join(f"{t.name}:{t.engine}:{t.model}:{t.max_tokens}:{t.source_tokens}" for t in gen_cfg.tiers.values())
-    return pipeline, generator, {c.id: c for c in store.chunks}, gen_cfg, fingerprint
+    return pipeline, generator, {c.id: c for c in store.chunks}, gen_cfg
+
+
+def cache_key(mode: str, gen_cfg, overrides: dict[str, str]) -> str:
+    """What a cached answer of ``mode`` depends on: a fixed tier's answer on that tier's settings
+    only (so ``large``'s answers serve every small-tier and cascade setting), ``auto`` and
+    ``cascade`` on every tier's; both on the prompt version and on the other ``--set`` settings
+    (RAGROUTE_TOP_K, ...)."""
+    from pipelines.query.prompt import PROMPT_VERSION
+
+    fixed = mode in gen_cfg.tiers
+    tiers = [t for name, t in gen_cfg.tiers.items() if not fixed or name == mode]
+    # a fixed tier's answer depends neither on the other tiers nor on how tiers are chosen
+    ignored = [f"RAGROUTE_{n.upper()}_" for n in gen_cfg.tiers if n != mode] + ["RAGROUTE_CASCADE_", "RAGROUTE_ROUTE"]
+    rest = sorted((k, v) for k, v in overrides.items() if not (fixed and k.startswith(tuple(ignored))))
+    return "|".join([*(f"{t.name}:{t.engine}:{t.model}:{t.max_tokens}:{t.source_tokens}" for t in tiers),
+                     f"prompt {PROMPT_VERSION}", *(f"{k}={v}" for k, v in rest)])
 
 
 async def answer_all(questions: list[dict], modes: list[str], data: Path,
                      overrides: dict[str, str] | None = None) -> tuple[list[dict], object]:
-    from pipelines.query.prompt import PROMPT_VERSION
+    from pipelines.query.evidence import coverage
     from pipelines.schema import RagRequest
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / "answers.jsonl"
     rows = [json.loads(line) for line in path.open()] if path.exists() else []
-    pipeline, generator, chunks, gen_cfg, fingerprint = build(data, overrides)
-    key = f"{fingerprint}|prompt {PROMPT_VERSION}"
-    have = {(r["id"], r["mode"]) for r in rows if r["config"] == key}
-    out = [r for r in rows if r["config"] == key]
+    pipeline, generator, chunks, gen_cfg = build(data, overrides)
+    keys = {mode: cache_key(mode, gen_cfg, overrides or {}) for mode in modes}
+    have = {(r["id"], r["mode"]) for r in rows if r["config"] == keys.get(r["mode"])}
+    out = [r for r in rows if r["config"] == keys.get(r["mode"])]
     try:
         with path.open("a") as f:
             for mode in modes:
+                key = keys[mode]
                 for n, q in enumerate(questions):
                     if (q["_id"], mode) in have:
                         continue
@@ -156,6 +178,7 @@ async def answer_all(questions: list[dict], modes: list[str], data: Path,
                         "model": resp.route.model, "degraded": resp.degraded, "warnings": resp.warnings,
                         "f1": round(token_f1(resp.answer, q["answers"]), 6), "em": exact_match(resp.answer, q["answers"]),
                         "contains": contains(resp.answer, q["answers"]),
+                        "coverage": coverage(q["text"], resp.answer).value,
                         "citation_precision": citation_precision(resp.answer, texts, q["answers"]),
                         "tokens_in": resp.usage.tokens_in, "tokens_out": resp.usage.tokens_out,
                         "ttft_ms": resp.usage.ttft_ms, "total_ms": resp.timings_ms["total"], "wall_ms": round(wall, 1),
@@ -175,7 +198,7 @@ async def answer_all(questions: list[dict], modes: list[str], data: Path,
 async def measure_raw(rows: list[dict], questions: list[dict], data: Path,
                       overrides: dict[str, str] | None = None) -> None:
     """``raw_ms`` for the report split's fixed-tier rows that lack it (llama.cpp tiers only)."""
-    pipeline, generator, _, gen_cfg, _ = build(data, overrides)
+    pipeline, generator, _, gen_cfg = build(data, overrides)
     todo = [r for r in rows if r["mode"] in gen_cfg.tiers and r["split"] == "report" and "raw_ms" not in r
             and gen_cfg.tiers[r["mode"]].engine == "llamacpp"]
     text = {q["_id"]: q["text"] for q in questions}
@@ -236,6 +259,7 @@ def analyze(rows: list[dict], modes: list[str], gen_cfg) -> dict:
         good = [r["tokens_out"] for r in rows if r["mode"] == tier and r["split"] == "tune" and r["f1"] > 0]
         result["tuned_max_tokens"][tier] = {"p95_of_correct_answers": pct(good, 0.95),
                                             "configured": gen_cfg.tiers[tier].max_tokens}
+    result["cascade_calibration"] = calibrate_cascade(rows, list(gen_cfg.tiers))
     report = result["modes"]
     if "large" in report and report["large"]["report"]["f1"]:
         base = report["large"]["report"]["f1"]
@@ -243,6 +267,39 @@ def analyze(rows: list[dict], modes: list[str], gen_cfg) -> dict:
                                          "large_share": report[m]["report"]["large_share"]}
                                      for m in ("auto", "cascade") if m in report and report[m]["report"]["n"]}
     return result
+
+
+def calibrate_cascade(rows: list[dict], tiers: list[str], signal: str = "coverage",
+                      quality: float = QUALITY_TARGET) -> dict | None:
+    """The cascade threshold on ``signal`` of the cheapest tier's answers that keeps ``quality`` of
+    the last tier's token F1 with the fewest escalations, chosen on the tune split (as ``ragroute
+    router calibrate --cascade`` does) and applied to the report split: what a cascade from the
+    cheapest tier would do with it, from the fixed-tier answers (None without both tiers' answers)."""
+    import numpy as np
+
+    from pipelines.routing.calibrate import escalation_scores, pick
+
+    first, last = tiers[0], tiers[-1]
+    by = {(r["id"], r["mode"]): r for r in rows}
+    pairs = {split: [(by[(i, first)], by[(i, last)]) for (i, mode) in by
+                     if mode == first and (i, last) in by and by[(i, mode)]["split"] == split and signal in by[(i, mode)]]
+             for split in ("tune", "report")}
+    if not pairs["tune"] or not pairs["report"]:
+        return None
+    tune = pairs["tune"]
+    cal = pick(escalation_scores([s[signal] for s, _ in tune]), [s["f1"] for s, _ in tune], [r["f1"] for _, r in tune],
+               quality=quality)
+    threshold = float(np.nextafter(-cal.threshold, np.inf))  # escalate when the signal is below it
+
+    def apply(split: str) -> dict:
+        escalate = np.array([s[signal] < threshold for s, _ in pairs[split]])
+        f1 = np.array([(r if e else s)["f1"] for e, (s, r) in zip(escalate, pairs[split])])
+        base = statistics.fmean(r["f1"] for _, r in pairs[split])
+        return {"n": len(escalate), "large_share": round(float(escalate.mean()), 4), "f1": round(float(f1.mean()), 4),
+                "f1_share_of_large": round(float(f1.mean()) / base, 4) if base else None}
+
+    return {"signal": signal, "from": first, "to": last, "quality_target": quality,
+            "threshold": round(threshold, 6), "tune": apply("tune"), "report": apply("report")}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -300,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                  "prompt %s tok, large %.0f%%", mode, r["n"], r["f1"] or 0, r["em"] or 0, r["contains"] or 0,
                  r["citation_precision"], 100 * (r["degraded_share"] or 0), r["latency_ms_p50"],
                  r["prompt_tokens_mean"], 100 * (r["large_share"] or 0))
+    cal = result["cascade_calibration"]
+    if cal:
+        log.info("cascade %s -> %s on %s < %.3f (chosen on tune for %.0f%% of %s's F1): report split %.0f%% "
+                 "escalated, %.1f%% of %s's F1", cal["from"], cal["to"], cal["signal"], cal["threshold"],
+                 100 * cal["quality_target"], cal["to"], 100 * cal["report"]["large_share"],
+                 100 * (cal["report"]["f1_share_of_large"] or 0), cal["to"])
     log.info("wrote %s and %s", OUT / f"{stem}.json", OUT / f"{stem}.png")
     return 0
 

@@ -31,6 +31,11 @@ def _stemmer() -> Stemmer.Stemmer:
     return Stemmer.Stemmer("english")
 
 
+def stem(word: str) -> str:
+    """The Snowball stem of one lower-cased word (``stem("indexes") == "index"``)."""
+    return _stemmer().stemWord(word)
+
+
 def terms(text: str) -> list[str]:
     """Stemmed BM25 terms of ``text``.
 

@@ -8,6 +8,8 @@ Used in two places:
   stays that of ``sources``, so ``[2]`` in an answer is always the response's second source.
 * **the extractive fallback** (``pipelines/query/pipeline.py``): when no tier can answer in
   time, the answer is the best sentence(s) with their citations instead of a chunk's head.
+* **the cascade's ``coverage`` signal** (``coverage`` below): how much of the question an
+  answer's first statement takes up, which tells a quote that answers from one that does not.
 
 A sentence's score is its BM25 score against the question among all candidate sentences
 (scaled to 0..1), plus a small prior for its source's rank, plus, when sentence vectors are
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index.lexical import Bm25Index
+from index.lexical import Bm25Index, stem
 from pipelines.records import ScoredChunk
+from pipelines.text import tokenize
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[*])")
@@ -207,3 +210,52 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
     if not picked:  # a source with no sentence at all (e.g. only a heading rule)
         return f"{' '.join(sources[0].chunk.text.split())[:max_chars]} [1]"
     return " ".join(f"{s.text[:max_chars]} [{s.source + 1}]" for s in picked)
+
+
+# Words a question is asked with rather than about, beyond BM25's stop words (pipelines/text.py).
+# Unlike BM25, coverage drops the Python keywords that are also English function words (with,
+# for, in, is, as, from, and, or): on SQuAD's tune split, keeping them raised the share of
+# questions the extractive -> large cascade needs on `large` for 95% of its F1 from 67% to 73%
+# (README, "Answer quality"). "What does the with statement do?" is then about "statement".
+FUNCTION_WORDS = frozenset(
+    "what which who whom whose when where why how many much did does do is was were are the a an of "
+    "in to for on by with as at from and or that this name type kind".split()
+)
+_CITED = re.compile(r"\s*\[\d{1,3}\]")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    value: float  # share of the question's terms found; 1.0 for a question without any
+    terms: tuple[str, ...]  # the question's terms (stemmed, function words dropped)
+    missing: tuple[str, ...]  # those the answer's first statement lacks
+
+
+def first_statement(answer: str) -> str:
+    """The answer up to its first citation marker (its first sentence if it cites nothing), the
+    marker removed: what an extractive answer quotes from its best sentence, what a model
+    writes first."""
+    marker = _CITED.search(answer)
+    if marker is not None:
+        return answer[: marker.start()]
+    sents = split_sentences(answer)
+    return sents[0] if sents else answer
+
+
+def coverage(question: str, answer: str) -> Coverage:
+    """How much of the question the answer's first statement takes up: the share of the
+    question's terms (stemmed, ``FUNCTION_WORDS`` dropped) it contains. The cascade's
+    ``coverage`` signal (pipelines/query/modes/cascade.py): a quote that shares few of the
+    question's words seldom answers it.
+
+    >>> coverage("Which city hosted the 1956 Olympics?", "Melbourne hosted the 1956 Olympics. [1]")
+    Coverage(value=0.75, terms=('citi', 'host', '1956', 'olymp'), missing=('citi',))
+    >>> coverage("What is the purpose of the with statement?", "The del statement deletes names. [1]").missing
+    ('purpos',)
+    """
+    asked = tuple(dict.fromkeys(stem(t) for t in tokenize(question) if t not in FUNCTION_WORDS))
+    if not asked:
+        return Coverage(1.0, (), ())
+    have = {stem(t) for t in tokenize(_CITED.sub(" ", first_statement(answer)))}
+    missing = tuple(t for t in asked if t not in have)
+    return Coverage(round(1 - len(missing) / len(asked), 6), asked, missing)

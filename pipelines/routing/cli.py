@@ -131,7 +131,7 @@ def add_router_commands(sub) -> None:
     c = rsub.add_parser("calibrate", help="set the router (or cascade) threshold for a target from labelled data",
                         description="Router: rows like `router train` takes, not used for training. Cascade "
                         "(--cascade): JSONL rows with the small tier's confidence signals for a question (logprob_mean, "
-                        "logprob_min, grounded, selfcheck) and small_score, large_score (evals/routing_live.py writes "
+                        "logprob_min, grounded, selfcheck, coverage) and small_score, large_score (evals/routing_live.py writes "
                         "them); with --start routed also the question (query), which the artifact's router scores: "
                         "use questions it was not trained on.")
     c.add_argument("directory", type=Path, help="router artifact to update (created with --router heuristic)")
@@ -142,7 +142,8 @@ def add_router_commands(sub) -> None:
     c.add_argument("--signal", choices=tuple(config.CASCADE_SIGNALS), default=config.DEFAULT_CASCADE_SIGNAL,
                    help="cascade confidence signal: mean/lowest token log-probability of the small answer; "
                    "grounded: the share of its content words found in its sources; selfcheck: 1/(1 + problems the "
-                   "answer shows: arithmetic that does not compute, cut off, unsure wording)")
+                   "answer shows: arithmetic that does not compute, cut off, unsure wording); coverage: the share of the "
+                   "question's terms its first statement contains (for an extractive small tier)")
     c.add_argument("--start", choices=config.CASCADE_STARTS, default="cheapest",
                    help="cascade start: the cheapest tier, or routed: questions the router scores at least the "
                    "route threshold start at the large tier (both thresholds are calibrated)")

@@ -3,7 +3,8 @@ endpoint (llama.cpp's server, started by the test), the small tier the extractiv
 model; the README's recommendation for CPU machines). The large tier answers, streams, and when
 it hangs the tier errors within its timeout, the request falls back to the small tier within the
 total budget (degraded, reported), and large answers resume when the endpoint is back; the
-small tier quotes its sources, cited, at no cost."""
+small tier quotes its sources, cited, at no cost; a cascade on the ``coverage`` signal keeps a
+quote that takes up the question and escalates one that does not."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def server(e2e_home, model_cache, openai_server):
            "RAGROUTE_LARGE_BASE_URL": openai_server.base_url, "RAGROUTE_LARGE_API_KEY": openai_server.api_key,
            "RAGROUTE_LARGE_TIMEOUT_S": str(REMOTE_TIMEOUT_S), "RAGROUTE_LARGE_RETRIES": "0",
            "RAGROUTE_LARGE_PRICE_IN": "0.15", "RAGROUTE_LARGE_PRICE_OUT": "0.60",
-           "RAGROUTE_SMALL_ENGINE": "extractive"}
+           "RAGROUTE_SMALL_ENGINE": "extractive", "RAGROUTE_CASCADE_SIGNAL": "coverage"}
     with serving(e2e_home("ragroute-remote"), env) as srv:
         yield srv
 
@@ -86,3 +87,24 @@ def test_the_extractive_small_tier_quotes_its_best_source_cited_at_no_cost(serve
     assert out["sources"][0]["doc_id"] == "pydoc:with"
     assert out["usage"]["cost_usd"] == 0 and out["usage"]["logprob_mean"] is None
     assert out["timings_ms"]["generate"] < 1000
+
+
+def test_a_coverage_cascade_keeps_a_quote_that_answers_and_escalates_one_that_cannot(server, openai_server):
+    """The built-in coverage threshold, through the service: the with topic's definition takes up
+    "What does the with statement do?" (its one term, "statement"); no sentence of the corpus
+    mentions Zanzibar, so that question's quote covers half of it and the remote tier answers."""
+    def cascade(query: str) -> dict:
+        resp = server.post({"query": query, "tier": "cascade", "cache": "bypass"}, timeout=60)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    kept = cascade("What does the with statement do?")
+    [step] = kept["route"]["path"]
+    assert step["outcome"] == "accepted" and step["confidence"] == 1.0 and step["threshold"] == pytest.approx(0.7143)
+    assert kept["route"]["tier"] == "small" and kept["usage"]["cost_usd"] == 0 and not kept["degraded"]
+    escalated = cascade("What does the with statement do in Zanzibar?")
+    small, large = escalated["route"]["path"]
+    assert small["outcome"] == "escalated" and small["confidence"] == 0.5
+    assert "(missing zanzibar): escalated to large" in small["reason"], small["reason"]
+    assert large["outcome"] == "answered" and escalated["route"]["model"] == openai_server.alias
+    assert not escalated["degraded"] and escalated["usage"]["cost_usd"] > 0

@@ -138,3 +138,17 @@ def test_an_extract_passes_over_a_better_scoring_announcement_for_the_best_prose
 def test_an_extract_passes_over_code_lines():
     source = chunk(0, '"pass" is a null operation.\n\n   def f(arg): pass    # a function that does nothing (yet)\n')
     assert evidence.extract("What does pass do in a function f?", [source]) == '"pass" is a null operation. [1]'
+
+
+def test_coverage_is_the_share_of_the_question_terms_in_the_answers_first_statement():
+    """Terms are stemmed, question and function words (with, for, in ... too) are dropped, and only
+    the text before the first citation counts: a quote's later sentences do not lift it."""
+    c = evidence.coverage("How many people lived in Melbourne in 1956?", "About 1.5 million people lived there. [1] "
+                                                                           "Melbourne grew. [2]")
+    assert c.terms == ("peopl", "live", "melbourn", "1956") and c.missing == ("melbourn", "1956")
+    assert c.value == 0.5
+    assert evidence.coverage("What does the with statement do?", "It has one. ").terms == ("statement",)
+    assert evidence.coverage("What is it?", "Anything.").value == 1.0  # a question of function words only
+    # no citation: the first sentence is the statement
+    assert evidence.coverage("Who founded Rome?", "Romulus founded Rome. Remus did not.").value == 1.0
+    assert evidence.first_statement("Romulus founded Rome [1] and Remus [2].") == "Romulus founded Rome"

@@ -82,6 +82,27 @@ def test_cascade_on_grounded_checks_the_answer_against_the_sources_it_was_given(
     assert resp.route.tier == "large" and large.outcome == "answered"
 
 
+def test_cascade_on_coverage_keeps_a_quote_that_takes_up_the_question_and_escalates_one_that_does_not():
+    """The coverage signal reads the question (the request's query) against the answer's first
+    statement: a quote sharing the question's terms is kept, one about something else escalates
+    and the reason names the terms it lacks."""
+    cfg = replace(CFG, cascade=CascadeConfig("coverage", 0.75, "test"))
+
+    def ask(answer: str) -> RagResponse:
+        return asyncio.run(pipeline(FakeStages(answer=answer), cfg=cfg).run(
+            RagRequest(query="What is the purpose of the with statement?", tier="cascade")))
+
+    resp = ask("The purpose of the with statement is to wrap a block. [1] Unrelated statement. [2]")
+    [step] = resp.route.path
+    assert step.outcome == "accepted" and step.confidence == 1.0 and resp.route.tier == "small"
+    assert "coverage 1.000 >= threshold 0.750 (every term of the question)" in step.reason
+    resp = ask("The del statement deletes names. [1] Its purpose is clarity. [2]")  # only the first statement counts
+    small, large = resp.route.path
+    assert small.outcome == "escalated" and small.confidence == 0.5
+    assert "coverage 0.500 < threshold 0.750 (missing purpos): escalated to large" in small.reason
+    assert resp.route.tier == "large" and large.outcome == "answered"
+
+
 def test_cascade_without_a_confidence_signal_escalates():
     stages = FakeStages()  # no logprobs from this engine
     resp = run(pipeline(stages), tier="cascade")

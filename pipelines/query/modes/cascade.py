@@ -15,7 +15,10 @@ token log-probability of the answer; ``grounded``, the share of the answer's con
 found in the sources it was given (the safety stage's grounding measure), which needs no
 log-probabilities; ``selfcheck``, 1 / (1 + the problems the answer shows on its own: arithmetic
 that does not compute, cut off at the token limit, unsure wording; pipelines/query/selfcheck.py),
-which the reason names. How well each signal picks the answers worth escalating, on SQuAD with
+which the reason names; ``coverage``, the share of the question's terms that the answer's first
+statement contains (pipelines/query/evidence.py), for an extractive small tier: its quote has no
+log-probabilities and is grounded by construction, but a quote that shares few of the question's
+words seldom answers it (the reason names the missing terms). How well each signal picks the answers worth escalating, on SQuAD with
 the cpu tiers and on RouteLLM's GSM8K data, is measured by evals/routing_live.py and
 evals/routing_offline.py (README, "Routing and cascades").
 """
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 from pipelines.config import CascadeConfig, TierConfig
 from pipelines.errors import BadRequest, StageError
-from pipelines.query import selfcheck
+from pipelines.query import evidence, selfcheck
 from pipelines.query.generate import Delta
 from pipelines.query.modes.base import Event, Mode
 from pipelines.query.route import QueryFeatures
@@ -42,9 +45,15 @@ log = logging.getLogger(__name__)
 MARGIN_MS = 100.0  # request overhead on top of the estimate (the service call, prompt building)
 
 
-def measure(gen: TierAnswer, signal: str, sources: Sequence[ScoredChunk] = ()) -> tuple[float | None, str]:
-    """``signal`` of the answer ``gen``, written from ``sources`` (which ``grounded`` reads), and
-    what it saw, for the reason (``selfcheck`` names the problems it found)."""
+def measure(gen: TierAnswer, signal: str, sources: Sequence[ScoredChunk] = (),
+            question: str = "") -> tuple[float | None, str]:
+    """``signal`` of the answer ``gen`` to ``question`` (which ``coverage`` reads), written from
+    ``sources`` (which ``grounded`` reads), and what it saw, for the reason (``selfcheck`` names
+    the problems it found, ``coverage`` the question's terms the answer lacks)."""
+    if signal == "coverage":
+        found = evidence.coverage(question, gen.text)
+        seen = f"missing {', '.join(found.missing)}" if found.missing else "every term of the question"
+        return found.value, f" ({seen})"
     if signal == "grounded":
         return round(grounding(gen.text, sources), 6), ""
     if signal == "selfcheck":
@@ -70,10 +79,10 @@ class CascadeVerdict:
 
 
 def judge(gen: TierAnswer, cfg: CascadeConfig, next_tier: TierConfig | None, next_name: str,
-          time_left_ms: float, sources: Sequence[ScoredChunk] = ()) -> CascadeVerdict:
-    """Keep ``gen`` (written from ``sources``) or escalate to ``next_name``, given the time left
-    for generation."""
-    conf, seen = measure(gen, cfg.signal, sources)
+          time_left_ms: float, sources: Sequence[ScoredChunk] = (), question: str = "") -> CascadeVerdict:
+    """Keep ``gen`` (the answer to ``question``, written from ``sources``) or escalate to
+    ``next_name``, given the time left for generation."""
+    conf, seen = measure(gen, cfg.signal, sources, question)
     if not gen.text.strip():
         why = "empty answer"
     elif conf is None:
@@ -142,7 +151,7 @@ class Cascade(Mode):
                 r.amend_step(outcome="failed", reason=f"cut at the time limit ({gen.finish_reason})")
                 continue
             verdict = judge(gen, cfg, run.tier_configs.get(nxt), nxt,
-                            r.deadline.budget_ms("generate", reserve_ms=run.safety_ms), ranked)
+                            r.deadline.budget_ms("generate", reserve_ms=run.safety_ms), ranked, r.req.query)
             r.amend_step(outcome=verdict.outcome, reason=verdict.reason, confidence=verdict.confidence,
                          threshold=cfg.threshold)
             log.info("request %s: cascade %s: %s", r.id, tier, verdict.reason)
