@@ -28,7 +28,8 @@ percentile of the answer tokens of the tune split's correct answers, per tier); 
 split's numbers are the ones to quote. With both the cheapest and the last tier answered, it also
 calibrates a cascade between them on the ``coverage`` signal of the cheapest tier's answers
 (``cascade_calibration``: the threshold that keeps 95% of the last tier's F1 with the fewest
-escalations on the tune split, and what that threshold does on the report split); the built-in
+escalations on the tune split, and what that threshold does on the report split; and the other
+way round); the built-in
 ``coverage`` threshold for an extractive small tier is this one. Answers are cached in
 evals/out/answer_quality/answers.jsonl (keyed by question, mode and what the mode's answers
 depend on: ``cache_key``), so a re-run only asks what is missing.
@@ -286,20 +287,25 @@ def calibrate_cascade(rows: list[dict], tiers: list[str], signal: str = "coverag
              for split in ("tune", "report")}
     if not pairs["tune"] or not pairs["report"]:
         return None
-    tune = pairs["tune"]
-    cal = pick(escalation_scores([s[signal] for s, _ in tune]), [s["f1"] for s, _ in tune], [r["f1"] for _, r in tune],
-               quality=quality)
-    threshold = float(np.nextafter(-cal.threshold, np.inf))  # escalate when the signal is below it
 
-    def apply(split: str) -> dict:
+    def fit(split: str) -> float:
+        cal = pick(escalation_scores([s[signal] for s, _ in pairs[split]]), [s["f1"] for s, _ in pairs[split]],
+                   [r["f1"] for _, r in pairs[split]], quality=quality)
+        return float(np.nextafter(-cal.threshold, np.inf))  # escalate when the signal is below it
+
+    def apply(threshold: float, split: str) -> dict:
         escalate = np.array([s[signal] < threshold for s, _ in pairs[split]])
         f1 = np.array([(r if e else s)["f1"] for e, (s, r) in zip(escalate, pairs[split])])
         base = statistics.fmean(r["f1"] for _, r in pairs[split])
         return {"n": len(escalate), "large_share": round(float(escalate.mean()), 4), "f1": round(float(f1.mean()), 4),
                 "f1_share_of_large": round(float(f1.mean()) / base, 4) if base else None}
 
+    threshold, swapped = fit("tune"), fit("report")
     return {"signal": signal, "from": first, "to": last, "quality_target": quality,
-            "threshold": round(threshold, 6), "tune": apply("tune"), "report": apply("report")}
+            # unrounded: a threshold just above a signal value escalates that value
+            "threshold": threshold, "tune": apply(threshold, "tune"), "report": apply(threshold, "report"),
+            # the other fold: chosen on the report split, applied to the tune split
+            "swapped": {"threshold": swapped, "tune": apply(swapped, "tune")}}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -360,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     cal = result["cascade_calibration"]
     if cal:
         log.info("cascade %s -> %s on %s < %.3f (chosen on tune for %.0f%% of %s's F1): report split %.0f%% "
-                 "escalated, %.1f%% of %s's F1", cal["from"], cal["to"], cal["signal"], cal["threshold"],
-                 100 * cal["quality_target"], cal["to"], 100 * cal["report"]["large_share"],
-                 100 * (cal["report"]["f1_share_of_large"] or 0), cal["to"])
+                 "escalated, %.1f%% of %s's F1 (the other way round: %.0f%%, %.1f%%)", cal["from"], cal["to"],
+                 cal["signal"], cal["threshold"], 100 * cal["quality_target"], cal["to"],
+                 100 * cal["report"]["large_share"], 100 * (cal["report"]["f1_share_of_large"] or 0), cal["to"],
+                 100 * cal["swapped"]["tune"]["large_share"], 100 * (cal["swapped"]["tune"]["f1_share_of_large"] or 0))
     log.info("wrote %s and %s", OUT / f"{stem}.json", OUT / f"{stem}.png")
     return 0
 
