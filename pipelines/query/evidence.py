@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.lexical import Bm25Index, stem
+from pipelines.query.cite import CITATION
 from pipelines.records import ScoredChunk
 from pipelines.text import tokenize
 
@@ -221,7 +222,6 @@ FUNCTION_WORDS = frozenset(
     "what which who whom whose when where why how many much did does do is was were are the a an of "
     "in to for on by with as at from and or that this name type kind".split()
 )
-_CITED = re.compile(r"\s*\[\d{1,3}\]")
 
 
 @dataclass(frozen=True)
@@ -235,9 +235,9 @@ def first_statement(answer: str) -> str:
     """The answer up to its first citation marker (its first sentence if it cites nothing), the
     marker removed: what an extractive answer quotes from its best sentence, what a model
     writes first."""
-    marker = _CITED.search(answer)
+    marker = CITATION.search(answer)
     if marker is not None:
-        return answer[: marker.start()]
+        return answer[: marker.start()].rstrip()
     sents = split_sentences(answer)
     return sents[0] if sents else answer
 
@@ -256,6 +256,6 @@ def coverage(question: str, answer: str) -> Coverage:
     asked = tuple(dict.fromkeys(stem(t) for t in tokenize(question) if t not in FUNCTION_WORDS))
     if not asked:
         return Coverage(1.0, (), ())
-    have = {stem(t) for t in tokenize(_CITED.sub(" ", first_statement(answer)))}
+    have = {stem(t) for t in tokenize(first_statement(answer))}
     missing = tuple(t for t in asked if t not in have)
     return Coverage(round(1 - len(missing) / len(asked), 6), asked, missing)
