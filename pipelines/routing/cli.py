@@ -132,7 +132,7 @@ def add_router_commands(sub) -> None:
                         description="Router: rows like `router train` takes, not used for training. Cascade "
                         "(--cascade): JSONL rows with the small tier's confidence signals for a question (logprob_mean, "
                         "logprob_min, grounded, selfcheck, coverage) and small_score, large_score (evals/routing_live.py writes "
-                        "them); with --start routed also the question (query), which the artifact's router scores: "
+                        "them for the first four); with --start routed also the question (query), which the artifact's router scores: "
                         "use questions it was not trained on.")
     c.add_argument("directory", type=Path, help="router artifact to update (created with --router heuristic)")
     c.add_argument("--data", type=Path, required=True, help="labelled data (.jsonl or .csv)")

@@ -18,9 +18,10 @@ that does not compute, cut off at the token limit, unsure wording; pipelines/que
 which the reason names; ``coverage``, the share of the question's terms that the answer's first
 statement contains (pipelines/query/evidence.py), for an extractive small tier: its quote has no
 log-probabilities and is grounded by construction, but a quote that shares few of the question's
-words seldom answers it (the reason names the missing terms). How well each signal picks the answers worth escalating, on SQuAD with
-the cpu tiers and on RouteLLM's GSM8K data, is measured by evals/routing_live.py and
-evals/routing_offline.py (README, "Routing and cascades").
+words seldom answers it (the reason names the missing terms). How well each signal picks the
+answers worth escalating, on SQuAD with the cpu tiers and on RouteLLM's GSM8K data, is measured
+by evals/routing_live.py and evals/routing_offline.py (README, "Routing and cascades"); coverage,
+with the extractive tier, by evals/answer_quality.py (README, "Answer quality").
 """
 
 from __future__ import annotations
