@@ -201,8 +201,11 @@ class IndexStore:
         """Cosine of the query and each of ``rows`` (vectors are stored normalized)."""
         if not rows:
             return np.zeros(0, dtype=np.float32)
-        stored = self._cpu_index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
-        return stored @ self._query_vector(vector)[0]
+        return self.vectors(rows) @ self._query_vector(vector)[0]
+
+    def vectors(self, rows: Sequence[int]) -> np.ndarray:
+        """The stored (normalized) vectors of ``rows``, one per row."""
+        return self._cpu_index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
     def search(self, vector: Sequence[float] | np.ndarray, n: int) -> list[ScoredChunk]:
         return [ScoredChunk(chunk=self.chunks[r], score=s, dense_score=s) for r, s in self.dense_rows(vector, n)]

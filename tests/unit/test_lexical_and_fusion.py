@@ -72,3 +72,4 @@ def test_hybrid_search_finds_what_either_list_finds_with_true_cosines(tmp_path):
         row = int(h.chunk.id[1:])
         assert h.dense_score == pytest.approx(float(vecs[row] @ vecs[5]), abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    np.testing.assert_allclose(loaded.vectors([33, 5]), vecs[[33, 5]], atol=1e-6)  # stored rows, in the order asked

@@ -81,7 +81,9 @@ def _modules():
     return torch, CrossEncoder
 
 
-def _load_base(rank: int):
+def load_base(rank: int):
+    """(torch, tokenizer, model): the packaged MiniLM with fresh rank-``rank`` adapters and head
+    (also the base of the reranker experiment in evals/retrieval_rerank.py)."""
     from transformers import AutoModel, AutoTokenizer
 
     torch, CrossEncoder = _modules()
@@ -102,7 +104,7 @@ class PairModel:
         if digest != sha256:
             raise ArtifactError(f"{path} does not match the sha256 in verifier.json; refusing to load it "
                                 "(retrain: python -m evals.cache_verifier --train)")
-        self._torch, self._tok, self._model = _load_base(rank)
+        self._torch, self._tok, self._model = load_base(rank)
         with np.load(path) as stored:
             tensors = {k: stored[k] for k in stored.files}
         expected = {k: tuple(v.shape) for k, v in self._model.trained().items()}
@@ -139,7 +141,7 @@ def train(pairs: Sequence[tuple[str, str]], labels: Sequence[bool], out: Path, *
     import torch
 
     torch.manual_seed(seed)  # before the adapters are initialised: the same data and seed give the same file
-    torch, tok, model = _load_base(rank)
+    torch, tok, model = load_base(rank)
     rng = random.Random(seed)
     params = list(model.trained().values())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
