@@ -87,6 +87,14 @@ def read_beir(data: Path, split: str) -> tuple[dict[str, str], dict[str, dict[st
     return queries, qrels
 
 
+def start(data: Path) -> None:
+    """Log setup of a retrieval eval, and its refusal of a folder without a corpus."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    if not (data / "corpus.jsonl").is_file():
+        raise SystemExit(f"{data}/corpus.jsonl not found: pass --data (a BEIR-layout folder)")
+
+
 def open_index(data: Path, embedder: SentenceTransformerEmbedder, chunk_size: int, overlap: int) -> IndexStore:
     corpus = data / "corpus.jsonl"
     key = content_id(sha256_file(corpus), embedder.model_id, str(chunk_size), str(overlap))
@@ -236,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed passes; latencies are medians over them")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    if not (args.data / "corpus.jsonl").is_file():
-        raise SystemExit(f"{args.data}/corpus.jsonl not found: pass --data (a BEIR-layout folder)")
+    start(args.data)
 
     judged = {split: read_beir(args.data, split) for split in (args.tune_split, args.split)}  # refuse before indexing
 

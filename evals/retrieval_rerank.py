@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from evals.cache_verifier import default_data
-from evals.retrieval import Ranking, Split, evaluate, load_split, open_index, read_beir, to_docs
+from evals.retrieval import Ranking, Split, evaluate, load_split, open_index, read_beir, start, to_docs
 from evals.serving import ROOT
 from index.fusion import fuse
 from index.store import IndexStore
@@ -165,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
-    if not (args.data / "corpus.jsonl").is_file():
-        raise SystemExit(f"{args.data}/corpus.jsonl not found: pass --data (a BEIR-layout folder)")
+    start(args.data)
     judged = {split: read_beir(args.data, split) for split in ("train", "test")}
 
     embedder = SentenceTransformerEmbedder(EmbeddingConfig())
