@@ -58,3 +58,25 @@ def test_the_eval_runs_on_any_beir_folder_and_scores_the_rankings(beir, tmp_path
 def test_a_folder_without_the_split_is_refused_with_its_path(beir):
     with pytest.raises(SystemExit, match="qrels/dev.tsv"):
         retrieval.main(["--data", str(beir), "--split", "dev"])
+
+
+@pytest.mark.integration
+def test_the_reranker_experiment_trains_on_train_chooses_on_held_out_train_and_reports_test(beir, tmp_path,
+                                                                                           monkeypatch):
+    from evals import retrieval_rerank
+
+    monkeypatch.setenv("RAGROUTE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out.json"
+    assert retrieval_rerank.main(["--data", str(beir), "--fit", "2", "--pool", "6", "--negatives", "3",
+                                  "--candidates", "4", "--max-tokens", "64", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["queries"] == {"fit": 2, "hold": 1, "test": 3}
+    assert result["training_groups"] == 2  # one relevant chunk per fit query, 5 others in a pool of 6
+    assert result["blend_chosen"] in retrieval_rerank.BLENDS
+    hold = result["hold_ndcg_by_blend"]  # the blend is the held-out queries' best (ties: the lower blend)
+    assert hold[str(result["blend_chosen"])] == max(hold.values())
+    shipped = result["quality"]["score fusion (shipped)"]
+    assert shipped["recall@100"] == pytest.approx(1.0)  # 6 documents: every one is in the run
+    assert len(result["quality"]) == 4 and result["rerank_ms"]["p50"] > 0
+    with pytest.raises(SystemExit, match="leaves no train query"):
+        retrieval_rerank.main(["--data", str(beir), "--fit", "3", "--out", str(out)])
