@@ -30,7 +30,10 @@ calibrates a cascade between them on the ``coverage`` signal of the cheapest tie
 (``cascade_calibration``: the threshold that keeps 95% of the last tier's F1 with the fewest
 escalations on the tune split, and what that threshold does on the report split; and the other
 way round); the built-in
-``coverage`` threshold for an extractive small tier is this one. Answers are cached in
+``coverage`` threshold for an extractive small tier is this one. Likewise the built-in router's
+threshold for ``auto`` (``router_calibration``, the heuristic's score on each question's text):
+for the shipped ``cpu`` tiers it sends every question to ``large``, hence their default route
+threshold of 0. Answers are cached in
 evals/out/answer_quality/answers.jsonl (keyed by question, mode and what the mode's answers
 depend on: ``cache_key``), so a re-run only asks what is missing.
 """
@@ -251,7 +254,41 @@ def _overhead(rows: list[dict]) -> dict:
             "overhead_ratio_of_p50s": round(pct([t for t, _ in pairs], 0.5) / pct([raw for _, raw in pairs], 0.5), 3)}
 
 
-def analyze(rows: list[dict], modes: list[str], gen_cfg) -> dict:
+def calibrate_router(rows: list[dict], tiers: list[str], texts: dict[str, str],
+                     quality: float = QUALITY_TARGET) -> dict | None:
+    """The built-in (heuristic) router's threshold that keeps ``quality`` of the last tier's token
+    F1 with the fewest questions on it, chosen on the tune split from the fixed-tier answers and
+    applied to the report split (None without both tiers' answers). Scored on the question's text
+    alone: the router's one retrieval feature (a weak best match) only ever raises a score."""
+    import numpy as np
+
+    from pipelines.query.route import HeuristicRouter, QueryFeatures
+    from pipelines.routing.curves import threshold_for_quality
+
+    first, last = tiers[0], tiers[-1]
+    router = HeuristicRouter()
+    by = {(r["id"], r["mode"]): r for r in rows}
+    pairs = {split: [(router.score(texts[i], QueryFeatures()), by[(i, first)]["f1"], by[(i, last)]["f1"])
+                     for (i, mode) in by if mode == first and (i, last) in by and by[(i, mode)]["split"] == split]
+             for split in ("tune", "report")}
+    if not pairs["tune"] or not pairs["report"]:
+        return None
+
+    def apply(threshold: float, split: str) -> dict:
+        large = np.array([score >= threshold for score, _, _ in pairs[split]])
+        f1 = np.array([(lg if go else sm) for go, (_, sm, lg) in zip(large, pairs[split])])
+        base = statistics.fmean(lg for _, _, lg in pairs[split])
+        return {"n": len(large), "large_share": round(float(large.mean()), 4), "f1": round(float(f1.mean()), 4),
+                "f1_share_of_large": round(float(f1.mean()) / base, 4) if base else None}
+
+    cal = threshold_for_quality(*zip(*pairs["tune"]), quality)
+    split_at_half = {split: apply(0.5, split) for split in ("tune", "report")}  # the built-in gpu default
+    return {"router": router.name, "from": first, "to": last, "quality_target": quality,
+            "threshold": cal.threshold, "tune": apply(cal.threshold, "tune"), "report": apply(cal.threshold, "report"),
+            "at_0.5": split_at_half}
+
+
+def analyze(rows: list[dict], modes: list[str], gen_cfg, texts: dict[str, str] | None = None) -> dict:
     result: dict = {"modes": {}, "tuned_max_tokens": {}}
     for mode in modes:
         result["modes"][mode] = {split: summarize([r for r in rows if r["mode"] == mode and r["split"] == split])
@@ -261,6 +298,7 @@ def analyze(rows: list[dict], modes: list[str], gen_cfg) -> dict:
         result["tuned_max_tokens"][tier] = {"p95_of_correct_answers": pct(good, 0.95),
                                             "configured": gen_cfg.tiers[tier].max_tokens}
     result["cascade_calibration"] = calibrate_cascade(rows, list(gen_cfg.tiers))
+    result["router_calibration"] = calibrate_router(rows, list(gen_cfg.tiers), texts) if texts else None
     report = result["modes"]
     if "large" in report and report["large"]["report"]["f1"]:
         base = report["large"]["report"]["f1"]
@@ -351,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                          "tiers": {n: {"engine": t.engine, "model": t.model, "max_tokens": t.max_tokens, "source_tokens": t.source_tokens}
                                    for n, t in gen_cfg.tiers.items()},
                          "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}},
-              **analyze(rows, modes, gen_cfg)}
+              **analyze(rows, modes, gen_cfg, {q["_id"]: q["text"] for q in questions})}
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "answer_quality" + "".join(f"-{k.removeprefix('RAGROUTE_').lower()}-{v}" for k, v in sorted(overrides.items()))
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
@@ -370,6 +408,13 @@ def main(argv: list[str] | None = None) -> int:
                  cal["signal"], cal["threshold"], 100 * cal["quality_target"], cal["to"],
                  100 * cal["report"]["large_share"], 100 * (cal["report"]["f1_share_of_large"] or 0), cal["to"],
                  100 * cal["swapped"]["tune"]["large_share"], 100 * (cal["swapped"]["tune"]["f1_share_of_large"] or 0))
+    cal = result["router_calibration"]
+    if cal:
+        log.info("auto: the %s router sends a question to %s at score >= %.3f (chosen on tune for %.0f%% of %s's "
+                 "F1): report split %.0f%% on %s, %.1f%% of its F1; at 0.5: %.0f%% on %s, %.1f%%", cal["router"],
+                 cal["to"], cal["threshold"], 100 * cal["quality_target"], cal["to"], 100 * cal["report"]["large_share"],
+                 cal["to"], 100 * (cal["report"]["f1_share_of_large"] or 0), 100 * cal["at_0.5"]["report"]["large_share"],
+                 cal["to"], 100 * (cal["at_0.5"]["report"]["f1_share_of_large"] or 0))
     log.info("wrote %s and %s", OUT / f"{stem}.json", OUT / f"{stem}.png")
     return 0
 

@@ -138,6 +138,19 @@ def _tier(env: Mapping[str, str], name: str, base: dict[str, object], temperatur
     return tier
 
 
+def tier_profile(env: Mapping[str, str] = os.environ) -> str:
+    """The shipped tier profile in force: RAGROUTE_GEN_PROFILE, or (auto) ``gpu`` only where vLLM
+    can run it: a GPU machine without the `gpu` extra serves the cpu tiers."""
+    profile = _choice(env, "RAGROUTE_GEN_PROFILE", "auto", ("auto", *TIER_PROFILES))
+    if profile == "auto":
+        import importlib.util
+
+        from pipelines.budget import gpu_present
+
+        profile = "gpu" if gpu_present() and importlib.util.find_spec("vllm") is not None else "cpu"
+    return profile
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     tiers: dict[str, TierConfig]
@@ -149,14 +162,7 @@ class GenerationConfig:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> GenerationConfig:
         import re
 
-        from pipelines.budget import gpu_present
-
-        profile = _choice(env, "RAGROUTE_GEN_PROFILE", "auto", ("auto", *TIER_PROFILES))
-        if profile == "auto":
-            # gpu only where vLLM can run it: a GPU machine without the `gpu` extra serves the cpu tiers.
-            import importlib.util
-
-            profile = "gpu" if gpu_present() and importlib.util.find_spec("vllm") is not None else "cpu"
+        profile = tier_profile(env)
         names = [t.strip() for t in _get(env, "RAGROUTE_TIERS", "small,large").split(",") if t.strip()]
         for name in names:
             if name in RESERVED_TIER_NAMES:

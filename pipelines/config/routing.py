@@ -8,11 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config.env import DEFAULT_EMBED_MODEL, _choice, _get, _num
+from pipelines.config.generation import tier_profile
 from pipelines.config.retrieval import EmbeddingConfig
 # The cascade's signals, their defaults and starts: shared with the routing artifact, which
 # records calibrated ones (a leaf module, so neither imports the other).
 from pipelines.routing.signals import (CASCADE_SIGNALS, CASCADE_STARTS, DEFAULT_CASCADE_SIGNAL,
                                        DEFAULT_CASCADE_THRESHOLDS)
+
+
+# The built-in router's threshold when nothing sets one, per shipped tier profile (README, "Routing
+# and cascades"). cpu: 0, every question to `large`: with the 135M model as `small`, no threshold on
+# the heuristic's score keeps 95% of large-only token F1 on SQuAD (evals/answer_quality.py,
+# router_calibration). gpu: 0.5, uncalibrated (no GPU where this project was measured).
+PROFILE_ROUTE_THRESHOLDS = {"cpu": 0.0, "gpu": 0.5}
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,10 @@ class RoutingConfig:
     """RAGROUTE_ROUTER was given explicitly (it must then agree with the artifact)"""
     artifact: Path | None = None
     threshold: float | None = None
-    """None: the artifact's calibrated threshold, else 0.5"""
+    """None: the artifact's calibrated threshold, else ``default_threshold``"""
+    default_threshold: float = 0.5
+    """the tier profile's (PROFILE_ROUTE_THRESHOLDS; from_env sets both)"""
+    profile: str = ""
     fallback: str = ""
     """a router to use when the artifact is refused; empty = refuse to start"""
     embed_model: str = DEFAULT_EMBED_MODEL
@@ -33,11 +44,14 @@ class RoutingConfig:
         raw_path = _get(env, "RAGROUTE_ROUTER_PATH", "")
         router = _get(env, "RAGROUTE_ROUTER", "")
         threshold = env.get("RAGROUTE_ROUTE_THRESHOLD", "").strip()
+        profile = tier_profile(env)
         return cls(
             router=router or ("learned" if raw_path else "heuristic"),
             router_set=bool(router),
             artifact=Path(raw_path).expanduser() if raw_path else None,
             threshold=_num(env, "RAGROUTE_ROUTE_THRESHOLD", 0.5, float, 0.0, 1.0) if threshold else None,
+            default_threshold=PROFILE_ROUTE_THRESHOLDS[profile],
+            profile=profile,
             fallback=_choice(env, "RAGROUTE_ROUTER_FALLBACK", "", ("", "heuristic")),
             embed_model=(embedding or EmbeddingConfig.from_env(env)).model,
         )

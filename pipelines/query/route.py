@@ -177,7 +177,7 @@ class LoadedRouter:
 
 def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRouter:
     """The configured router with its threshold: RAGROUTE_ROUTE_THRESHOLD if set, else the
-    artifact's calibrated one, else 0.5. A corrupt or mismatched artifact raises ArtifactError
+    artifact's calibrated one, else the tier profile's default. A corrupt or mismatched artifact raises ArtifactError
     (the service refuses to start) unless ``cfg.fallback`` names a router to use instead."""
     from pipelines.routing.artifact import RouterArtifact
 
@@ -185,8 +185,10 @@ def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRo
         raise ConfigError(f"RAGROUTE_ROUTER={cfg.router!r} is not a known router; valid: {', '.join(sorted(ROUTERS))}")
     if cfg.artifact is None:
         router = make_router(cfg.router)
-        threshold = 0.5 if cfg.threshold is None else cfg.threshold
-        return LoadedRouter(router, threshold, f"{router.name} (built in), threshold {threshold:.3f}")
+        threshold = cfg.default_threshold if cfg.threshold is None else cfg.threshold
+        origin = "RAGROUTE_ROUTE_THRESHOLD" if cfg.threshold is not None else \
+            f"the {cfg.profile} tiers' default" if cfg.profile else "the default"
+        return LoadedRouter(router, threshold, f"{router.name} (built in), threshold {threshold:.3f} ({origin})")
     try:
         artifact = RouterArtifact.load(Path(cfg.artifact), embedding_model=cfg.embed_model, dimension=dimension)
         kind = artifact.manifest.router
@@ -197,7 +199,7 @@ def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRo
             raise
         log.error("router artifact refused (%s); RAGROUTE_ROUTER_FALLBACK=%s is used instead", exc, cfg.fallback)
         router = make_router(cfg.fallback)
-        threshold = 0.5 if cfg.threshold is None else cfg.threshold
+        threshold = cfg.default_threshold if cfg.threshold is None else cfg.threshold
         return LoadedRouter(router, threshold, f"fallback {router.name}: the artifact was refused ({exc})")
     router = LearnedRouter(artifact) if kind == "learned" else ROUTERS[kind]()
     threshold = artifact.manifest.threshold if cfg.threshold is None else cfg.threshold

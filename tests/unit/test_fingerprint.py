@@ -32,6 +32,9 @@ def test_the_router_its_artifact_and_the_cascade_change_it(tmp_path):
     base = fp()
     assert fp(routing=RoutingConfig(router="learned")) != base
     assert fp(routing=RoutingConfig(threshold=0.7)) != base
+    # the tier profile's default threshold too: answers routed at 0.5 are not served at 0
+    assert fp(routing=RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu"})) != \
+        fp(routing=RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu"}))
     (tmp_path / "router.json").write_text('{"weights": [1]}')
     one = fp(routing=RoutingConfig(router="learned", artifact=tmp_path))
     (tmp_path / "router.json").write_text('{"weights": [2]}')  # retrained: same folder, other router

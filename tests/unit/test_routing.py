@@ -238,6 +238,21 @@ def test_load_router_uses_the_artifact_threshold_unless_overridden(saved):
     assert load_router(cfg(router="learned", artifact=directory, threshold=0.2)).threshold == 0.2
 
 
+def test_the_built_in_router_takes_its_tier_profiles_threshold_unless_one_is_set():
+    cpu = RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu"})
+    gpu = RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu"})
+    assert (cpu.threshold, cpu.default_threshold, gpu.default_threshold) == (None, 0.0, 0.5)
+    loaded = load_router(cpu)
+    assert loaded.threshold == 0.0 and "(the cpu tiers' default)" in loaded.source
+    # at 0 every question goes to large, whatever the heuristic scores it
+    assert decide(loaded.router, "What is a lambda?", QueryFeatures(), loaded.threshold).tier == "large"
+    assert load_router(gpu).threshold == 0.5
+    chosen = load_router(RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_ROUTE_THRESHOLD": "0.5"}))
+    assert chosen.threshold == 0.5 and "(RAGROUTE_ROUTE_THRESHOLD)" in chosen.source
+    with pytest.raises(ConfigError, match="RAGROUTE_GEN_PROFILE"):
+        RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "tpu"})
+
+
 def test_a_refused_artifact_stops_start_up_unless_a_fallback_is_configured(saved):
     directory, _ = saved
     with pytest.raises(ArtifactError, match="trained on query embeddings of 'test-model'"):
