@@ -31,9 +31,8 @@ class RoutingConfig:
     artifact: Path | None = None
     threshold: float | None = None
     """None: the artifact's calibrated threshold, else ``default_threshold``"""
-    default_threshold: float = 0.5
-    """the tier profile's (PROFILE_ROUTE_THRESHOLDS; from_env sets both)"""
     profile: str = ""
+    """the tier profile in force (pipelines/config/generation.py: tier_profile)"""
     fallback: str = ""
     """a router to use when the artifact is refused; empty = refuse to start"""
     embed_model: str = DEFAULT_EMBED_MODEL
@@ -44,17 +43,20 @@ class RoutingConfig:
         raw_path = _get(env, "RAGROUTE_ROUTER_PATH", "")
         router = _get(env, "RAGROUTE_ROUTER", "")
         threshold = env.get("RAGROUTE_ROUTE_THRESHOLD", "").strip()
-        profile = tier_profile(env)
         return cls(
             router=router or ("learned" if raw_path else "heuristic"),
             router_set=bool(router),
             artifact=Path(raw_path).expanduser() if raw_path else None,
             threshold=_num(env, "RAGROUTE_ROUTE_THRESHOLD", 0.5, float, 0.0, 1.0) if threshold else None,
-            default_threshold=PROFILE_ROUTE_THRESHOLDS[profile],
-            profile=profile,
+            profile=tier_profile(env),
             fallback=_choice(env, "RAGROUTE_ROUTER_FALLBACK", "", ("", "heuristic")),
             embed_model=(embedding or EmbeddingConfig.from_env(env)).model,
         )
+
+    @property
+    def default_threshold(self) -> float:
+        """The built-in router's threshold when none is set: the tier profile's (0.5 without one)."""
+        return PROFILE_ROUTE_THRESHOLDS.get(self.profile, 0.5)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig, routing: Routi
                    for t in cfg.tiers.values())
     # auto and cascade answers also depend on the router (and its threshold) and the cascade settings
     cascade = rag.cascade
-    router = (routing.router, routing.threshold, routing.default_threshold, _file_digest(routing.artifact / "router.json") if routing.artifact
-              else "", cascade.signal, cascade.threshold, cascade.start, cascade.route_threshold)
+    router = (routing.router, routing.threshold, routing.default_threshold,
+              _file_digest(routing.artifact / "router.json") if routing.artifact else "",
+              cascade.signal, cascade.threshold, cascade.start, cascade.route_threshold)
     return content_id(repr(tiers), repr(router), PROMPT_VERSION)
 
 

@@ -177,8 +177,9 @@ class LoadedRouter:
 
 def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRouter:
     """The configured router with its threshold: RAGROUTE_ROUTE_THRESHOLD if set, else the
-    artifact's calibrated one, else the tier profile's default. A corrupt or mismatched artifact raises ArtifactError
-    (the service refuses to start) unless ``cfg.fallback`` names a router to use instead."""
+    artifact's calibrated one, else the tier profile's default. A corrupt or mismatched artifact
+    raises ArtifactError (the service refuses to start) unless ``cfg.fallback`` names a router to
+    use instead."""
     from pipelines.routing.artifact import RouterArtifact
 
     if cfg.router not in ROUTERS:
