@@ -53,3 +53,23 @@ def test_semantic_cache_uses_the_verifier_floor_and_the_stored_embeddings(embedd
     hit = cache.get_semantic(P, "What can I do to speak English better?",
                              embedder.encode(["What can I do to speak English better?"])[0])
     assert hit.hit is not None and hit.hit.payload == {"answer": "How can I improve my English speaking skills?"}
+
+
+def test_the_judge_eval_scores_every_pair_with_each_signal_on_the_real_models(model_cache, tmp_path):
+    """`python -m evals.cache_judge` on the first two questions: the large tier's model as the judge
+    (sha256-checked), every signal reported with an AUC and the share of rewordings it passes."""
+    import json
+
+    from evals.cache_judge import main
+
+    out = tmp_path / "judge.json"
+    assert main(["--limit", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    meta = result["meta"]
+    assert meta["judge_model"].endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    assert meta["pairs"] == meta["rewordings"] + meta["near_misses"] and meta["rewordings"] >= 4
+    assert meta["judge_ms_per_pair"]["p50"] > 0
+    assert set(result["signals"]) == {"cosine", "verifier", "judge", "judge+rules"}
+    for row in result["signals"].values():
+        assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["rewordings_passed"] <= 1.0
+        assert row["near_misses_passed"] == 0.0  # 2% of the first two questions' near-misses is none

@@ -23,3 +23,41 @@ def test_the_cache_paraphrase_set_has_its_documented_shape():
     # written against Python 3.11's 79 help topics; other versions add or drop a few
     topics, current = {r["topic"] for r in rows}, set(pydoc_data.topics.topics)
     assert len(topics - current) <= 3 and len(current - topics) <= 3, (topics - current, current - topics)
+
+
+def test_cache_judge_pairs_every_rewording_and_near_miss_with_its_question():
+    from evals.cache_judge import DATA, load_pairs
+
+    items = [json.loads(line) for line in DATA.open() if line.strip()][:3]
+    pairs = load_pairs(DATA, limit=3)
+    assert len(pairs) == sum(len(i["rewordings"]) + len(i["near_misses"]) for i in items)
+    assert {(p.question, p.other) for p in pairs if p.same} == \
+        {(i["question"], r) for i in items for r in i["rewordings"]}
+    assert {(p.question, p.other) for p in pairs if not p.same} == \
+        {(i["question"], n) for i in items for n in i["near_misses"]}
+
+
+def test_cache_judge_auc_counts_rewordings_above_near_misses_and_ties_half():
+    import numpy as np
+
+    from evals.cache_judge import auc
+
+    same = np.array([True, True, False, False])
+    assert auc(np.array([0.9, 0.8, 0.1, 0.2]), same) == 1.0
+    assert auc(np.array([0.1, 0.2, 0.9, 0.8]), same) == 0.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), same) == 0.5
+    assert auc(np.array([0.9, 0.1, 0.5, 0.0]), same) == 0.75  # 0.9 beats both; 0.1 beats one of two
+
+
+def test_cache_judge_threshold_lets_through_at_most_the_allowed_share_of_near_misses():
+    import numpy as np
+
+    from evals.cache_judge import passed_at
+
+    near = np.linspace(0.0, 0.99, 100)  # 100 near-misses: 2% allowed = 2 above the threshold
+    rewordings = np.array([0.5, 0.975, 0.985, 1.0])
+    scores = np.concatenate([rewordings, near])
+    same = np.array([True] * 4 + [False] * 100)
+    threshold, passed, through = passed_at(scores, same, 0.02)
+    assert threshold == near[97] and through == 0.02
+    assert passed == 0.75  # 0.975, 0.985 and 1.0 are above the third-highest near-miss (0.97); 0.5 is not
