@@ -66,6 +66,11 @@ def load_pairs(path: Path = DATA, limit: int | None = None) -> list[Pair]:
            [Pair(it["question"], n, False) for it in items for n in it["near_misses"]]
 
 
+def labels(pairs: list[Pair]) -> np.ndarray:
+    """True for a rewording, False for a near-miss, one per pair."""
+    return np.array([p.same for p in pairs])
+
+
 def auc(scores: np.ndarray, same: np.ndarray) -> float:
     """P(a random rewording scores above a random near-miss), ties counted half (Mann-Whitney)."""
     pos, neg = int(same.sum()), int((~same).sum())
@@ -135,7 +140,7 @@ def score_all(pairs: list[Pair], judge: Judge | None) -> tuple[dict[str, np.ndar
     scores = {"cosine": cosine,
               "verifier": np.array([VETOED if x else (1.0 if v.probability is None else v.probability)
                                     for v, x in zip(verdicts, vetoed, strict=True)])}
-    same = np.array([p.same for p in pairs])
+    same = labels(pairs)
     meta = {"cosine_floor": verifier.vector_threshold,
             "vetoed_by_rules": {"rewordings": int((vetoed & same).sum()), "near_misses": int((vetoed & ~same).sum())}}
     if judge is not None:
@@ -151,8 +156,7 @@ def score_all(pairs: list[Pair], judge: Judge | None) -> tuple[dict[str, np.ndar
     return scores, meta
 
 
-def report(pairs: list[Pair], scores: dict[str, np.ndarray], max_near_miss: float) -> dict[str, dict]:
-    same = np.array([p.same for p in pairs])
+def report(same: np.ndarray, scores: dict[str, np.ndarray], max_near_miss: float) -> dict[str, dict]:
     rows = {}
     for name, s in scores.items():
         threshold, rewordings, near = passed_at(s, same, max_near_miss)
@@ -177,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.max_near_miss < 1.0:
         p.error("--max-near-miss must be within [0, 1)")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    if args.judge_model is not None and not args.judge_model.is_file():
+        p.error(f"--judge-model {args.judge_model} is not a file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     pairs = load_pairs(DATA, args.limit)
     judge = None
@@ -185,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         model = judge_path(args.judge_model)
         judge = Judge(model, args.threads)
     scores, meta = score_all(pairs, judge)
-    same = np.array([q.same for q in pairs])
+    same = labels(pairs)
     floor = meta["cosine_floor"]
     result = {"meta": {**meta, "pairs": len(pairs), "rewordings": int(same.sum()), "near_misses": int((~same).sum()),
                        "judge_model": str(model) if model else None, "max_near_miss": args.max_near_miss,
                        "rewordings_at_or_above_floor": round(float((scores["cosine"][same] >= floor).mean()), 3),
                        "near_misses_at_or_above_floor": round(float((scores["cosine"][~same] >= floor).mean()), 3),
                        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-              "signals": report(pairs, scores, args.max_near_miss)}
+              "signals": report(same, scores, args.max_near_miss)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"| signal | AUC | rewordings passed at <= {args.max_near_miss:.0%} near-misses | "
