@@ -70,6 +70,38 @@ def test_tenant_names_with_tag_syntax_cannot_reach_other_tenants(make_backend):
         assert b.candidates(Partition(probe, "v", "f"), vec(1, 0), 3, 0.5) == []
 
 
+# Tenant names the key file and the API accept ([A-Za-z0-9][A-Za-z0-9_.-]{0,63}) that look alike:
+# case variants (RediSearch folds TAG values to lower case unless told not to), separators,
+# prefixes, and names at the maximal length.
+LOOKALIKES = ("acme", "Acme", "ACME", "aCmE", "acme.", "acme-", "acme_", "acme0", "acm", "a.cme", "a-cme", "a_cme",
+              "x" * 64, "X" * 64, "x" * 63 + "X")
+
+
+def test_tenants_differing_only_in_case_or_punctuation_never_read_each_other(make_backend):
+    b = make_backend()
+    for i, tenant in enumerate(LOOKALIKES):
+        put(b, Partition(tenant, "v", "f"), "same-question", vec(1, 0), f"{tenant}'s answer", docs=(f"doc-{i}",))
+    for tenant in LOOKALIKES:
+        part = Partition(tenant, "v", "f")
+        assert b.get_exact(part, "same-question") == {"answer": f"{tenant}'s answer"}
+        found = b.candidates(part, vec(1, 0), 50, 0.0)
+        assert [c.payload["answer"] for c in found] == [f"{tenant}'s answer"], tenant
+
+
+def test_purging_a_tenant_leaves_its_lookalikes_alone(make_backend):
+    b = make_backend()
+    for tenant in LOOKALIKES:
+        put(b, Partition(tenant, "v", "f"), "h", vec(1, 0), tenant)
+        b.observe(Partition(tenant, "v", "f"), "h", 9, 0.95, wrong=False, sample=False)
+    assert b.purge(tenant="Acme") == 1
+    assert b.get_exact(Partition("Acme", "v", "f"), "h") is None and b.pool(Partition("Acme", "v", "f")) == PoolStats()
+    for tenant in (t for t in LOOKALIKES if t != "Acme"):
+        assert b.get_exact(Partition(tenant, "v", "f"), "h") == {"answer": tenant}, tenant
+        assert b.pool(Partition(tenant, "v", "f")).verified[9] == 1, tenant
+    assert set(b.pools()) == set(LOOKALIKES) - {"Acme"}
+    assert b.pools("acme") == {"acme": b.pool(Partition("acme", "v", "f"))}
+
+
 def test_ttl_expiry(make_backend):
     b = make_backend(ttl_s=1)
     put(b, P, "h1", vec(1, 0), "A")

@@ -3,20 +3,26 @@
 One hash per entry under ``<namespace>:cache:`` with tag fields tenant, index_version,
 fingerprint and doc_tags, the question, its JSON payload and its embedding; an HNSW cosine
 index over them (created on first use, re-created if Redis lost it). Every lookup filters
-on tenant, index version and fingerprint. Entries expire after a fixed TTL (Redis EXPIRE,
+on tenant, index version and fingerprint. RediSearch folds TAG values to lower case unless a
+field is declared case-sensitive: the tenant field is (``Acme`` and ``acme`` are two tenants),
+and every row a query returns is checked against the tenant asked for before it is used or
+deleted, so no index setting can hand one tenant's entry to another. Entries expire after a fixed TTL (Redis EXPIRE,
 refreshed on hits only when sliding TTL is configured); a sorted set of keys by insertion
 time bounds the size, evicting the oldest first.
 
-Failure isolation: every command has a short socket timeout; a failure marks Redis down
-for ``retry_s`` (commands fail fast with CacheUnavailable meanwhile, so requests bypass the
-cache without waiting), is logged once per outage and counted through ``on_error``. The
-first command after ``retry_s`` probes again; success logs the recovery.
+Failure isolation: every command has a short socket timeout; a failure opens the process's
+Redis breaker (pipelines/breaker.py, shared with the API keys' limits) for ``retry_s``:
+commands fail fast with CacheUnavailable meanwhile, so requests bypass the cache without
+waiting. Failures are logged once per outage and counted through ``on_error``; one command
+after ``retry_s`` probes again.
 
 The error-bounded policy's statistics: each entry's record in its own hash (fields verified,
 wrong, wrong_max; reset when the entry's answer is replaced, gone with the entry) and one hash
 per tenant and generation settings under ``<namespace>:cache:v1-pool:`` (per-band counts,
-kept 30 days after the last observation). One Lua script updates both, so concurrent
-observations never lose an update and an entry deleted meanwhile is not re-created.
+kept 30 days after the last observation), listed in one set per tenant so that reading a
+tenant's statistics (the per-request gauges) never scans the keyspace. One Lua script updates
+both, so concurrent observations never lose an update and an entry deleted meanwhile is not
+re-created.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.breaker import Breaker
 from pipelines.config import CacheConfig
 from pipelines.query.cache.carry import Carried, VersionChange
 from pipelines.query.cache.records import NO_REACH, CacheUnavailable, Candidate, Partition, doc_tag
@@ -39,7 +46,9 @@ from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: the tenant TAG is case-sensitive (version 1's folded case: tenants differing only in case
+# shared entries); a new version is a new index and key prefix, version 1's entries expire unread.
+SCHEMA_VERSION = 2
 POOL_TTL_S = 30 * 86400
 ENTRY_STATS = ("verified", "wrong", "wrong_max")
 
@@ -47,7 +56,8 @@ ENTRY_STATS = ("verified", "wrong", "wrong_max")
 class RedisCache:
     blocking = True  # network I/O: the pipeline runs calls in a thread, under the cache budget
 
-    def __init__(self, cfg: CacheConfig, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, cfg: CacheConfig, on_error: Callable[[str], None] | None = None,
+                 breaker: Breaker | None = None) -> None:
         import redis
 
         self.cfg = cfg
@@ -63,8 +73,7 @@ class RedisCache:
         self._index = None  # redisvl SearchIndex, built for the first vector's dimension
         self._on_error = on_error
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._down = False
+        self.breaker = breaker if breaker is not None else Breaker(cfg.retry_s, "Redis cache")
         self.errors = 0
 
     # -- failure isolation ---------------------------------------------------------------------
@@ -77,28 +86,24 @@ class RedisCache:
         return False
 
     def _call(self, op: str, fn: Callable[[], Any]) -> Any:
-        if time.monotonic() < self._down_until:
-            raise CacheUnavailable(f"Redis unreachable; next retry in {self._down_until - time.monotonic():.1f} s")
+        if not self.breaker.allow():
+            raise CacheUnavailable(f"Redis unreachable; next probe in {self.breaker.retry_in():.1f} s")
+        recovering = self.breaker.down
         try:
             result = fn()
         except Exception as exc:
             if not self._unreachable(exc):
+                self.breaker.succeeded()  # Redis answered (with an error of its own)
                 raise
             with self._lock:
                 self.errors += 1
-                self._down_until = time.monotonic() + self.cfg.retry_s
-                if not self._down:
-                    self._down = True
-                    log.warning("Redis cache unreachable (%s: %s); bypassing the cache, retrying every %.1f s",
-                                op, exc, self.cfg.retry_s)
+            self.breaker.failed(f"cache {op}", exc)
             if self._on_error:
                 self._on_error(op)
             raise CacheUnavailable(f"Redis {op} failed: {type(exc).__name__}") from exc
-        if self._down:
-            with self._lock:
-                self._down = False
-                self._index = None  # a restarted Redis may have lost the index
-            log.info("Redis cache reachable again")
+        if recovering:
+            self._index = None  # a restarted Redis may have lost the index
+        self.breaker.succeeded()
         return result
 
     # -- index ---------------------------------------------------------------------------------
@@ -118,7 +123,7 @@ class RedisCache:
             "index": {"name": f"{self.cfg.namespace}-cache-v{SCHEMA_VERSION}-d{dim}", "prefix": self.prefix,
                       "storage_type": "hash"},
             "fields": [
-                {"name": "tenant", "type": "tag"},
+                {"name": "tenant", "type": "tag", "attrs": {"case_sensitive": True}},
                 {"name": "index_version", "type": "tag"},
                 {"name": "fingerprint", "type": "tag"},
                 {"name": "doc_tags", "type": "tag", "attrs": {"separator": ","}},
@@ -181,12 +186,14 @@ class RedisCache:
         from redisvl.query import VectorQuery
 
         vec = np.asarray(vector, dtype=np.float32)
-        query = VectorQuery(vector=vec.tobytes(), vector_field_name="embedding", return_fields=["query", "answer_json"],
+        query = VectorQuery(vector=vec.tobytes(), vector_field_name="embedding",
+                            return_fields=["query", "answer_json", "tenant"],
                             filter_expression=self._partition_filter(part), num_results=k)
 
         def run():
             rows = self._with_index(len(vec), lambda index: index.query(query), [])
-            rows = [r for r in rows if 1.0 - float(r["vector_distance"]) >= min_similarity]
+            rows = [r for r in rows if r.get("tenant") == part.tenant  # never another tenant's, whatever the index
+                    and 1.0 - float(r["vector_distance"]) >= min_similarity]
             if not rows:
                 return []
             # the candidates' embeddings (for the verifier), in one round trip
@@ -261,7 +268,7 @@ class RedisCache:
             while True:
                 rows = self._with_index(None, lambda index: index.query(
                     FilterQuery(filter_expression=expr, return_fields=["tenant"], num_results=500)), [])
-                keys = [row["id"] for row in rows]
+                keys = [row["id"] for row in rows if tenant is None or row.get("tenant") == tenant]
                 if not keys:
                     return deleted
                 deleted += self.client.delete(*keys)
@@ -270,9 +277,9 @@ class RedisCache:
         def run_and_forget() -> int:
             deleted = run()
             if tenant is not None and not doc_ids:  # the tenant is gone: so is what was learnt about it
-                doomed = list(self.client.scan_iter(match=f"{self.pool_prefix}{content_id(tenant)}:*", count=500))
-                if doomed:
-                    self.client.delete(*doomed)
+                doomed = [k for k in self.client.scan_iter(match=f"{self.pool_prefix}{content_id(tenant)}:*", count=500)
+                          if self.client.hget(k, "tenant") in (None, tenant.encode())]
+                self.client.delete(*doomed, self._pools_key(tenant))
             return deleted
 
         return self._call("purge", run_and_forget)
@@ -281,13 +288,17 @@ class RedisCache:
     def _pool_key(self, part: Partition) -> str:
         return f"{self.pool_prefix}{content_id(part.tenant)}:{content_id(part.tenant, part.fingerprint)}"
 
+    def _pools_key(self, tenant: str) -> str:
+        """The set of a tenant's pool keys (one per generation settings)."""
+        return f"{self.pool_prefix}index:{content_id(tenant)}"
+
     def pool(self, part: Partition) -> PoolStats:
         key = self._pool_key(part)
         return self._call("lookup", lambda: PoolStats.from_fields(
             {k.decode(): v for k, v in self.client.hgetall(key).items()}))
 
     def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
-        keys = [self._key(part, qhash), self._pool_key(part)]
+        keys = [self._key(part, qhash), self._pool_key(part), self._pools_key(part.tenant)]
         args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
         self._call("observe", lambda: self._observe(keys=keys, args=args))
 
@@ -299,24 +310,35 @@ class RedisCache:
             pipe.hincrby(key, "l_other" if band is None else f"l{band}", 1)
             pipe.hset(key, "tenant", part.tenant)
             pipe.expire(key, POOL_TTL_S)
+            pipe.sadd(self._pools_key(part.tenant), key)
+            pipe.expire(self._pools_key(part.tenant), POOL_TTL_S)
             pipe.execute()
 
         self._call("count", run)
 
     def pools(self, tenant: str | None = None) -> dict[str, PoolStats]:
-        match = f"{self.pool_prefix}{content_id(tenant)}:*" if tenant is not None else f"{self.pool_prefix}*"
+        """One tenant's: its few pool keys from its set, in one round trip (this runs after a
+        request's semantic decision). Every tenant's (the admin's cache_stats): a SCAN."""
 
         def run() -> dict[str, PoolStats]:
+            if tenant is not None:
+                keys = sorted(self.client.smembers(self._pools_key(tenant)))
+            else:
+                keys = [k for k in self.client.scan_iter(match=f"{self.pool_prefix}*", count=500)
+                        if not k.decode().startswith(f"{self.pool_prefix}index:")]
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
             out: dict[str, PoolStats] = {}
-            for key in self.client.scan_iter(match=match, count=500):
-                fields = {k.decode(): v for k, v in self.client.hgetall(key).items()}
-                if "tenant" in fields:
-                    tenant = fields["tenant"].decode()
-                    out[tenant] = out.get(tenant, PoolStats()) + PoolStats.from_fields(fields)
+            for raw in pipe.execute() if keys else []:
+                fields = {k.decode(): v for k, v in raw.items()}
+                owner = fields.get("tenant", b"").decode()
+                if owner and (tenant is None or owner == tenant):
+                    out[owner] = out.get(owner, PoolStats()) + PoolStats.from_fields(fields)
             return out
 
         return self._call("stats", run)
 
     def stats(self) -> dict[str, Any]:
         return self._call("stats", lambda: {"backend": "redis", "entries": int(self.client.zcard(self.order_key)),
-                                            "errors": self.errors, "down": self._down})
+                                            "errors": self.errors, "down": self.breaker.down})

@@ -2,7 +2,8 @@
 
 # The error-bounded policy's observation, atomically: the entry's counters (if the entry still
 # exists) and its tenant pool's per-band counters.
-# KEYS: entry, pool. ARGV: band, score, wrong (0/1), sample (0/1), tenant, pool TTL (s).
+# KEYS: entry, pool, the tenant's set of pools. ARGV: band, score, wrong (0/1), sample (0/1),
+# tenant, pool TTL (s).
 OBSERVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'verified', 1)
@@ -21,6 +22,8 @@ if ARGV[4] == '1' then
 end
 redis.call('HSET', KEYS[2], 'tenant', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('SADD', KEYS[3], KEYS[2])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 1
 """
 

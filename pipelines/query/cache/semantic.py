@@ -160,7 +160,7 @@ class SemanticCache:
 
 
 def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str], None] | None = None,
-               embedding_model: str | None = None) -> SemanticCache | None:
+               embedding_model: str | None = None, breaker=None) -> SemanticCache | None:
     """The configured cache: Redis when ``REDIS_URL`` is set, else in-process; None if off."""
     if cfg.backend == "off":
         return None
@@ -169,7 +169,7 @@ def make_cache(cfg: CacheConfig, dim: int | None = None, on_error: Callable[[str
     if cfg.redis_url:
         from pipelines.query.cache.redis_backend import RedisCache
 
-        backend: CacheBackend = RedisCache(cfg, on_error=on_error)
+        backend: CacheBackend = RedisCache(cfg, on_error=on_error, breaker=breaker)
     else:
         backend = InMemoryCache(cfg)
     policy = ErrorBoundPolicy(cfg.max_error) if cfg.policy == "error-bound" else None
