@@ -84,10 +84,11 @@ def standalone_question(messages: list[Message]) -> tuple[str, bool]:
     if len(question) > MAX_QUERY_CHARS:
         raise OpenAIError(400, f"{param}: the question is {len(question)} characters; at most {MAX_QUERY_CHARS}",
                           param, "string_too_long")
-    earlier = [m.text().strip(WHITESPACE) for m in messages[:-1] if m.role == "user" and m.text().strip(WHITESPACE)]
+    earlier = [i for i, m in enumerate(messages[:-1]) if m.role == "user" and m.text().strip(WHITESPACE)]
     if not earlier or not is_follow_up(question):
         return question, False
-    previous, _ = standalone_question([Message(role="user", content=t) for t in earlier])
+    # the previous user turn, itself resolved; errors name its place in *this* conversation
+    previous, _ = standalone_question(messages[: earlier[-1] + 1])
     room = MAX_QUERY_CHARS - len(question) - len('Regarding "": ')
     if room < 20:
         return question, False

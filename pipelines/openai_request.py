@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from pipelines.access import Denied
 from pipelines.errors import RagrouteError
-from pipelines.schema import NON_BLANK, Collection, Tenant
+from pipelines.schema import TEXT, Collection, Tenant
 
 MAX_MESSAGES = 128
 MAX_MESSAGE_CHARS = 32_000
@@ -48,7 +48,7 @@ class OpenAIError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
-NonBlank = Annotated[StrictStr, Field(max_length=MAX_MESSAGE_CHARS, pattern=NON_BLANK)]
+NonBlank = Annotated[StrictStr, Field(max_length=MAX_MESSAGE_CHARS, pattern=TEXT)]
 
 
 class _TextPart(BaseModel):
@@ -115,8 +115,8 @@ def parse_request(body: Any) -> ChatRequest:
         param = _param(err["loc"])
         message = err["msg"]
         if param.endswith(".content"):  # a union: pydantic's first complaint names only one branch
-            message = (f"must be a non-blank string of at most {MAX_MESSAGE_CHARS} characters or a list of "
-                       "{'type': 'text', 'text': ...} parts")
+            message = (f"must be a non-blank string of at most {MAX_MESSAGE_CHARS} characters without control "
+                       "characters, or a list of {'type': 'text', 'text': ...} parts")
         raise OpenAIError(400, f"{param}: {message}", param, "invalid_value") from None
 
 

@@ -16,8 +16,14 @@ MAX_QUERY_CHARS = 2000
 # regex dialect reads the same way (Python, Rust, ECMA: the published OpenAPI document).
 WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 NON_BLANK = "[^" + "".join(f"\\u{ord(c):04x}" for c in WHITESPACE) + "]"
+# Control characters other than tab and line breaks (NUL, ESC, DEL, ...): never in a question.
+CONTROL = "".join(map(chr, [*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]))
+_C = "".join(f"\\u{ord(c):04x}" for c in CONTROL)
+# TEXT: at least one non-blank character and no control character (anchored: the whole string).
+TEXT = f"^[^{_C}]*{NON_BLANK[:-1]}{_C}][^{_C}]*$"
 
-Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS)]
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS,
+                                         pattern=TEXT)]
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # index/collections.py NAME

@@ -8,8 +8,8 @@ like the cache admin API: ``Authorization: Bearer $RAGROUTE_ADMIN_TOKEN``).
     GET    /ingest/jobs/{id}                                                         -> the job's record
 
 A thin HTTP shell over pipelines/indexing/ingest.py; chunks are embedded through the Embedding
-service (the RAG service's own stage client). Bodies over ``MAX_BODY_BYTES`` are a 413, read
-no further.
+service (the RAG service's own stage client). Bodies over ``RAGROUTE_INGEST_MAX_BODY_BYTES``
+(32 MiB) are a 413, read no further (services/body_limit.py, in front of every endpoint).
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from services._common import admin_refusal, error_response
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 32 * 2**20
-
-
 class _Refused(RagrouteError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -40,18 +37,10 @@ class _Refused(RagrouteError):
 
 
 async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _Refused(413, f"body of {declared} bytes is over the limit of {MAX_BODY_BYTES} bytes; "
-                            "send the documents in several requests")
+    """The body (BodyLimit has already refused one over the limit)."""
     if "application/json" not in request.headers.get("content-type", ""):
         raise _Refused(415, "the body must be application/json")
-    data = bytearray()
-    async for part in request.stream():
-        data += part
-        if len(data) > MAX_BODY_BYTES:
-            raise _Refused(413, f"body over the limit of {MAX_BODY_BYTES} bytes; send the documents in several requests")
-    return bytes(data)
+    return await request.body()
 
 
 def make_app(get_rag: Callable[[], Any]) -> Starlette:

@@ -20,7 +20,7 @@ from pipelines.config import TierConfig
 from pipelines.openai_compat import max_answer_tokens, model_names
 from pipelines.openai_request import ChatRequest
 from pipelines.query.modes import available
-from pipelines.schema import NON_BLANK
+from pipelines.schema import TEXT
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -74,6 +74,7 @@ REST_ERRORS = {
     "401": _json(_ref("Error"), "no or wrong key (an API key, or the admin token)", WWW_AUTH),
     "403": _json(_ref("Error"), "the key belongs to another tenant, or the admin API is disabled"),
     "429": _json(_ref("Error"), "over the key's rate limit or token quota", RETRY_AFTER),
+    "413": _json(_ref("Error"), "the body is over RAGROUTE_MAX_BODY_BYTES (1 MiB); it was not read"),
     "415": _json(_ref("Error"), "the body is not application/json"),
     "503": _json(_ref("Error"), "a stage failed and no answer could be given"),
 }
@@ -82,6 +83,7 @@ OPENAI_ERRORS = {
     "401": _json(_ref("OpenAIError"), "no or wrong API key", WWW_AUTH),
     "403": _json(_ref("OpenAIError"), "the key belongs to another tenant"),
     "404": _json(_ref("OpenAIError"), "unknown model or collection (the message lists the valid ones)"),
+    "413": _json(_ref("OpenAIError"), "the body is over RAGROUTE_MAX_BODY_BYTES (1 MiB); it was not read"),
     "429": _json(_ref("OpenAIError"), "over the key's rate limit or token quota", RETRY_AFTER),
     "503": _json(_ref("OpenAIError"), "no answer could be given"),
 }
@@ -106,7 +108,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
         schema["additionalProperties"] = False  # the service refuses unknown fields
         props = schema.get("properties", {})
         if title == "RagRequestIODescriptor":
-            props["query"]["pattern"] = NON_BLANK  # blank after trimming is refused
+            props["query"]["pattern"] = TEXT  # blank after trimming, or a control character, is refused
             props["tier"] = {**props["tier"], "enum": [*available(list(tiers)), *tiers]}  # configured ones, not any name
             props["tier"].pop("pattern", None)
         elif title == "PurgeRequestIODescriptor":  # a tenant, doc ids, or both
@@ -180,7 +182,6 @@ def _ingest_paths(paths: dict, schemas: dict, backends: tuple[str, ...]) -> None
     """The ingestion API (services/ingest_app.py), admin token required."""
     from index.layout import NAME
     from pipelines.indexing.jobs import JOB_ID, CreateBody, DeleteBody, Job, UpsertBody
-    from services.ingest_app import MAX_BODY_BYTES
 
     job, create = _model(schemas, Job), _model(schemas, CreateBody)
     schemas["CreateBody"]["properties"]["backend"] = {  # the configured ones
@@ -188,7 +189,7 @@ def _ingest_paths(paths: dict, schemas: dict, backends: tuple[str, ...]) -> None
                                                                     {"type": "null"}]}
     tags = {"tags": ["Ingestion"]}
     errors = {code: copy.deepcopy(REST_ERRORS[code]) for code in ("400", "401", "403", "415")}
-    errors["413"] = _json(_ref("Error"), f"the body is over {MAX_BODY_BYTES} bytes")
+    errors["413"] = _json(_ref("Error"), "the body is over RAGROUTE_INGEST_MAX_BODY_BYTES (32 MiB); it was not read")
     name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME.pattern}}]
     not_found = _json(_ref("Error"), "no such managed collection")
     conflict = _json(_ref("Error"), "the collection exists, is a read-only index folder, or has a job running")

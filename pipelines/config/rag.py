@@ -87,6 +87,12 @@ class RagConfig:
     """processes of the entry service (BentoML workers); >1 needs a cache they share (Redis)"""
     api_keys: str = ""
     """path of the API key file (pipelines/access.py); empty: the query API is open"""
+    require_keys: bool = False
+    """refuse to start without an API key file (RAGROUTE_REQUIRE_KEYS=1; the deploy files set it)"""
+    max_body_bytes: int = 1 << 20
+    """the largest request body rag_query, /v1 and the admin APIs read; larger is a 413, unread"""
+    ingest_max_body_bytes: int = 32 << 20
+    """the same for /ingest (documents come in bulk)"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, tiers: tuple[str, ...] | None = None) -> RagConfig:
@@ -99,7 +105,14 @@ class RagConfig:
             cascade=CascadeConfig.from_env(env),
             workers=rag_workers(env),
             api_keys=_get(env, "RAGROUTE_API_KEYS", ""),
+            require_keys=_choice(env, "RAGROUTE_REQUIRE_KEYS", "0", ("0", "1")) == "1",
+            max_body_bytes=_num(env, "RAGROUTE_MAX_BODY_BYTES", 1 << 20, int, 4096, 64 << 20),
+            ingest_max_body_bytes=_num(env, "RAGROUTE_INGEST_MAX_BODY_BYTES", 32 << 20, int, 4096, 1 << 30),
         )
+        if cfg.require_keys and not cfg.api_keys:
+            raise ConfigError("RAGROUTE_REQUIRE_KEYS=1 but RAGROUTE_API_KEYS is not set: this deployment must not be "
+                              "open to anyone; create a key file with `ragroute keys add --file keys.json ...` and "
+                              "point RAGROUTE_API_KEYS at it")
         if cfg.workers > 1 and cfg.cache.backend == "memory" and not cfg.cache.redis_url:
             # Each worker would have its own in-memory cache: an answer cached by one would be a
             # miss in the others, and an admin purge would reach only the worker that got it.
