@@ -18,6 +18,8 @@ would be hidden by BentoML). The other way, :meth:`StageFailure.raise_for` turns
 
 from __future__ import annotations
 
+import logging
+
 import json
 from typing import Annotated
 
@@ -25,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.errors import RagrouteError, StageError
 from pipelines.records import ScoredChunk, Tier, TierAnswer
+
+log = logging.getLogger(__name__)
 
 
 class _Wire(BaseModel):
@@ -97,6 +101,8 @@ class StageFailure(_Wire):
 
 class TextEvent(_Wire):
     t: str
+    p: int = 0  # the generation's prompt tokens
+    n: int = 0  # tokens decoded so far (the caller charges p + n if the answer is abandoned)
 
 
 class FinalEvent(_Wire):
@@ -111,7 +117,8 @@ def failure(exc: Exception) -> StageFailure:
     anything else is an engine failure (503)."""
     if isinstance(exc, RagrouteError):
         return StageFailure(error=getattr(exc, "message", str(exc)), status=exc.status)
-    return StageFailure(error=f"engine error: {type(exc).__name__}: {exc}", status=503)
+    log.warning("engine error: %s: %s", type(exc).__name__, exc)  # the text stays here; the caller reads the kind
+    return StageFailure(error=f"engine error ({type(exc).__name__})", status=503)
 
 
 def line(event: StreamEvent) -> str:

@@ -50,6 +50,22 @@ def _rate_gauge():
                  labelnames=["tier", "phase"], multiprocess_mode="mostrecent")
 
 
+@functools.cache
+def _spent_counter():
+    """Tokens the engines processed (prompt) and decoded (completion), per tier, whether or not the
+    caller stayed for the answer: what the entry service's token quota is checked against."""
+    from prometheus_client import Counter
+
+    return Counter("ragroute_generation_tokens", "tokens processed by the engines (kind: prompt | completion)",
+                   labelnames=["tier", "kind"])
+
+
+def _count_spent(tier: str, tokens_in: int, tokens_out: int) -> None:
+    counter = _spent_counter()
+    counter.labels(tier=tier, kind="prompt").inc(tokens_in)
+    counter.labels(tier=tier, kind="completion").inc(tokens_out)
+
+
 @bentoml.service(name="ragroute-generation", traffic={"timeout": TIMEOUT_S["generation"]},
                  runner_connection=RUNNER_CONNECTION, logging=STAGE_LOGGING, workers=1, resources=_resources())
 class Generation:
@@ -64,7 +80,7 @@ class Generation:
             for tier in cfg.tiers.values():
                 if tier.engine == "llamacpp":
                     models.fetch(tier.model)  # once: later starts only verify the sha256
-            self.generator = Generator(cfg)
+            self.generator = Generator(cfg, on_spent=_count_spent)
         self._report_rates()
 
     def _report_rates(self) -> None:
@@ -99,7 +115,7 @@ class Generation:
                     self._report_rates()
                     yield wire.line(wire.FinalEvent(final=item))
                 else:
-                    yield wire.line(wire.TextEvent(t=item.text))
+                    yield wire.line(wire.TextEvent(t=item.text, p=item.tokens_in, n=item.tokens_out))
         except RagrouteError as exc:  # headers are sent already: the error travels in the stream
             log.warning("generate_stream[%s] failed: %s", tier, exc)
             yield wire.line(wire.failure(exc))

@@ -26,7 +26,9 @@ from pipelines.config import TierConfig
 from pipelines.errors import RagrouteError
 from pipelines.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
 from pipelines.openai_request import OpenAIError, parse_request
+from pipelines.errors import public_message
 from pipelines.schema import RagResponse
+from pipelines.sse import detach
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +77,48 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
         try:
             caller = rag.front.authenticate(request.headers.get("authorization"))
             try:
-                body = await request.json()
+                body = json.loads(await request.body())
             except ValueError as exc:
                 raise OpenAIError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+            except RecursionError:
+                raise OpenAIError(400, "the request body is nested too deeply", None, "invalid_json") from None
             chat = parse_request(body)
             req, rewritten = to_rag_request(chat, tiers(rag))
-            admitted = await rag.front.admit(caller, req.tenant)
-        except (OpenAIError, Denied) as exc:
-            err = exc if isinstance(exc, OpenAIError) else OpenAIError.denied(exc)
-            log.info("request %s: /v1/chat/completions refused (%d): %s", request_id, err.status, err.message)
+            admitted = await rag.front.admit(caller, req.tenant, req.collection)
+        except (OpenAIError, RagrouteError) as exc:
+            err = exc if isinstance(exc, OpenAIError) else OpenAIError.denied(exc) if isinstance(exc, Denied) \
+                else OpenAIError.of(exc)
+            log.info("request %s: /v1/chat/completions refused (%d): %r", request_id, err.status, err.message)
             return _error(err, request_id)
         req = req.model_copy(update={"tenant": admitted.tenant})
-        log.info("request %s: /v1/chat/completions model=%s stream=%s user=%r%s", request_id, chat.model,
+        log.info("request %s: /v1/chat/completions model=%r stream=%s user=%r%s", request_id, chat.model,
                  chat.stream, chat.user, f" follow-up asked as {req.query!r}" if rewritten else "")
         rewritten_query = req.query if rewritten else None
         fingerprint = rag.pipeline.fingerprint or "ragroute"
         if not chat.stream:
             try:
-                resp = await rag.pipeline.run(req, request_id)
+                resp = await rag.pipeline.run(req, request_id, admitted.meter)
             except RagrouteError as exc:
                 log.warning("request %s failed: %s", request_id, exc)
-                return _error(OpenAIError.of(exc), request_id)
+                await rag.front.abandon(admitted)
+                return _error(OpenAIError.of(rag.front.visible(caller, exc)), request_id)
             await rag.front.settle(admitted, resp)
             return JSONResponse(completion(resp, chat.model, fingerprint, rewritten_query),
                                 headers={"X-Request-Id": request_id})
 
-        events = rag.pipeline.stream(req, request_id)
+        events = rag.pipeline.stream(req, request_id, admitted.meter)
         try:  # everything before the first event can still fail with a proper status code
             first = await anext(events)
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             await events.aclose()
-            return _error(OpenAIError.of(exc), request_id)
+            await rag.front.abandon(admitted)
+            return _error(OpenAIError.of(rag.front.visible(caller, exc)), request_id)
         writer = ChunkWriter(request_id, chat.model, fingerprint, chat.include_usage)
 
         async def sse() -> AsyncIterator[str]:
             event = first
+            settled = False
             try:
                 while True:
                     if event["event"] == "meta":  # sources, route and cache before the first token
@@ -120,6 +128,7 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
                     else:  # done
                         resp = RagResponse.model_validate(event["response"])
                         await rag.front.settle(admitted, resp)
+                        settled = True
                         chunks = writer.done(resp, rewritten_query)
                     for chunk in chunks:
                         yield _sse(chunk)
@@ -129,8 +138,10 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
             except Exception as exc:  # noqa: BLE001 - the status is sent: report the error in the stream
                 log.warning("request %s: stream failed: %s", request_id, exc)
                 status = exc.status if isinstance(exc, RagrouteError) else 500
-                yield _sse(OpenAIError(status, str(exc), None, "stream_failed").body())
+                yield _sse(OpenAIError(status, public_message(exc), None, "stream_failed").body())
             finally:
+                if not settled:  # the client hung up, or the stream failed: charge what it cost
+                    detach(rag.front.abandon(admitted))
                 await events.aclose()
 
         return StreamingResponse(sse(), media_type="text/event-stream",

@@ -13,7 +13,8 @@ import secrets
 import bentoml
 import numpy as np
 
-from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys
+from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys, reservation
+from pipelines.breaker import Breaker
 from pipelines.config import rag_workers
 from pipelines.config.services import RagSettings
 from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
@@ -30,6 +31,7 @@ from services.generation import Generation
 from services.metrics import RagMetrics
 from services.ingest_app import make_app as make_ingest_app
 from services.openai_app import make_app
+from services.body_limit import BodyLimit
 from services.openapi import ApiContract
 from services.playground import app as playground
 from services.remote_stages import RemoteStages
@@ -68,14 +70,16 @@ class RAG:
             settings = RagSettings.from_env()  # every setting this service reads, once
             self.cfg = settings.rag
             self.metrics = RagMetrics()
+            # one view of Redis's health for the limits and the cache: an outage costs one timeout
+            self.redis_breaker = Breaker(self.cfg.cache.retry_s)
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
-                                    embedding_model=settings.embedding.model)
+                                    embedding_model=settings.embedding.model, breaker=self.redis_breaker)
             gen = settings.generation
             self.pipeline = QueryPipeline(
                 RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen, settings.routing),
                 settings.budget, settings.safety, list(gen.tiers), tier_configs=dict(gen.tiers),
                 route_uses_retrieval=router_uses_retrieval(settings.routing))
-            self.front = FrontDoor(self._gate(), self.metrics,
+            self.front = FrontDoor(self._gate(settings), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
         self.admin_token = settings.admin_token
         retrieval = settings.retrieval
@@ -87,17 +91,20 @@ class RAG:
                                          redis_url=self.cfg.cache.redis_url, namespace=self.cfg.cache.namespace)
         self._calibration: asyncio.Task | None = None
 
-    def _gate(self) -> Gate:
+    def _gate(self, settings: RagSettings) -> Gate:
         keys = load_keys(self.cfg.api_keys) if self.cfg.api_keys else None
         redis_url = self.cfg.cache.redis_url
+        reserve = reservation(settings.generation.tiers.values())
         if keys is None:
             log.warning("no API key file (RAGROUTE_API_KEYS): the query API is open, and a request's tenant is "
-                        "whatever it names")
+                        "whatever it names (RAGROUTE_REQUIRE_KEYS=1 refuses such a start; the deploy files set it)")
         else:
-            log.info("%d API keys from %s; rate limits and token quotas counted %s", len(keys), self.cfg.api_keys,
-                     "in Redis (shared by every worker and replica)" if redis_url else "per process")
+            log.info("%d API keys from %s; rate limits and token quotas counted %s; a request reserves %d tokens "
+                     "of its key's quota while it runs", len(keys), self.cfg.api_keys,
+                     "in Redis (shared by every worker and replica)" if redis_url else "per process", reserve)
         return Gate(keys, redis_url, self.cfg.cache.namespace,
-                    on_error=lambda op: self.metrics.limit_errors.labels(op=op).inc())
+                    on_error=lambda op: self.metrics.limit_errors.labels(op=op).inc(), reserve_tokens=reserve,
+                    timeout_s=settings.budget.stages_ms["cache"] / 1000, breaker=self.redis_breaker)
 
     async def __is_ready__(self) -> bool:
         # bentoml 1.4.39: while a dependency is still starting, the caller's /readyz hangs until
@@ -140,19 +147,20 @@ class RAG:
         request_id = secrets.token_hex(6)
         try:
             caller = self.front.authenticate(ctx.request.headers.get("authorization"))
-            admitted = await self.front.admit(caller, tenant)
-        except Denied as exc:
+            admitted = await self.front.admit(caller, tenant, collection)
+        except RagrouteError as exc:
             log.info("request %s refused (%d): %s", request_id, exc.status, exc)
-            return self._refuse(ctx, exc)  # type: ignore[return-value]
+            return self._refuse(ctx, exc, request_id)  # type: ignore[return-value]
         req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=admitted.tenant, stream=stream,
                          collection=collection)
         if stream:
             return await self._stream(ctx, req, request_id, admitted)  # type: ignore[return-value]
         try:
-            response = await self.pipeline.run(req, request_id)
+            response = await self.pipeline.run(req, request_id, admitted.meter)
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
-            return self._refuse(ctx, exc)  # type: ignore[return-value]
+            await self.front.abandon(admitted)
+            return self._refuse(ctx, self.front.visible(caller, exc), request_id)  # type: ignore[return-value]
         await self.front.settle(admitted, response)
         return response
 
@@ -161,38 +169,42 @@ class RAG:
         """The document collections ``rag_query`` answers from (its ``collection`` field): name,
         index_version, chunk and document counts, source. With an API key file, needs a key."""
         try:
-            self.front.authenticate(ctx.request.headers.get("authorization"))
-            return {"collections": await self.pipeline.stages.collections()}
+            caller = self.front.authenticate(ctx.request.headers.get("authorization"))
+            return {"collections": self.front.collections(caller, await self.pipeline.stages.collections())}
         except RagrouteError as exc:
             return self._refuse(ctx, exc)  # type: ignore[return-value]
 
     @staticmethod
-    def _refuse(ctx: bentoml.Context, exc: RagrouteError):
+    def _refuse(ctx: bentoml.Context, exc: RagrouteError, request_id: str | None = None):
         """An error response (with a ctx parameter, bentoml takes status and headers from ctx)."""
         ctx.response.status_code = exc.status
         if isinstance(exc, Denied) and exc.retry_after_s is not None:
             ctx.response.headers["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, Denied) and exc.status == 401:
             ctx.response.headers["WWW-Authenticate"] = "Bearer"
-        return error_response(exc)
+        if request_id:
+            ctx.response.headers["X-Request-Id"] = request_id
+        return error_response(exc, request_id)
 
     async def _stream(self, ctx: bentoml.Context, req: RagRequest, request_id: str, admitted: Admitted):
         from starlette.responses import StreamingResponse
 
-        events = self.pipeline.stream(req, request_id)
+        events = self.pipeline.stream(req, request_id, admitted.meter)
         try:  # everything before the first token can still fail with a proper status code
             first = await anext(events)
         except RagrouteError as exc:
             log.warning("request %s failed: %s", request_id, exc)
             await events.aclose()
-            return self._refuse(ctx, exc)
+            await self.front.abandon(admitted)
+            return self._refuse(ctx, self.front.visible(admitted.caller, exc), request_id)
 
         async def settle(event: dict) -> dict:
             response = RagResponse.model_validate(event["response"])
             await self.front.settle(admitted, response)
             return {**event, "response": response.model_dump()} if admitted.warnings else event
 
-        return StreamingResponse(frames(first, events, request_id, settle), media_type="text/event-stream",
+        return StreamingResponse(frames(first, events, request_id, settle, lambda: self.front.abandon(admitted)),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
 
     # -- admin ---------------------------------------------------------------------------------------
@@ -224,7 +236,7 @@ class RAG:
             deleted = self.cache.purge(tenant=tenant, doc_ids=doc_ids or [])
         except Exception as exc:  # noqa: BLE001 - the backend is down: say so, never a 500
             log.warning("cache purge failed: %s", exc)
-            return self._fail(ctx, StageError("cache", f"purge failed: {exc}"))
+            return self._fail(ctx, StageError("cache", "purge failed", repr(exc)))
         log.info("admin purge (tenant=%s, %d doc ids): %d entries deleted", tenant, len(doc_ids or []), deleted)
         return {"deleted": deleted}
 
@@ -245,7 +257,7 @@ class RAG:
                 if result["changed_documents"] else 0
         except Exception as exc:  # noqa: BLE001 - the old version's answers are unreachable from the new one anyway
             log.warning("job %s: carrying the cache to %s failed: %s", job.id, change.new_version, exc)
-            return {"cache": {"error": f"{type(exc).__name__}: {exc}"}}
+            return {"cache": {"error": f"carrying the cached answers failed ({type(exc).__name__}); see the log"}}
         log.info("job %s: cached answers of %s: %s kept for %s, %d dropped, %d more citing a changed document "
                  "deleted", job.id, job.collection, carried.kept, change.new_version, carried.dropped, purged)
         if not self.cfg.cache.carry:  # RAGROUTE_CACHE_CARRY=off: the old version's answers are unreachable
@@ -261,9 +273,18 @@ class RAG:
         try:
             return self.cache.stats()
         except Exception as exc:  # noqa: BLE001
-            return self._fail(ctx, StageError("cache", f"stats failed: {exc}"))
+            return self._fail(ctx, StageError("cache", "stats failed", repr(exc)))
 
 
 # /docs.json: what the service really accepts and returns, /v1 and /playground included; a body
 # that is not JSON is a 415 (BentoML would answer some with a 500).
 RAG.add_asgi_middleware(ApiContract, service=RAG)
+
+
+def _body_limit(path: str) -> int:
+    cfg = bentoml.get_current_service().cfg
+    return cfg.ingest_max_body_bytes if path.startswith("/ingest/") else cfg.max_body_bytes
+
+
+# Every body is measured before it is parsed (or authenticated): over its limit, a 413.
+RAG.add_asgi_middleware(BodyLimit, limit_for=_body_limit)

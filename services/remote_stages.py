@@ -55,9 +55,9 @@ class RemoteStages:
                 if retry and attempt == 1:
                     log.info("%s: %s: %s; retrying once on a new connection", stage, type(exc).__name__, exc)
                     continue
-                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+                raise StageError(stage, "the service did not answer", f"{type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
-                raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+                raise StageError(stage, "the service call failed", f"{type(exc).__name__}: {exc}") from exc
 
     def forget(self, collection: str) -> None:
         """The collection's version changed (an ingestion job here swapped it): ask again."""
@@ -140,7 +140,7 @@ class RemoteStages:
             async for chunk in chunks:
                 for event in reader.feed(chunk):
                     if isinstance(event, TextEvent):
-                        yield Delta(event.t)
+                        yield Delta(event.t, event.p, event.n)
                     elif isinstance(event, FinalEvent):
                         yield event.final
                         return
@@ -150,7 +150,7 @@ class RemoteStages:
         except StageError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken stream is that stage's failure
-            raise StageError(stage, f"{type(exc).__name__}: {exc}") from exc
+            raise StageError(stage, "the stream broke off", f"{type(exc).__name__}: {exc}") from exc
         finally:
             if chunks is not None:
                 await chunks.aclose()

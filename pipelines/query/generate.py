@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from pipelines import models
@@ -54,7 +54,13 @@ def ends_sentence(delta: str, parts: Sequence[str]) -> bool:
 
 @dataclass(frozen=True)
 class Delta:
+    """Text of a streamed answer. ``tokens_in``/``tokens_out``: what the generation has cost so
+    far (its prompt, the tokens decoded up to here); 0 where unknown (a cached or quoted text).
+    A Delta with no text reports progress only (the prompt is in; tokens held back)."""
+
     text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
 
 
 def check_config(cfg: GenerationConfig) -> None:
@@ -77,9 +83,13 @@ def confidence(logprobs: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 class Generator:
-    def __init__(self, cfg: GenerationConfig, engines: dict[str, Engine] | None = None) -> None:
+    def __init__(self, cfg: GenerationConfig, engines: dict[str, Engine] | None = None,
+                 on_spent: Callable[[str, int, int], None] | None = None) -> None:
+        """``on_spent(tier, prompt_tokens, answer_tokens)``: after every generation that reached
+        its engine, finished, cut or abandoned by its caller (the service counts it on /metrics)."""
         check_config(cfg)
         self.cfg = cfg
+        self.on_spent = on_spent or (lambda tier, tokens_in, tokens_out: None)
         self.engines = engines or {name: ENGINES[t.engine](t, cfg.threads) for name, t in cfg.tiers.items()}
         self.throughput = {name: Throughput(t.prefill_tok_s, t.decode_tok_s) for name, t in cfg.tiers.items()}
         for name, engine in self.engines.items():
@@ -176,6 +186,7 @@ class Generator:
             # An engine without a model (extractive) answers from the sources themselves.
             stream = engine.answer(question, sources, sampling) if getattr(engine, "reads_sources", False) else \
                 engine.stream(messages, sampling)
+            yield Delta("", prompt_tokens, 0)  # the prompt is being processed: it is spent from here on
             try:
                 async for chunk in stream:
                     logprobs.extend(chunk.logprobs)
@@ -189,9 +200,9 @@ class Generator:
                                 left_s = deadline - time.monotonic() - SAFETY_MARGIN_S
                                 limit = min(tier_cfg.max_tokens, 1 + int(left_s * self.throughput[tier].decode_tok_s))
                         parts.append(chunk.text)
-                        if out := lead_in.feed(chunk.text):
-                            shown.append(out)
-                            yield Delta(out)
+                        out = lead_in.feed(chunk.text)
+                        shown.append(out)
+                        yield Delta(out, prompt_tokens, max(len(logprobs), len(parts)))
                         if ends_sentence(chunk.text, parts):
                             sentences += 1
                             if sentences >= MAX_SENTENCES:
@@ -202,9 +213,10 @@ class Generator:
                         break
             finally:
                 await stream.aclose()  # stops the engine's work for an abandoned or cut request
+                self.on_spent(tier, prompt_tokens, max(len(logprobs), len(parts)))
         if rest := lead_in.close():
             shown.append(rest)
-            yield Delta(rest)
+            yield Delta(rest, prompt_tokens, max(len(logprobs), len(parts)))
         text = "".join(shown).strip()
         if final is None:  # stopped here: at MAX_SENTENCES, at the time's token limit, or at the deadline
             tokens_in, tokens_out = prompt_tokens, max(len(logprobs), len(parts))

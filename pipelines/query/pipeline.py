@@ -36,7 +36,7 @@ from pipelines.query.prepare import Preparation
 from pipelines.query.respond import Responder, sources
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.stages import Stages
-from pipelines.query.state import RequestState
+from pipelines.query.state import Meter, RequestState
 from pipelines.query.tiers import CUT, Begin, TierRunner
 from pipelines.records import TierAnswer
 from pipelines.schema import RagRequest, RagResponse
@@ -77,12 +77,13 @@ class QueryPipeline:
         """A tier's measured rates replace the configured ones (pipelines/query/tiers.py)."""
         self.runner.observe_rates(tier, prefill_tok_s, decode_tok_s)
 
-    def _start(self, req: RagRequest, request_id: str) -> RequestState:
-        return RequestState(req, request_id, Deadline(self.budget))
+    def _start(self, req: RagRequest, request_id: str, meter: Meter | None) -> RequestState:
+        return RequestState(req, request_id, Deadline(self.budget), meter)
 
-    async def run(self, req: RagRequest, request_id: str = "-") -> RagResponse:
+    async def run(self, req: RagRequest, request_id: str = "-", meter: Meter | None = None) -> RagResponse:
+        """``meter``: counts the tokens the request costs as they are spent (the front door charges them)."""
         mode = mode_for(req.tier, self.tiers)
-        r = self._start(req, request_id)
+        r = self._start(req, request_id, meter)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
             return self.responder.from_cache(r, prep)
@@ -93,12 +94,13 @@ class QueryPipeline:
             generation = None
         return await self.responder.finish(r, prep, generation)
 
-    async def stream(self, req: RagRequest, request_id: str = "-") -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, req: RagRequest, request_id: str = "-", meter: Meter | None = None
+                     ) -> AsyncIterator[dict[str, Any]]:
         """Events: ``meta`` (route, sources, cache) before the first token, ``token`` deltas, then
         ``done`` with the whole response (usage, cost, timings, budget, safety). A cached answer
         arrives as one token. Only a completed, good answer is cached."""
         mode = mode_for(req.tier, self.tiers)
-        r = self._start(req, request_id)
+        r = self._start(req, request_id, meter)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
             cached = self.responder.from_cache(r, prep)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipelines.budget import Deadline, StageReport
@@ -35,11 +36,26 @@ T = TypeVar("T")
 NO_TIME = "no time left in the total budget"
 
 
+@dataclass
+class Meter:
+    """Tokens a request has cost so far, what its caller's quota is charged, also when the caller
+    hangs up mid-answer: every finished or failed generation, plus the prompt and the tokens
+    decoded so far of the one streaming now."""
+
+    finished: int = 0
+    in_progress: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.finished + self.in_progress
+
+
 class RequestState:
     """Per-request state: the deadline, per-stage reports, warnings, degradation, tiers asked."""
 
-    def __init__(self, req: RagRequest, request_id: str, deadline: Deadline) -> None:
+    def __init__(self, req: RagRequest, request_id: str, deadline: Deadline, meter: Meter | None = None) -> None:
         self.req = req
+        self.meter = meter if meter is not None else Meter()
         self.id = request_id
         self.deadline = deadline
         self.start = time.perf_counter()
@@ -54,6 +70,9 @@ class RequestState:
              confidence: float | None = None, threshold: float | None = None) -> None:
         if gen is not None:
             self.spent.append(gen)
+        # a finished generation costs what it reports; a failed one what it had streamed
+        self.meter.finished += gen.tokens_in + gen.tokens_out if gen is not None else self.meter.in_progress
+        self.meter.in_progress = 0
         self.steps.append(RouteStep(tier=tier, outcome=outcome, confidence=confidence, threshold=threshold,
                                     latency_ms=gen.latency_ms if gen else None,
                                     tokens_in=gen.tokens_in if gen else 0, tokens_out=gen.tokens_out if gen else 0,
@@ -176,7 +195,7 @@ async def cache_call(r: RequestState, blocking: bool, what: str, fn: Callable[..
         r.report["cache"].outcome, r.report["cache"].detail = "error", str(exc)
         log.debug("request %s: cache %s unavailable: %s", r.id, what, exc)
     except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass"
-        r.report["cache"].outcome, r.report["cache"].detail = "error", f"{type(exc).__name__}: {exc}"
+        r.report["cache"].outcome, r.report["cache"].detail = "error", f"the backend failed ({type(exc).__name__})"
         log.warning("request %s: cache %s failed, bypassing: %s", r.id, what, exc)
     r.cache_status = "unavailable"
     r.warnings.append(f"cache {what} failed; cache bypassed")

@@ -121,6 +121,10 @@ class TierRunner:
                         if isinstance(item, TierAnswer):
                             self._answered(r, item)
                         else:
+                            if item.tokens_in or item.tokens_out:
+                                r.meter.in_progress = item.tokens_in + item.tokens_out
+                            if not item.text:
+                                continue  # progress only
                             sent = True
                         yield item
                 return

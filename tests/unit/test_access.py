@@ -4,6 +4,7 @@ refusals' shapes are tested in test_openai_compat.py and tests/e2e/test_api_cont
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import stat
 
@@ -82,7 +83,8 @@ def test_over_the_rate_a_key_gets_429s_with_retry_after_and_other_keys_do_not(ke
 
     async def go():
         for _ in range(3):
-            assert await gate.admit(acme) == []
+            warnings, _ = await gate.admit(acme)
+            assert warnings == []
         with pytest.raises(Denied) as info:
             await gate.admit(acme)
         for _ in range(10):  # no rate configured for this key
@@ -96,20 +98,46 @@ def test_over_the_rate_a_key_gets_429s_with_retry_after_and_other_keys_do_not(ke
 def test_a_used_up_token_quota_is_a_429_until_its_window_ends(tmp_path):
     path = tmp_path / "keys.json"
     key = add_key(path, "k", "t", tokens_per_day=100)
-    gate = Gate(load_keys(path))
+    gate = Gate(load_keys(path), reserve_tokens=80)
     caller = gate.authenticate(f"Bearer {key}")
 
     async def go():
-        await gate.admit(caller)
-        await gate.charge(caller, 60)
-        await gate.admit(caller)  # 60 < 100: still admitted
-        await gate.charge(caller, 60)  # the answer in flight may go past the quota
+        _, first = await gate.admit(caller)
+        await gate.settle(caller, first, 60)  # the reservation (80) becomes what it cost
+        _, second = await gate.admit(caller)  # 60 < 100: still admitted
+        await gate.settle(caller, second, 60)  # the last admitted answer may go past the quota
+        used = await gate.used(caller)
         with pytest.raises(Denied) as info:
             await gate.admit(caller)
-        return info.value
+        return used, info.value
 
-    refused = run(go())
+    used, refused = run(go())
+    assert used == 120
     assert refused.status == 429 and "quota" in str(refused) and refused.retry_after_s > 23 * 3600
+
+
+def test_concurrent_requests_are_admitted_only_while_their_reservations_fit_the_quota(tmp_path):
+    path = tmp_path / "keys.json"
+    key = add_key(path, "k", "t", tokens_per_day=1000)
+    gate = Gate(load_keys(path), reserve_tokens=300)
+    caller = gate.authenticate(f"Bearer {key}")
+
+    async def one():
+        try:
+            _, reservation = await gate.admit(caller)
+        except Denied as exc:
+            return exc.status
+        await asyncio.sleep(0.01)  # all 32 are in flight together
+        await gate.settle(caller, reservation, 290)  # each costs less than its reservation
+        return 200
+
+    async def go():
+        return await asyncio.gather(*(one() for _ in range(32))), await gate.used(caller)
+
+    statuses, used = run(go())
+    # 0, 300, 600, 900 reserved are under 1000: four admitted; without reservations all 32 were
+    assert statuses.count(200) == 4 and statuses.count(429) == 28
+    assert used == 4 * 290 and used - 1000 <= 290  # past the quota by at most the last admitted answer
 
 
 def test_when_the_limits_store_fails_requests_are_let_through_and_counted(tmp_path):
@@ -120,11 +148,14 @@ def test_when_the_limits_store_fails_requests_are_let_through_and_counted(tmp_pa
     caller = gate.authenticate(f"Bearer {key}")
 
     async def go():
-        first = await gate.admit(caller)
-        second = await gate.admit(caller)  # over the rate, but it cannot be counted
-        await gate.charge(caller, 50)
-        return first, second
+        first, reservation = await gate.admit(caller)
+        t0 = time.perf_counter()
+        second, _ = await gate.admit(caller)  # over the rate, but it cannot be counted
+        skipped_in = time.perf_counter() - t0
+        await gate.settle(caller, reservation, 50)
+        return first, second, skipped_in
 
-    first, second = run(go())
-    assert first and "not checked" in first[0] and second
+    first, second, skipped_in = run(go())
+    assert first and "not checked" in first[0] and second and "not checked" in second[0]
+    assert skipped_in < 0.05  # Redis is known to be down: the second request does not wait for it
     assert errors == ["admit", "admit", "charge"]

@@ -129,8 +129,11 @@ def test_stream_yields_deltas_then_a_record_with_confidence_and_cost():
         return [item async for item in g.stream("small", "Capital of France?", [chunk(0, "Paris.")])]
 
     items = run(collect())
-    deltas, final = items[:-1], items[-1]
+    progress, deltas, final = items[0], items[1:-1], items[-1]
+    # the prompt (as counted here) is spent before the first word
+    assert progress.text == "" and progress.tokens_in > 0 and progress.tokens_out == 0
     assert [d.text for d in deltas] == ["Paris", " is", " the", " capital", " [1]"]
+    assert [d.tokens_out for d in deltas] == [1, 2, 3, 4, 5] and {d.tokens_in for d in deltas} == {progress.tokens_in}
     assert all(isinstance(d, Delta) for d in deltas) and isinstance(final, TierAnswer)
     assert final.text == "Paris is the capital [1]" and final.finish_reason == "stop"
     assert (final.tokens_in, final.tokens_out) == (10, 5)
