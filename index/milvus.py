@@ -117,7 +117,7 @@ class MilvusBackend:
                 try:
                     self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
                 except Exception as exc:  # noqa: BLE001 - any connection failure is the stage's failure
-                    raise StageError("retrieve", f"Milvus at {self.uri} is unreachable: {exc}") from None
+                    raise StageError("retrieve", "Milvus is unreachable", f"{self.uri}: {exc}") from None
             return self._client
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -128,7 +128,7 @@ class MilvusBackend:
         except StageError:
             raise
         except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException and grpc errors alike
-            raise StageError("retrieve", f"Milvus at {self.uri}: {method} failed: {exc}") from None
+            raise StageError("retrieve", f"Milvus {method} failed", f"{self.uri}: {exc}") from None
 
     # -- the registry: which collections exist, which version each serves ---------------------
     def versions(self) -> dict[str, list[str]]:
@@ -205,7 +205,7 @@ class MilvusBackend:
                 while batch := iterator.next():
                     rows += batch
             except Exception as exc:  # noqa: BLE001
-                raise StageError("ingest", f"Milvus at {self.uri}: reading {version} failed: {exc}") from None
+                raise StageError("ingest", f"Milvus: reading {version} failed", f"{self.uri}: {exc}") from None
             finally:
                 iterator.close()
             rows.sort(key=lambda r: r["row"])

@@ -10,9 +10,19 @@
 
 Services map these to responses in one place (services/_common.py: error_body), and to what
 travels between services in another (pipelines/wire.py: failure).
+
+What a client reads is ``str(exc)`` of our errors (:func:`public_message`): messages written for
+clients, never an upstream URL, a Milvus URI, a host:port or another library's exception text.
+Those go in a StageError's ``detail``, which is logged where the error is raised and never sent.
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+INTERNAL = "internal error (details in the service's log)"
 
 
 class RagrouteError(Exception):
@@ -42,11 +52,19 @@ class ArtifactError(RagrouteError):
 class StageError(RagrouteError):
     status = 503
 
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, detail: str = "") -> None:
         super().__init__(f"{stage} stage failed: {message}")
         self.stage = stage
         self.message = message
+        self.detail = detail  # for the log only
+        if detail:
+            log.warning("%s stage failed: %s (%s)", stage, message, detail)
 
 
 class UpstreamError(StageError):
     status = 502
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client may read about ``exc``: our errors' own messages, a fixed text for anything else."""
+    return str(exc) if isinstance(exc, RagrouteError) else INTERNAL

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import os
 import signal
+import time
 from pathlib import Path
 
 from pipelines.config.services import ProcessSettings
-from pipelines.errors import RagrouteError, StageError
+from pipelines.errors import RagrouteError, StageError, public_message
 
 # What every service process reads from the environment, once (pipelines/config/services.py).
 PROCESS = ProcessSettings.from_env()
@@ -42,30 +45,62 @@ def setup_logging() -> None:
             logger.propagate = False
 
 
-def error_body(exc: RagrouteError) -> dict:
-    """The one place where a ragroute error becomes a response body (its status is exc.status)."""
-    body = {"error": str(exc)}
+def error_body(exc: RagrouteError, request_id: str | None = None) -> dict:
+    """The one place where a ragroute error becomes a response body (its status is exc.status).
+    The message is written for clients (pipelines/errors.py); ``request_id`` finds the details in the log."""
+    body = {"error": public_message(exc)}
     if field := getattr(exc, "field", None):
         body["field"] = field
+    if request_id:
+        body["request_id"] = request_id
     return body
 
 
-def admin_refusal(token: str, authorization: str | None) -> tuple[int, str] | None:
+class AdminThrottle:
+    """Slows down guessing the admin token: after ``limit`` wrong tokens within ``window_s``
+    (per process), every admin request is a 429 until the oldest of them is ``window_s`` old,
+    a right token included (the guesser and the admin cannot be told apart)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0, clock=time.monotonic) -> None:
+        self.limit, self.window_s, self._clock = limit, window_s, clock
+        self._failures: collections.deque[float] = collections.deque()
+
+    def wait_s(self) -> float:
+        now = self._clock()
+        while self._failures and now - self._failures[0] >= self.window_s:
+            self._failures.popleft()
+        return self._failures[0] + self.window_s - now if len(self._failures) >= self.limit else 0.0
+
+    def failed(self) -> None:
+        self._failures.append(self._clock())
+
+
+ADMIN_THROTTLE = AdminThrottle()
+
+
+def admin_refusal(token: str, authorization: str | None,
+                  throttle: AdminThrottle = ADMIN_THROTTLE) -> tuple[int, str] | None:
     """None when ``authorization`` is ``Bearer <token>`` (compared in constant time), else the
-    (status, message) to refuse with: 403 when no admin token is set (the admin APIs are off)."""
+    (status, message) to refuse with: 403 when no admin token is set (the admin APIs are off),
+    429 after too many failed attempts (:class:`AdminThrottle`)."""
     import hmac
 
     if not token:
         return 403, "the admin API (cache_purge, cache_stats, /ingest) is disabled; set RAGROUTE_ADMIN_TOKEN to enable it"
+    if wait := throttle.wait_s():
+        return 429, f"too many failed admin attempts; retry in {math.ceil(wait)} s"
     if not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
+        if authorization:  # a guess (no header at all guesses nothing)
+            throttle.failed()
+            logging.getLogger("services.admin").warning("admin request with a wrong token refused")
         return 401, "missing or wrong 'Authorization: Bearer <RAGROUTE_ADMIN_TOKEN>'"
     return None
 
 
-def error_response(exc: RagrouteError):
+def error_response(exc: RagrouteError, request_id: str | None = None):
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error_body(exc), status_code=exc.status)
+    return JSONResponse(error_body(exc, request_id), status_code=exc.status)
 
 
 def to_bentoml(exc: RagrouteError) -> Exception:

@@ -18,6 +18,7 @@ from pipelines.config.generation import GenerationConfig
 from pipelines.config.rag import RagConfig
 from pipelines.config.retrieval import EmbeddingConfig, RetrievalConfig
 from pipelines.config.routing import RoutingConfig
+from pipelines.errors import ConfigError
 from pipelines.query.safety import SafetyConfig
 
 
@@ -69,5 +70,18 @@ class RagSettings:
             embedding=embedding,
             budget=BudgetProfile.from_env(env),
             safety=SafetyConfig.from_env(env),
-            admin_token=env.get("RAGROUTE_ADMIN_TOKEN", ""),
+            admin_token=admin_token(env),
         )
+
+
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def admin_token(env: Mapping[str, str] = os.environ) -> str:
+    """RAGROUTE_ADMIN_TOKEN: unset (the admin APIs are off) or at least 16 characters, not all one."""
+    token = env.get("RAGROUTE_ADMIN_TOKEN", "")
+    if token and (len(token) < MIN_ADMIN_TOKEN_CHARS or len(set(token)) < 4):
+        raise ConfigError(f"RAGROUTE_ADMIN_TOKEN is too weak ({len(token)} characters, {len(set(token))} distinct): "
+                          f"use at least {MIN_ADMIN_TOKEN_CHARS} random characters, e.g. `python -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))'`, or unset it to turn the admin APIs off")
+    return token

@@ -56,8 +56,9 @@ class OpenAIEngine:
             body["logprobs"] = True
         return body
 
-    def _fail(self, what: str) -> UpstreamError:
-        return UpstreamError(f"generate[{self.tier}]", f"upstream {self.url} {what}")
+    def _fail(self, public: str, detail: str) -> UpstreamError:
+        """``public``: what the client reads; ``detail`` (with the URL): the log's."""
+        return UpstreamError(f"generate[{self.tier}]", f"the remote engine {public}", f"{self.url} {detail}")
 
     async def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> AsyncIterator[Chunk]:
         attempt = 0
@@ -74,7 +75,7 @@ class OpenAIEngine:
                             continue
                         if resp.status_code in RETRYABLE and attempt < self.retries:
                             raise _Retry(f"answered {resp.status_code}: {detail}")
-                        raise self._fail(f"answered {resp.status_code}: {detail}")
+                        raise self._fail(f"answered {resp.status_code}", f"answered {resp.status_code}: {detail}")
                     async for chunk in self._parse(resp, messages):
                         started = True
                         yield chunk
@@ -84,7 +85,7 @@ class OpenAIEngine:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if started or attempt >= self.retries:
                     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-                    raise self._fail(f"{kind} ({type(exc).__name__}: {exc})") from None
+                    raise self._fail(kind, f"{kind} ({type(exc).__name__}: {exc})") from None
                 reason = f"{type(exc).__name__}: {exc}"
             attempt += 1
             log.warning("tier %s: %s; retry %d/%d", self.tier, reason, attempt, self.retries)
@@ -101,9 +102,9 @@ class OpenAIEngine:
             try:
                 event = json.loads(data)
             except ValueError:
-                raise self._fail(f"sent a malformed event: {data[:200]!r}") from None
+                raise self._fail("sent a malformed event", f"sent a malformed event: {data[:200]!r}") from None
             if "error" in event:
-                raise self._fail(f"reported an error: {str(event['error'])[:300]}")
+                raise self._fail("reported an error", f"reported an error: {str(event['error'])[:300]}")
             usage = event.get("usage") or usage
             for choice in event.get("choices") or []:
                 finish = choice.get("finish_reason") or finish

@@ -82,6 +82,8 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     pid: int = Field(default_factory=os.getpid)
+    pid_started: str | None = Field(default_factory=lambda: process_started(os.getpid()))
+    """when that process started (/proc): a pid reused by another process after a restart is not the job's"""
     host: str = Field(default_factory=socket.gethostname)
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
@@ -96,14 +98,25 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def alive(pid: int) -> bool:
+def process_started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22), None
+    where there is no /proc: with the pid it names one process, even once the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after the command name, which may hold spaces
+
+
+def alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` still runs, and (``started`` given) is the one that started then."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or process_started(pid) in (None, started)
 
 
 MILVUS_JOBS = ".milvus"  # <root>/.milvus/<name>/jobs: job records of Milvus collections run here
@@ -159,7 +172,7 @@ def judged(job: Job) -> Job:
     if job.status not in ("queued", "running"):
         return job
     if job.host == socket.gethostname():
-        if not alive(job.pid):
+        if not alive(job.pid, job.pid_started):
             job.status, job.error = "failed", f"interrupted: the process doing it (pid {job.pid}) exited"
     elif time.time() - job.updated_at > STALE_S:
         job.status, job.error = "failed", (f"interrupted: no word from the process doing it (pid {job.pid} on "

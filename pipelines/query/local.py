@@ -12,7 +12,7 @@ import numpy as np
 
 from index.store import IndexStore
 from pipelines.config import SearchConfig
-from pipelines.errors import NotFound, RagrouteError, StageError
+from pipelines.errors import NotFound, RagrouteError, StageError, public_message
 from pipelines.query.embed import Embedder
 from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import Reranker
@@ -72,7 +72,7 @@ class LocalStages:
         except StageError:
             raise
         except RagrouteError as exc:
-            raise StageError(f"generate[{tier}]", str(exc)) from exc
+            raise StageError(f"generate[{tier}]", public_message(exc), repr(exc)) from exc
 
     async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
                               budget_ms: float) -> AsyncIterator[Delta | TierAnswer]:
@@ -82,4 +82,4 @@ class LocalStages:
         except StageError:
             raise
         except RagrouteError as exc:
-            raise StageError(f"generate[{tier}]", str(exc)) from exc
+            raise StageError(f"generate[{tier}]", public_message(exc), repr(exc)) from exc

@@ -15,7 +15,7 @@ from evals.serving import serving
 from pipelines.access import add_key
 from tests.e2e.conftest import GENEROUS_BUDGETS
 
-TOKEN = "e2e-admin-token"
+TOKEN = "e2e-admin-token-0123"
 Q = "What does the with statement do?"
 TENANTS = ("acme", "globex", "purge-me", "ops")
 RATE = 6  # requests per minute of the rate-limited key

@@ -7,6 +7,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
+
+from pipelines.errors import INTERNAL
 from starlette.testclient import TestClient
 
 from pipelines.access import FrontDoor, Gate
@@ -231,7 +233,7 @@ def test_a_generation_failing_mid_stream_ends_the_stream_degraded_and_says_why(a
 def test_an_error_after_the_status_is_sent_ends_the_stream_with_an_error_event(app):
     rag, client = app
 
-    async def broken(req, request_id):
+    async def broken(req, request_id, meter=None):
         yield {"event": "meta", "request_id": request_id, "route": {}, "sources": [], "cache": {}}
         yield {"event": "token", "text": "partial"}
         raise RuntimeError("the pipeline broke")
@@ -241,7 +243,7 @@ def test_an_error_after_the_status_is_sent_ends_the_stream_with_an_error_event(a
     lines = [line[6:] for line in resp.text.split("\n\n") if line.startswith("data: ")]
     assert resp.status_code == 200 and "[DONE]" not in lines
     error = json.loads(lines[-1])["error"]
-    assert error["message"] == "the pipeline broke" and error["type"] == "server_error"
+    assert error["message"] == INTERNAL and error["type"] == "server_error"  # the RuntimeError's text is the log's
     assert json.loads(lines[1])["choices"][0]["delta"]["content"] == "partial"
 
 

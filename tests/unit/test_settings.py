@@ -66,10 +66,11 @@ def test_the_rag_service_parses_each_setting_once(monkeypatch):
 
     monkeypatch.setattr(generation_config.GenerationConfig, "from_env", classmethod(counting))
     settings = RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_DEFAULT_TIER": "large",
-                                     "RAGROUTE_EMBED_MODEL": "all-MiniLM-L6-v2", "RAGROUTE_ADMIN_TOKEN": "t0k"})
+                                     "RAGROUTE_EMBED_MODEL": "all-MiniLM-L6-v2",
+                                     "RAGROUTE_ADMIN_TOKEN": "t0k-3xAmple-s3cret"})
     assert calls == ["generation"]
     assert settings.rag.default_tier == "large" and settings.routing.embed_model == settings.retrieval.embed_model
-    assert settings.admin_token == "t0k" and "t0k" not in repr(settings)
+    assert settings.admin_token == "t0k-3xAmple-s3cret" and "t0k-3xAmple-s3cret" not in repr(settings)
     with pytest.raises(ConfigError, match="RAGROUTE_DEFAULT_TIER='huge' is not one of small, large"):
         RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_DEFAULT_TIER": "huge"})
 
@@ -120,3 +121,19 @@ def test_the_cache_backend_can_be_named_redis_and_then_needs_a_url():
     assert CacheConfig.from_env({"REDIS_URL": "redis://h:6379/0"}).redis_url  # memory + REDIS_URL: Redis, as before
     with pytest.raises(ConfigError, match="RAGROUTE_CACHE=redis needs REDIS_URL"):
         CacheConfig.from_env({"RAGROUTE_CACHE": "redis"})
+
+
+@pytest.mark.parametrize("token", ["t0k", "change-me", "a" * 40, "abababababababab"])
+def test_a_weak_admin_token_stops_the_start_naming_the_variable(token):
+    with pytest.raises(ConfigError, match="RAGROUTE_ADMIN_TOKEN is too weak"):
+        RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_ADMIN_TOKEN": token})
+    assert RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu"}).admin_token == ""  # unset: the admin APIs are off
+
+
+def test_require_keys_refuses_an_open_start_and_body_limits_are_settings():
+    with pytest.raises(ConfigError, match="RAGROUTE_REQUIRE_KEYS=1 but RAGROUTE_API_KEYS is not set"):
+        RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_REQUIRE_KEYS": "1"})
+    rag = RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_MAX_BODY_BYTES": "65536"}).rag
+    assert rag.max_body_bytes == 65536 and rag.ingest_max_body_bytes == 32 << 20
+    with pytest.raises(ConfigError, match="RAGROUTE_MAX_BODY_BYTES='10' must be between"):
+        RagSettings.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_MAX_BODY_BYTES": "10"})

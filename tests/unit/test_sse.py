@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from pipelines.errors import INTERNAL, StageError
 from pipelines.sse import frames
 
 
@@ -57,10 +58,14 @@ def test_each_event_is_a_frame_and_done_is_settled_first():
 
 
 def test_a_failure_mid_stream_is_an_error_frame_naming_the_request():
-    events = Events([{"event": "meta"}, {"event": "token", "text": "Hi"}], fail_with=RuntimeError("engine died"))
+    events = Events([{"event": "meta"}, {"event": "token", "text": "Hi"}],
+                    fail_with=RuntimeError("engine died at 10.0.0.7:8000"))
     out = [parse(f) for f in asyncio.run(collect(events))]
     assert [k for k, _ in out] == ["meta", "token", "error"]
-    assert out[-1][1] == {"event": "error", "request_id": "req1", "error": "engine died"} and events.closed
+    # not our error: its text (a host, a path) stays in the log; the client gets a fixed message
+    assert out[-1][1] == {"event": "error", "request_id": "req1", "error": INTERNAL} and events.closed
+    events = Events([{"event": "meta"}], fail_with=StageError("generate[large]", "timed out", "http://10.0.0.7:8000"))
+    assert [parse(f) for f in asyncio.run(collect(events))][-1][1]["error"] == "generate[large] stage failed: timed out"
 
 
 def test_a_client_hanging_up_closes_the_pipeline_stream():
