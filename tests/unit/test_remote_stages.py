@@ -4,6 +4,7 @@ retried once for idempotent stages, never for generation."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -37,7 +38,10 @@ def test_a_dependency_that_stays_unreachable_fails_the_stage():
 
 
 def test_generation_is_never_retried():
-    stages, method = RemoteStages(svc=None), Flaky(failures=1)
+    """Through the real call site: a generation is not idempotent (it costs tokens), so a stale
+    connection fails it instead of asking the engine twice."""
+    method = Flaky(failures=1)
+    svc = SimpleNamespace(generation=SimpleNamespace(to_async=SimpleNamespace(generate=method)))
     with pytest.raises(StageError, match="generate\\[large\\] stage failed"):
-        asyncio.run(stages._call("generate[large]", method, retry=False))
+        asyncio.run(RemoteStages(svc=svc).generate("large", "q", [], 1000.0))
     assert method.calls == 1
