@@ -171,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     ka.add_argument("--tenant", required=True, help="the cache partition the key's requests are answered in")
     ka.add_argument("--rate", help='requests per key, e.g. "10/second" or "600/minute" (several joined by ";")')
     ka.add_argument("--tokens-per-day", type=int, help="prompt + completion tokens per key per 24 hours")
+    ka.add_argument("--collection", action="append", dest="collections", metavar="NAME",
+                    help="a collection the key may read (repeat for several; default: every collection)")
     ka.set_defaults(func=_cmd_keys_add)
     kl = ksub.add_parser("list", help="check the key file and list its keys (names, tenants, limits; never keys)")
     kl.add_argument("--file", type=Path, required=True)
@@ -181,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
 def _cmd_keys_add(args: argparse.Namespace) -> int:
     from pipelines.access import add_key
 
-    key = add_key(args.file, args.name, args.tenant, args.rate, args.tokens_per_day)
+    key = add_key(args.file, args.name, args.tenant, args.rate, args.tokens_per_day, args.collections)
     sys.stdout.write(key + "\n")  # the one place the key exists in clear: give it to its holder
     return 0
 
@@ -191,7 +193,7 @@ def _cmd_keys_list(args: argparse.Namespace) -> int:
 
     for k in load_keys(args.file):
         sys.stdout.write(f"{k.name}\ttenant={k.tenant}\trate={k.rate or '-'}\ttokens_per_day={k.tokens_per_day or '-'}"
-                         f"\tsha256={k.sha256[:8]}…\n")
+                         f"\tcollections={','.join(k.collections) if k.collections else '*'}\tsha256={k.sha256[:8]}…\n")
     return 0
 
 

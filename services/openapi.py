@@ -43,7 +43,8 @@ WWW_AUTH = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "st
 
 SCHEMAS: dict[str, dict] = {
     "Error": {"type": "object", "required": ["error"], "properties": {
-        "error": {"type": "string"}, "field": {"type": "string", "description": "the field at fault"}}},
+        "error": {"type": "string"}, "field": {"type": "string", "description": "the field at fault"},
+        "request_id": {"type": "string", "description": "finds the details in the service's log"}}},
     "OpenAIError": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type", "param", "code"], "properties": {
             "message": {"type": "string"}, "type": {"type": "string"},

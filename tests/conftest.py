@@ -4,6 +4,7 @@ tests/integration (real models, real FAISS), tests/e2e (real `bentoml serve`).""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,24 @@ def openai_server(tmp_path_factory, model_cache):
                           tmp_path_factory.mktemp("openai"), api_key="test-key").start()
     yield server
     server.stop()
+
+
+# The demo index and fresh homes holding it: the e2e and adversarial suites start their stacks from them.
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory, embedder) -> Path:
+    """The demo index, built once for the session (what a first start builds)."""
+    from pipelines.indexing.build import ensure_demo_index
+
+    return ensure_demo_index(tmp_path_factory.mktemp("demo") / "demo", lambda: embedder)
+
+
+@pytest.fixture(scope="session")
+def e2e_home(tmp_path_factory, demo_index):
+    """``e2e_home(name)``: a fresh RAGROUTE_HOME whose demo index is already there."""
+
+    def make(name: str) -> Path:
+        home = tmp_path_factory.mktemp(name)
+        shutil.copytree(demo_index, home / "indexes" / "demo")
+        return home
+
+    return make

@@ -13,7 +13,6 @@ starts from a home holding a copy of one demo index built once for the session
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,26 +26,6 @@ GENEROUS_BUDGETS = {f"RAGROUTE_BUDGET_{s}_MS": "30000" for s in ("CACHE", "EMBED
 
 E2E = Path(__file__).resolve().parent
 _shared: dict[str, object] = {}  # the shared server's context manager, while it runs
-
-
-@pytest.fixture(scope="session")
-def demo_index(tmp_path_factory, embedder) -> Path:
-    """The demo index, built once for the session (what a first start builds)."""
-    from pipelines.indexing.build import ensure_demo_index
-
-    return ensure_demo_index(tmp_path_factory.mktemp("demo") / "demo", lambda: embedder)
-
-
-@pytest.fixture(scope="session")
-def e2e_home(tmp_path_factory, demo_index):
-    """``e2e_home(name)``: a fresh RAGROUTE_HOME whose demo index is already there."""
-
-    def make(name: str) -> Path:
-        home = tmp_path_factory.mktemp(name)
-        shutil.copytree(demo_index, home / "indexes" / "demo")
-        return home
-
-    return make
 
 
 @pytest.fixture(scope="session")
