@@ -391,6 +391,9 @@ class FrontDoor:
         """After the answer: metrics, and the quota charged what the request cost."""
         resp.warnings.extend(admitted.warnings)
         self.metrics.observe(resp)
+        if admitted.meter.charged:
+            return
+        admitted.meter.charged = True
         tokens = max(admitted.meter.tokens, 0 if resp.cache.hit else resp.usage.tokens_in + resp.usage.tokens_out)
         self.metrics.usage(admitted.tenant, tokens, resp)
         if self.cache_summary is not None and resp.cache.decision is not None:
@@ -398,10 +401,13 @@ class FrontDoor:
         await self.gate.settle(admitted.caller, admitted.reservation, tokens)
 
     async def abandon(self, admitted: Admitted) -> None:
-        """A streamed answer that ended before its last event (the client hung up, or it failed):
-        charged what it had cost by then."""
+        """A request whose answer did not reach its client (a hang-up mid-stream, a failure):
+        charged what it cost. Once: a request already settled is not charged again."""
+        if admitted.meter.charged:
+            return
+        admitted.meter.charged = True
         tokens = admitted.meter.tokens
-        log.info("key %s: streamed answer abandoned after %d tokens; charged", admitted.caller.label, tokens)
+        log.info("key %s: answer not delivered after %d tokens; charged", admitted.caller.label, tokens)
         self.metrics.usage(admitted.tenant, tokens)
         await self.gate.settle(admitted.caller, admitted.reservation, tokens)
 

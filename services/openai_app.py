@@ -28,7 +28,7 @@ from pipelines.openai_compat import ChunkWriter, completion, model_card, models_
 from pipelines.openai_request import OpenAIError, parse_request
 from pipelines.errors import public_message
 from pipelines.schema import RagResponse
-from pipelines.sse import detach
+from pipelines.sse import outliving
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
             return JSONResponse(completion(resp, chat.model, fingerprint, rewritten_query),
                                 headers={"X-Request-Id": request_id})
 
-        events = rag.pipeline.stream(req, request_id, admitted.meter)
+        events = outliving(rag.pipeline.stream(req, request_id, admitted.meter), lambda: rag.front.abandon(admitted))
         try:  # everything before the first event can still fail with a proper status code
             first = await anext(events)
         except RagrouteError as exc:
@@ -118,7 +118,6 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
 
         async def sse() -> AsyncIterator[str]:
             event = first
-            settled = False
             try:
                 while True:
                     if event["event"] == "meta":  # sources, route and cache before the first token
@@ -128,7 +127,6 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
                     else:  # done
                         resp = RagResponse.model_validate(event["response"])
                         await rag.front.settle(admitted, resp)
-                        settled = True
                         chunks = writer.done(resp, rewritten_query)
                     for chunk in chunks:
                         yield _sse(chunk)
@@ -140,8 +138,6 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
                 status = exc.status if isinstance(exc, RagrouteError) else 500
                 yield _sse(OpenAIError(status, public_message(exc), None, "stream_failed").body())
             finally:
-                if not settled:  # the client hung up, or the stream failed: charge what it cost
-                    detach(rag.front.abandon(admitted))
                 await events.aclose()
 
         return StreamingResponse(sse(), media_type="text/event-stream",

@@ -24,7 +24,7 @@ from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
 from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
-from pipelines.sse import frames
+from pipelines.sse import frames, outliving
 from services._common import PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
 from services.generation import Generation
@@ -189,7 +189,7 @@ class RAG:
     async def _stream(self, ctx: bentoml.Context, req: RagRequest, request_id: str, admitted: Admitted):
         from starlette.responses import StreamingResponse
 
-        events = self.pipeline.stream(req, request_id, admitted.meter)
+        events = outliving(self.pipeline.stream(req, request_id, admitted.meter), lambda: self.front.abandon(admitted))
         try:  # everything before the first token can still fail with a proper status code
             first = await anext(events)
         except RagrouteError as exc:
@@ -203,8 +203,7 @@ class RAG:
             await self.front.settle(admitted, response)
             return {**event, "response": response.model_dump()} if admitted.warnings else event
 
-        return StreamingResponse(frames(first, events, request_id, settle, lambda: self.front.abandon(admitted)),
-                                 media_type="text/event-stream",
+        return StreamingResponse(frames(first, events, request_id, settle), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Request-Id": request_id})
 
     # -- admin ---------------------------------------------------------------------------------------

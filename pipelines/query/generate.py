@@ -187,6 +187,7 @@ class Generator:
             stream = engine.answer(question, sources, sampling) if getattr(engine, "reads_sources", False) else \
                 engine.stream(messages, sampling)
             yield Delta("", prompt_tokens, 0)  # the prompt is being processed: it is spent from here on
+            ran_out = False  # the loop below ended (not its caller): the record reports what was spent
             try:
                 async for chunk in stream:
                     logprobs.extend(chunk.logprobs)
@@ -211,9 +212,11 @@ class Generator:
                             break  # what fits the time left
                     if deadline is not None and time.monotonic() > deadline:
                         break
+                ran_out = True
             finally:
                 await stream.aclose()  # stops the engine's work for an abandoned or cut request
-                self.on_spent(tier, prompt_tokens, max(len(logprobs), len(parts)))
+                if not ran_out:  # abandoned by its caller: what was spent until then
+                    self.on_spent(tier, prompt_tokens, max(len(logprobs), len(parts)))
         if rest := lead_in.close():
             shown.append(rest)
             yield Delta(rest, prompt_tokens, max(len(logprobs), len(parts)))
@@ -223,6 +226,7 @@ class Generator:
             finish = "stop" if sentences >= MAX_SENTENCES else "length" if tokens_out >= limit else "deadline"
         else:
             tokens_in, tokens_out, finish = final.tokens_in, final.tokens_out, final.finish_reason
+        self.on_spent(tier, tokens_in, tokens_out)
         latency = time.perf_counter() - started
         throughput = self.throughput[tier]
         throughput.observe(prompt_tokens=tokens_in, ttft_s=None if ttft is None else ttft / 1000,

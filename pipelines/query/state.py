@@ -44,6 +44,7 @@ class Meter:
 
     finished: int = 0
     in_progress: int = 0
+    charged: bool = False  # the front door charges a request once, however it ends
 
     @property
     def tokens(self) -> int:

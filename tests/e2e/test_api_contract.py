@@ -9,8 +9,9 @@ Two exceptions, stated in the config below, for rules OpenAPI 3.0 cannot write:
 - /v1/chat/completions: the *last* message must be the user's question, so a schema-valid
   conversation that ends with an assistant turn is refused (400 naming the field) and
   positive_data_acceptance is off for that operation only;
-- /ingest: a body over 32 MiB is a 413 (published) whatever it holds, so 413 counts as a
-  refusal of a valid or an invalid body there (schemathesis' defaults leave it out)."""
+- every endpoint: a body over its limit (RAGROUTE_MAX_BODY_BYTES, 1 MiB; /ingest 32 MiB) is a
+  413 (published) whatever it holds, unread, so 413 counts as a refusal of a valid or an invalid
+  body (schemathesis' defaults leave it out)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ from pipelines.access import add_key
 
 EXAMPLES = 25  # per operation and phase
 CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2XX", "401", "403", "404", "409", "413", "429"]
+
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+
 [[operations]]
 include-path = "/v1/chat/completions"
 checks.positive_data_acceptance.enabled = false

@@ -159,3 +159,30 @@ def test_when_the_limits_store_fails_requests_are_let_through_and_counted(tmp_pa
     assert first and "not checked" in first[0] and second and "not checked" in second[0]
     assert skipped_in < 0.05  # Redis is known to be down: the second request does not wait for it
     assert errors == ["admit", "admit", "charge"]
+
+
+def test_a_request_is_charged_once_whether_it_is_settled_abandoned_or_both(tmp_path):
+    from types import SimpleNamespace
+
+    from pipelines.access import FrontDoor
+
+    path = tmp_path / "keys.json"
+    key = add_key(path, "k", "t", tokens_per_day=10_000)
+    gate = Gate(load_keys(path), reserve_tokens=500)
+    metrics = SimpleNamespace(denied=lambda s: None, observe=lambda r: None, usage=lambda *a: None)
+    front = FrontDoor(gate, metrics)
+    caller = front.authenticate(f"Bearer {key}")
+    resp = SimpleNamespace(warnings=[], cache=SimpleNamespace(hit=False, decision=None),
+                           usage=SimpleNamespace(tokens_in=300, tokens_out=40))
+
+    async def go():
+        delivered = await front.admit(caller, "default")
+        await front.settle(delivered, resp)
+        await front.abandon(delivered)  # the client hung up after the done event: no second charge
+        abandoned = await front.admit(caller, "default")
+        abandoned.meter.finished = 123  # what its generations cost before the hang-up
+        await front.abandon(abandoned)
+        await front.abandon(abandoned)
+        return await gate.used(caller)
+
+    assert run(go()) == 340 + 123

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from pipelines.errors import INTERNAL, StageError
 from pipelines.sse import frames
 
@@ -72,3 +74,50 @@ def test_a_client_hanging_up_closes_the_pipeline_stream():
     events = Events([{"event": "meta"}, {"event": "token", "text": "a"}, {"event": "token", "text": "b"}])
     out = asyncio.run(collect(events, take=2))
     assert len(out) == 2 and events.closed
+
+
+def test_a_stream_outlives_its_client_and_is_charged_once_at_its_end():
+    from pipelines.sse import outliving
+
+    produced, charged = [], []
+
+    async def pipeline():
+        for i in range(5):
+            await asyncio.sleep(0.01)
+            produced.append(i)
+            yield {"event": "token", "n": i}
+
+    async def charge():
+        charged.append(list(produced))  # what had been produced when the charge was made
+
+    async def client_hangs_up_after_two():
+        stream = outliving(pipeline(), charge)
+        got = [await anext(stream), await anext(stream)]
+        await stream.aclose()  # the client is gone
+        await asyncio.sleep(0.2)  # the pipeline runs on, unseen
+        return got
+
+    got = asyncio.run(client_hangs_up_after_two())
+    assert [e["n"] for e in got] == [0, 1]
+    assert produced == [0, 1, 2, 3, 4] and charged == [[0, 1, 2, 3, 4]]  # the whole answer, charged once
+
+    charged.clear()
+
+    async def client_stays():
+        return [e async for e in outliving(pipeline(), charge)]
+
+    assert len(asyncio.run(client_stays())) == 5 and charged == []  # delivered: settled by the done event
+
+    async def broken():
+        yield {"event": "meta"}
+        raise StageError("generate[small]", "timed out")
+
+    async def client_of_a_failure():
+        out = []
+        with pytest.raises(StageError):
+            async for e in outliving(broken(), charge):
+                out.append(e)
+        await asyncio.sleep(0.01)
+        return out
+
+    assert asyncio.run(client_of_a_failure()) == [{"event": "meta"}] and len(charged) == 1  # failed: charged
