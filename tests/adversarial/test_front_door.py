@@ -171,6 +171,9 @@ def test_every_endpoint_refuses_an_oversized_body_before_reading_it(stack):
     over = httpx.post(f"{server.url}/v1/chat/completions", content=big, timeout=30)
     assert over.status_code == 413 and over.json()["error"]["code"] == "request_too_large"
     assert httpx.post(f"{server.url}/cache_purge", content=big, timeout=30).status_code == 413
+    ingest_over = b'{"documents": [{"id": "a", "title": "t", "text": "' + b"x" * ((32 << 20) + 1000) + b'"}]}'
+    assert raw_post(server, "/ingest/collections/handbook/documents",
+                    f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n", chunked(ingest_over)) == 413
     # an understated length is read as declared; the rest is never taken for a body
     assert raw_post(server, "/rag_query", "Content-Length: 20\r\n", big) in (400, 401)
     assert ask(server, "acme", query=Q).status_code == 200  # and the service is fine

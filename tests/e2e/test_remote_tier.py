@@ -8,6 +8,8 @@ quote that takes up the question and escalates one that does not."""
 
 from __future__ import annotations
 
+import json
+
 import time
 
 import pytest
@@ -69,6 +71,8 @@ def test_a_hung_remote_tier_falls_back_to_small_within_budget_then_recovers(serv
     assert elapsed < TOTAL_MS + MARGIN_MS and out["degraded"]
     assert out["route"]["tier"] == "small" and out["answer"]
     assert any("generate[large]" in w and "timed out" in w for w in out["warnings"]), out["warnings"]
+    # the upstream's address stays in the log: not in warnings, route reasons or budget details
+    assert f":{openai_server.port}" not in json.dumps(out) and "127.0.0.1" not in json.dumps(out), out["warnings"]
     for _ in range(10):
         again, _ = ask(server, "What does the assert statement do?")
         if not again["degraded"]:
