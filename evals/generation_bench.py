@@ -96,7 +96,7 @@ async def _measure(engine_name: str, runs: int, base_url: str) -> dict:
         """The TierAnswer record, with ttft measured from submission (queueing included)."""
         first = None
         async for item in gen.stream("small", f"{QUESTION} ({i})", source):
-            if first is None:
+            if first is None and getattr(item, "text", ""):  # the first words (not the prompt's progress event)
                 first = (time.perf_counter() - start) * 1000
             if isinstance(item, TierAnswer):
                 return item.model_copy(update={"ttft_ms": first})

@@ -8,6 +8,8 @@ connection the dependency had already closed is retried once (generation never i
 
 from __future__ import annotations
 
+import json
+
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -57,7 +59,7 @@ class RemoteStages:
                     continue
                 raise StageError(stage, "the service did not answer", f"{type(exc).__name__}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - every dependency failure is reported as that stage's
-                raise StageError(stage, "the service call failed", f"{type(exc).__name__}: {exc}") from exc
+                raise StageError(stage, _callee_message(stage, exc), f"{type(exc).__name__}: {exc}") from exc
 
     def forget(self, collection: str) -> None:
         """The collection's version changed (an ingestion job here swapped it): ask again."""
@@ -154,3 +156,18 @@ class RemoteStages:
         finally:
             if chunks is not None:
                 await chunks.aclose()
+
+
+def _callee_message(stage: str, exc: Exception) -> str:
+    """What a client may read of a dependency's failure: a stage failure our own service reported
+    (424, services/_common.py: to_bentoml; its message is written for clients), else a fixed text."""
+    from http import HTTPStatus
+
+    if getattr(exc, "error_code", None) == HTTPStatus.FAILED_DEPENDENCY:
+        message = str(exc)
+        try:  # BentoML sends the error as {"error": "..."}
+            message = str(json.loads(message).get("error", message))
+        except (ValueError, AttributeError):
+            pass
+        return message.removeprefix(f"{stage} stage failed: ")[:300]
+    return "the service call failed"

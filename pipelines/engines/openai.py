@@ -85,7 +85,8 @@ class OpenAIEngine:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if started or attempt >= self.retries:
                     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-                    raise self._fail(kind, f"{kind} ({type(exc).__name__}: {exc})") from None
+                    raise self._fail(kind if kind == "timed out" else "is unreachable",
+                                     f"{kind} ({type(exc).__name__}: {exc})") from None
                 reason = f"{type(exc).__name__}: {exc}"
             attempt += 1
             log.warning("tier %s: %s; retry %d/%d", self.tier, reason, attempt, self.retries)

@@ -90,7 +90,8 @@ def test_bad_input_is_a_400_naming_the_field(server, body, field):
 def test_an_unconfigured_tier_is_a_400_listing_the_valid_ones(server):
     resp = server.post({"query": "q", "tier": "xl"})
     assert resp.status_code == 400 and resp.json() == {
-        "error": "tier: 'xl' is not a configured tier; valid: auto, cascade, small, large", "field": "tier"}
+        "error": "tier: 'xl' is not a configured tier; valid: auto, cascade, small, large", "field": "tier",
+        "request_id": resp.headers["X-Request-Id"]}
 
 
 def test_malformed_json_is_a_400(server):

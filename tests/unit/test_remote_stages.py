@@ -45,3 +45,26 @@ def test_generation_is_never_retried():
     with pytest.raises(StageError, match="generate\\[large\\] stage failed"):
         asyncio.run(RemoteStages(svc=svc).generate("large", "q", [], 1000.0))
     assert method.calls == 1
+
+
+def test_a_dependency_s_own_stage_failure_keeps_its_message_and_anything_else_is_generic():
+    from http import HTTPStatus
+
+    from bentoml.exceptions import BentoMLException
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        async def __call__(self, **kwargs):
+            raise self.exc
+
+    ours = BentoMLException('{"error": "retrieve stage failed: Milvus search failed"}',
+                            error_code=HTTPStatus.FAILED_DEPENDENCY)  # services/_common.py: to_bentoml
+    with pytest.raises(StageError) as info:
+        asyncio.run(RemoteStages(svc=None)._call("retrieve", Failing(ours)))
+    assert str(info.value) == "retrieve stage failed: Milvus search failed"
+    other = RuntimeError("connect to unix:///tmp/bentoml-xyz.sock failed")
+    with pytest.raises(StageError) as info:
+        asyncio.run(RemoteStages(svc=None)._call("retrieve", Failing(other)))
+    assert str(info.value) == "retrieve stage failed: the service call failed" and "sock" in info.value.detail
