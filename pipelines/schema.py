@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 MAX_QUERY_CHARS = 2000
 # Unicode White_Space: what pydantic's strip_whitespace trims (Python's str.strip also trims
@@ -22,8 +22,18 @@ _C = "".join(f"\\u{ord(c):04x}" for c in CONTROL)
 # TEXT: at least one non-blank character and no control character (anchored: the whole string).
 TEXT = f"^[^{_C}]*{NON_BLANK[:-1]}{_C}][^{_C}]*$"
 
-Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS,
-                                         pattern=TEXT)]
+_CONTROL = frozenset(CONTROL)
+
+
+def _no_control(text: str) -> str:
+    if not _CONTROL.isdisjoint(text):
+        raise ValueError("must not contain control characters (NUL, ESC, DEL, ...); tabs and line breaks are fine")
+    return text
+
+
+# The published document states the same rule as TEXT (services/openapi.py).
+Query = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_CHARS),
+                  AfterValidator(_no_control)]
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 COLLECTION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # index/collections.py NAME
