@@ -154,5 +154,6 @@ class NoopRag:
 
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, query: str, top_k: int = 4, tier: str = "auto", cache: str = "use",
-                        tenant: str = "default", stream: bool = False, collection: str = "default") -> RagResponse:
+                        tenant: str = "default", stream: bool = False, collection: str = "default",
+                        allow_degraded: bool = True) -> RagResponse:
         return self.response

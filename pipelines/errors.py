@@ -6,7 +6,8 @@
     ├── ConfigError (500)         a setting is invalid; raised at start-up, names the key
     ├── ArtifactError (500)       an index/model on disk fails its manifest or sha256 check
     └── StageError (503)          a pipeline stage (a dependency service) failed or timed out
-        └── UpstreamError (502)   a remote engine (OpenAI-compatible endpoint) failed or timed out
+        ├── UpstreamError (502)   a remote engine (OpenAI-compatible endpoint) failed or timed out
+        └── Overloaded (503)      no tier can answer in time, and the client wants no degraded answer
 
 Services map these to responses in one place (services/_common.py: error_body), and to what
 travels between services in another (pipelines/wire.py: failure).
@@ -63,6 +64,16 @@ class StageError(RagrouteError):
 
 class UpstreamError(StageError):
     status = 502
+
+
+class Overloaded(StageError):
+    """No tier can answer in time and the client asked for no degraded answer: 503 with Retry-After."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__("generate", message)
+        self.retry_after_s = retry_after_s
 
 
 def public_message(exc: BaseException) -> str:

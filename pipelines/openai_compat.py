@@ -105,7 +105,8 @@ def to_rag_request(chat: ChatRequest, tiers: dict[str, TierConfig]) -> tuple[Rag
     opts = chat.ragroute
     try:
         return RagRequest(query=question, top_k=opts.top_k, tier=tier, cache=opts.cache, tenant=opts.tenant,
-                          collection=opts.collection, stream=chat.stream), rewritten
+                          collection=opts.collection, stream=chat.stream,
+                          allow_degraded=opts.allow_degraded), rewritten
     except ValidationError as exc:  # pragma: no cover - every field was validated above
         raise OpenAIError(400, str(exc)) from None
 

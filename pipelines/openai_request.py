@@ -32,7 +32,9 @@ class OpenAIError(Exception):
     @classmethod
     def of(cls, exc: RagrouteError) -> OpenAIError:
         field = getattr(exc, "field", None)
-        return cls(exc.status, str(exc), f"ragroute.{field}" if field == "collection" else field)
+        retry = getattr(exc, "retry_after_s", None)
+        return cls(exc.status, str(exc), f"ragroute.{field}" if field == "collection" else field,
+                   "overloaded" if retry is not None else None, retry)
 
     @classmethod
     def denied(cls, exc: Denied) -> OpenAIError:
@@ -77,6 +79,7 @@ class RagrouteOptions(BaseModel):
     cache: Literal["use", "bypass", "refresh"] = "use"
     tenant: Tenant = "default"
     collection: Collection = "default"
+    allow_degraded: StrictBool = True
 
 
 class ChatRequest(BaseModel):

@@ -56,6 +56,9 @@ class RagRequest(BaseModel):
     stream: StrictBool = Field(False, description="stream the answer as server-sent events while it is generated")
     collection: Collection = Field("default", description="the document collection to answer from (GET /collections "
                                                           "lists them); an unknown one is a 404")
+    allow_degraded: StrictBool = Field(True, description="false: when no tier can answer in time (the service is "
+                                                         "at capacity), a 503 with Retry-After instead of an "
+                                                         "extract of the best source")
 
 
 class _Out(BaseModel):

@@ -25,6 +25,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.engines.load import Capacity
 from pipelines.errors import RagrouteError, StageError
 from pipelines.records import ScoredChunk, Tier, TierAnswer
 
@@ -94,8 +95,12 @@ class StageFailure(_Wire):
 
     error: Annotated[str, Field(max_length=10_000)]
     status: Annotated[int, Field(ge=400, le=599)] = 503
+    capacity_wait_s: Annotated[float, Field(ge=0)] | None = None
+    """set when the tier refused for capacity (pipelines/engines/load.py): how long until it could start one"""
 
     def raise_for(self, stage: str) -> None:
+        if self.capacity_wait_s is not None:
+            raise Capacity(stage, self.error.removeprefix("capacity: "), self.capacity_wait_s)
         raise StageError(stage, self.error)
 
 
@@ -115,6 +120,8 @@ StreamEvent = TextEvent | FinalEvent | StageFailure
 def failure(exc: Exception) -> StageFailure:
     """The one mapping from an error to what travels: our errors keep their status and message;
     anything else is an engine failure (503)."""
+    if isinstance(exc, Capacity):
+        return StageFailure(error=exc.message, status=exc.status, capacity_wait_s=round(exc.wait_s, 3))
     if isinstance(exc, RagrouteError):
         return StageFailure(error=getattr(exc, "message", str(exc)), status=exc.status)
     log.warning("engine error: %s: %s", type(exc).__name__, exc)  # the text stays here; the caller reads the kind

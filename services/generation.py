@@ -60,6 +60,16 @@ def _spent_counter():
                    labelnames=["tier", "kind"])
 
 
+@functools.cache
+def _load_gauge():
+    """Each tier's queue as admission sees it (pipelines/engines/load.py): requests running and
+    waiting, the estimated wait of a new one, and how many it refused for capacity."""
+    from prometheus_client import Gauge
+
+    return Gauge("ragroute_generation_load", "each tier's load (stat: running | waiting | wait_seconds | refused)",
+                 labelnames=["tier", "stat"], multiprocess_mode="mostrecent")
+
+
 def _count_spent(tier: str, tokens_in: int, tokens_out: int) -> None:
     counter = _spent_counter()
     counter.labels(tier=tier, kind="prompt").inc(tokens_in)
@@ -88,6 +98,15 @@ class Generation:
         for name, rates in self.generator.rates().items():
             gauge.labels(tier=name, phase="prefill").set(rates.prefill_tok_s)
             gauge.labels(tier=name, phase="decode").set(rates.decode_tok_s)
+        self._report_load()
+
+    def _report_load(self) -> None:
+        gauge = _load_gauge()
+        for name, load in self.generator.loads.items():
+            snap = load.snapshot()
+            for stat, key in (("running", "running"), ("waiting", "waiting"), ("wait_seconds", "wait_s"),
+                              ("refused", "refused")):
+                gauge.labels(tier=name, stat=stat).set(snap[key])
 
     @bentoml.api(input_spec=wire.GenerateRequest)
     async def generate(self, tier: Tier, query: str, sources: list[ScoredChunk], budget_ms: float | None = None) -> dict:
@@ -99,6 +118,7 @@ class Generation:
         except StageError as exc:
             # BentoML hides the message of a 5xx; the caller needs it (e.g. "upstream ... timed out").
             log.warning("generate[%s] failed: %s", tier, exc)
+            self._report_load()
             return wire.failure(exc).model_dump()
         except RagrouteError as exc:
             raise to_bentoml(exc) from None
@@ -118,6 +138,7 @@ class Generation:
                     yield wire.line(wire.TextEvent(t=item.text, p=item.tokens_in, n=item.tokens_out))
         except RagrouteError as exc:  # headers are sent already: the error travels in the stream
             log.warning("generate_stream[%s] failed: %s", tier, exc)
+            self._report_load()
             yield wire.line(wire.failure(exc))
         except Exception as exc:  # noqa: BLE001 - an engine failure: reported, the service stays up
             log.exception("generate_stream[%s]: engine error", tier)
@@ -138,7 +159,8 @@ class Generation:
         return self._info()
 
     def _info(self) -> dict:  # an API method called from inside the service would go through a client
-        rates = self.generator.rates()
+        rates, loads = self.generator.rates(), self.generator.loads
         return {name: {"engine": e.name, "model": e.model, "price_in": self.generator.cfg.tiers[name].price_in,
-                       "price_out": self.generator.cfg.tiers[name].price_out, "rates": rates[name].as_dict()}
+                       "price_out": self.generator.cfg.tiers[name].price_out, "rates": rates[name].as_dict(),
+                       "load": loads[name].snapshot() if name in loads else None}
                 for name, e in self.generator.engines.items()}

@@ -138,7 +138,7 @@ class RAG:
     @bentoml.api(input_spec=RagRequest)
     async def rag_query(self, ctx: bentoml.Context, query: str, top_k: int = 4, tier: str = "auto",
                         cache: str = "use", tenant: str = "default", stream: bool = False,
-                        collection: str = "default") -> RagResponse:
+                        collection: str = "default", allow_degraded: bool = True) -> RagResponse:
         """Answer a question from the index with the cheapest adequate model.
 
         With ``stream: true`` the answer comes as server-sent events while it is generated:
@@ -152,7 +152,7 @@ class RAG:
             log.info("request %s refused (%d): %s", request_id, exc.status, exc)
             return self._refuse(ctx, exc, request_id)  # type: ignore[return-value]
         req = RagRequest(query=query, top_k=top_k, tier=tier, cache=cache, tenant=admitted.tenant, stream=stream,
-                         collection=collection)
+                         collection=collection, allow_degraded=allow_degraded)
         if stream:
             return await self._stream(ctx, req, request_id, admitted)  # type: ignore[return-value]
         try:
@@ -178,7 +178,7 @@ class RAG:
     def _refuse(ctx: bentoml.Context, exc: RagrouteError, request_id: str | None = None):
         """An error response (with a ctx parameter, bentoml takes status and headers from ctx)."""
         ctx.response.status_code = exc.status
-        if isinstance(exc, Denied) and exc.retry_after_s is not None:
+        if getattr(exc, "retry_after_s", None) is not None:  # over a limit, or at capacity
             ctx.response.headers["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, Denied) and exc.status == 401:
             ctx.response.headers["WWW-Authenticate"] = "Bearer"

@@ -45,9 +45,15 @@ class FakeStages:
         self.route_score = 0.9  # the fake router's score; large when >= the threshold (0.5 unless given)
         self.route_thresholds: list[float | None] = []  # the threshold of each route call
         self.answers: dict[str, str] = {}  # tier -> its answer (else ``answer``)
+        self.at_capacity: dict[str, float] = {}  # tier -> its wait (s): it refuses every request for capacity
 
     async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
+        tier = stage[len("generate["):-1] if stage.startswith("generate[") else None
+        if tier in self.at_capacity:
+            from pipelines.engines.load import Capacity
+
+            raise Capacity(stage, f"would finish in ~20.0 s, 0.3 s left (1 running, 3 waiting)", self.at_capacity[tier])
         if stage in self.delays:
             await asyncio.sleep(self.delays[stage])
         if stage in self.fail:

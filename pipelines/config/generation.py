@@ -36,6 +36,7 @@ class TierConfig:
     prefill_tok_s: float = 200.0  # throughput priors, until the engine has measured its own
     decode_tok_s: float = 50.0
     source_tokens: int = 2048  # at most this much source text in a prompt (pipelines/query/prompt.py)
+    max_queue: int = 4  # requests waiting for a one-at-a-time engine beyond which the tier is full
     # openai engine
     base_url: str = ""
     api_key: str = field(default="", repr=False)  # never in a log line
@@ -90,6 +91,7 @@ TIER_SETTINGS: dict[str, tuple[float, float] | tuple[str, ...] | None] = {
     "prefill_tok_s": (1.0, 1e7),
     "decode_tok_s": (1.0, 1e6),
     "source_tokens": (16, 1_048_576),
+    "max_queue": (0, 1024),
     "base_url": None,
     "api_key": None,  # openai engine: default OPENAI_API_KEY
     "timeout_s": (0.1, 3600.0),
@@ -157,6 +159,8 @@ class GenerationConfig:
     """Cheapest first: a failing tier falls back to the first one."""
     threads: int
     profile: str = "cpu"
+    admission: bool = True
+    """refuse at once a generation that cannot finish before its deadline (pipelines/engines/load.py)"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> GenerationConfig:
@@ -186,4 +190,5 @@ class GenerationConfig:
             # slower than 2 (memory-bound), while 2 starve embedding and retrieval under load.
             threads=_num(env, "RAGROUTE_GEN_THREADS", max(1, (os.cpu_count() or 1) - 1), int, 1, 256),
             profile=profile,
+            admission=_choice(env, "RAGROUTE_ADMISSION", "on", ("on", "off")) == "on",
         )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import ENGINES, Engine, Sampling
+from pipelines.engines.load import Ticket, TierLoad
 from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.leadin import LeadIn
@@ -97,6 +98,13 @@ class Generator:
             if measured:
                 self.throughput[name].calibrate(*measured)
                 log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode at warm-up", name, *measured)
+        # deadline-aware admission per tier (pipelines/engines/load.py); none for an engine that
+        # reads the sources itself (extractive: milliseconds, the fallback of last resort)
+        self.loads: dict[str, TierLoad] = {} if not cfg.admission else {
+            name: TierLoad(name, self.throughput[name], serial=engine.concurrency is not None,
+                           max_queue=cfg.tiers[name].max_queue,
+                           expected_answer_tokens=min(float(cfg.tiers[name].max_tokens), 48.0))
+            for name, engine in self.engines.items() if not getattr(engine, "reads_sources", False)}
 
     async def remeasure(self) -> dict[str, Rates]:
         """Measure again, now, each tier whose engine can (llama.cpp): the warm-up at load may have
@@ -153,6 +161,26 @@ class Generator:
         (time.monotonic(); default now)."""
         engine, tier_cfg = self._engine(tier)
         deadline = None if budget_ms is None else (received_at or time.monotonic()) + budget_ms / 1000
+        load = self.loads.get(tier)
+        ticket = None
+        if load is not None:  # refused here, at once, when it cannot finish in time (Capacity)
+            left_s = None if deadline is None else deadline - time.monotonic()
+            _, prompt_estimate = self.messages(tier, question, sources, None if left_s is None else left_s * 1000)
+            ticket = load.admit(prompt_estimate, tier_cfg.max_tokens, left_s)
+        answered: int | None = None  # the finished answer's length (the load's expected length follows it)
+        try:
+            async for item in self._stream(engine, tier_cfg, question, sources, budget_ms, deadline, load, ticket):
+                if isinstance(item, TierAnswer):
+                    answered = item.tokens_out
+                yield item
+        finally:
+            if ticket is not None:
+                load.done(ticket, answered)
+
+    async def _stream(self, engine: Engine, tier_cfg: TierConfig, question: str, sources: Sequence[ScoredChunk],
+                      budget_ms: float | None, deadline: float | None, load: TierLoad | None,
+                      ticket: Ticket | None) -> AsyncIterator[Delta | TierAnswer]:
+        tier = tier_cfg.name
         async with contextlib.AsyncExitStack() as stack:
             if engine.concurrency is not None:
                 wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -162,6 +190,8 @@ class Generator:
                     raise StageError(f"generate[{tier}]",
                                      f"the engine stayed busy for the whole {budget_ms:.0f} ms budget") from None
                 stack.callback(engine.concurrency.release)
+            if ticket is not None:
+                load.start(ticket)
             left_ms = None if deadline is None else (deadline - time.monotonic()) * 1000
             messages, prompt_tokens = self.messages(tier, question, sources, left_ms)
             limit = self.token_limit(tier_cfg, prompt_tokens, left_ms)
@@ -203,6 +233,8 @@ class Generator:
                         parts.append(chunk.text)
                         out = lead_in.feed(chunk.text)
                         shown.append(out)
+                        if ticket is not None:
+                            load.progress(ticket, len(parts))
                         yield Delta(out, prompt_tokens, max(len(logprobs), len(parts)))
                         if ends_sentence(chunk.text, parts):
                             sentences += 1

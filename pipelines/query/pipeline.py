@@ -36,6 +36,8 @@ from pipelines.query.prepare import Preparation
 from pipelines.query.respond import Responder, sources
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.stages import Stages
+from pipelines.engines.load import retry_after_s
+from pipelines.errors import Overloaded
 from pipelines.query.state import Meter, RequestState
 from pipelines.query.tiers import CUT, Begin, TierRunner
 from pipelines.records import TierAnswer
@@ -88,11 +90,21 @@ class QueryPipeline:
         if prep.hit is not None:
             return self.responder.from_cache(r, prep)
         generation = await mode.answer(self.runner, r, prep.route, prep.ranked)
+        if generation is None:
+            self._refuse_if_overloaded(r)
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit; "
                       "answered with an extract of the best source")
             generation = None
         return await self.responder.finish(r, prep, generation)
+
+    @staticmethod
+    def _refuse_if_overloaded(r: RequestState) -> None:
+        """No tier answered because none could in time (capacity), and the client asked for no
+        degraded answer: Overloaded (503, Retry-After: when the least busy tier could start one)."""
+        if r.capacity_wait_s is not None and not r.req.allow_degraded:
+            raise Overloaded("no tier can answer in time (at capacity); retry later",
+                             retry_after_s(r.capacity_wait_s))
 
     async def stream(self, req: RagRequest, request_id: str = "-", meter: Meter | None = None
                      ) -> AsyncIterator[dict[str, Any]]:
@@ -112,19 +124,32 @@ class QueryPipeline:
         route = prep.route
         generation: TierAnswer | None = None
         sent: list[str] = []
+        # A client that wants no degraded answer gets the meta event with the first words: until
+        # then, a refusal for capacity can still be a 503 (nothing has been sent).
+        meta: dict[str, Any] | None = None
         async for item in mode.stream(self.runner, r, route, prep.ranked):
             if isinstance(item, Begin):
-                yield {"event": "meta", "request_id": request_id,
-                       "route": {"mode": mode.name, "tier": item.tier,
-                                 "score": None if route.router in ("request", "cascade") else round(route.score, 6),
-                                 "reason": route.reason, "path": [s.model_dump() for s in r.steps]},
-                       "sources": [s.model_dump() for s in sources(prep.ranked)],
-                       "cache": self.responder.miss_info(r, prep).model_dump()}
+                meta = {"event": "meta", "request_id": request_id,
+                        "route": {"mode": mode.name, "tier": item.tier,
+                                  "score": None if route.router in ("request", "cascade") else round(route.score, 6),
+                                  "reason": route.reason, "path": [s.model_dump() for s in r.steps]},
+                        "sources": [s.model_dump() for s in sources(prep.ranked)],
+                        "cache": self.responder.miss_info(r, prep).model_dump()}
+                if req.allow_degraded:
+                    yield meta
+                    meta = None
             elif isinstance(item, TierAnswer):
                 generation = item
             else:
+                if meta is not None:
+                    yield meta
+                    meta = None
                 sent.append(item.text)
                 yield {"event": "token", "text": item.text}
+        if generation is None and not sent:
+            self._refuse_if_overloaded(r)
+        if meta is not None:
+            yield meta
         if generation is not None and generation.finish_reason in CUT:
             r.degrade(f"generate[{generation.tier}]: the answer was cut at the time limit")
         if generation is None and not sent:

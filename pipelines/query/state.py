@@ -65,6 +65,7 @@ class RequestState:
         self.degraded = False
         self.cache_status = "miss"
         self.steps: list[RouteStep] = []  # every tier asked, in order
+        self.capacity_wait_s: float | None = None  # a tier refused for capacity: the least wait among them
         self.spent: list[TierAnswer] = []  # every completed generation (usage counts them all)
 
     def step(self, tier: str, outcome: str, gen: TierAnswer | None = None, reason: str = "", *,

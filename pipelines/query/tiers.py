@@ -17,8 +17,10 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
+from pipelines.breaker import Breaker
 from pipelines.budget import BudgetProfile
 from pipelines.config import RagConfig, TierConfig
+from pipelines.engines.load import Capacity
 from pipelines.errors import StageError
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
@@ -30,6 +32,12 @@ log = logging.getLogger(__name__)
 
 CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not complete
 NO_TIER = "no tier could generate in time; answered with an extract of the best source"
+NO_TIER_CAPACITY = "capacity: no tier can answer in time; answered at once with an extract of the best source"
+STALL_S = 10.0  # a tier that timed out without a word is skipped this long, then probed
+
+
+class Stalled(Capacity):
+    """The tier is skipped without asking it: it recently let a request time out."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,25 @@ class TierRunner:
         self.budget = budget
         self.tiers = list(tiers)  # configured tiers, cheapest first
         self.tier_configs = dict(tier_configs)
+        # a tier that let a request time out without a word (a stuck worker, an engine far behind)
+        # is skipped at once for STALL_S, then probed by one request (pipelines/breaker.py)
+        self._stalled: dict[str, Breaker] = {}
+
+    def _stall(self, tier: str) -> None:
+        breaker = self._stalled.setdefault(tier, Breaker(STALL_S, f"tier {tier}"))
+        breaker.failed("generate", TimeoutError("no answer within the budget"))
+
+    def _check_stalled(self, tier: str) -> None:
+        breaker = self._stalled.get(tier)
+        if breaker is not None and not breaker.allow():  # else closed, or this request is the probe
+            raise Stalled(f"generate[{tier}]", f"the tier did not answer within a budget; skipped for "
+                                               f"{breaker.retry_in():.1f} s more", breaker.retry_in())
+
+    def _answered(self, r: RequestState, gen: TierAnswer) -> None:
+        breaker = self._stalled.get(gen.tier)
+        if breaker is not None:
+            breaker.succeeded()  # the probe answered: the tier is back
+        self._recorded(r, gen)
 
     @property
     def safety_ms(self) -> float:
@@ -71,13 +98,19 @@ class TierRunner:
         first = self.tiers[0] if self.tiers else "small"
         return [tier] + ([first] if tier != first and fallbacks else [])
 
-    def _answered(self, r: RequestState, gen: TierAnswer) -> None:
+    def _recorded(self, r: RequestState, gen: TierAnswer) -> None:
         r.step(gen.tier, "answered", gen)
         self.observe_rates(gen.tier, gen.prefill_tok_s, gen.decode_tok_s)
 
-    @staticmethod
-    def _failed(r: RequestState, tier: str, tiers: list[str], exc: StageError, suffix: str = "") -> None:
+    def _failed(self, r: RequestState, tier: str, tiers: list[str], exc: StageError, suffix: str = "") -> None:
         log.warning("request %s: %s", r.id, exc)
+        if isinstance(exc, Capacity):
+            r.capacity_wait_s = min(exc.wait_s, r.capacity_wait_s if r.capacity_wait_s is not None else exc.wait_s)
+        timed_out = r.report.get("generate") is not None and r.report["generate"].outcome == "timeout"
+        if timed_out and not isinstance(exc, Capacity):
+            self._stall(tier)
+        elif not isinstance(exc, Stalled) and tier in self._stalled:
+            self._stalled[tier].succeeded()  # the tier answered (with a refusal or an error of its own)
         r.step(tier, "failed", reason=str(exc))
         if not suffix and tier != tiers[-1]:
             suffix = f"; fell back to the {tiers[-1]} tier"
@@ -93,6 +126,7 @@ class TierRunner:
             # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
             budget = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms)
             try:
+                self._check_stalled(t)
                 gen = await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
                                   reserve_ms=self.safety_ms, label=f"generate[{t}]")
             except StageError as exc:
@@ -101,7 +135,7 @@ class TierRunner:
             self._answered(r, gen)
             return gen
         if fallbacks:
-            r.degrade(NO_TIER)
+            r.degrade(NO_TIER_CAPACITY if r.capacity_wait_s is not None else NO_TIER)
         return None
 
     async def generate_stream(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
@@ -113,6 +147,7 @@ class TierRunner:
         for t in tiers:
             sent = False
             try:
+                self._check_stalled(t)
                 async with aclosing(r.run_stream(
                         "generate", lambda budget: self.stages.generate_stream(t, r.req.query, ranked, budget),
                         final=lambda item: isinstance(item, TierAnswer), reserve_ms=self.safety_ms,
@@ -134,4 +169,4 @@ class TierRunner:
                     return
                 self._failed(r, t, tiers, exc)
         if fallbacks:
-            r.degrade(NO_TIER)
+            r.degrade(NO_TIER_CAPACITY if r.capacity_wait_s is not None else NO_TIER)

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import Chunk, Final
+from pipelines.engines.load import Capacity
 from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.generate import Delta, Generator, confidence
 from pipelines.records import TierAnswer
@@ -47,10 +48,10 @@ class WordEngine:
         pass
 
 
-def generator(engine: WordEngine | None = None, **tier) -> tuple[Generator, WordEngine]:
+def generator(engine: WordEngine | None = None, admission: bool = True, **tier) -> tuple[Generator, WordEngine]:
     base = dict(name="small", engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048,
                 max_tokens=160, prefill_tok_s=100.0, decode_tok_s=50.0, price_in=2.0, price_out=10.0)
-    cfg = GenerationConfig(tiers={"small": TierConfig(**{**base, **tier})}, threads=1)
+    cfg = GenerationConfig(tiers={"small": TierConfig(**{**base, **tier})}, threads=1, admission=admission)
     engine = engine or WordEngine()
     return Generator(cfg, engines={"small": engine}), engine
 
@@ -83,9 +84,13 @@ def test_the_token_limit_is_set_again_from_the_time_left_after_the_prompt():
 
 
 def test_too_little_time_is_refused_at_once():
-    g, engine = generator()
-    with pytest.raises(StageError, match="not enough for a"):
+    g, engine = generator()  # admission: the estimate (prompt + the expected answer) does not fit
+    with pytest.raises(Capacity, match="capacity: would finish in ~2.3 s, 1.5 s left"):
         run(g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500))
+    assert engine.max_tokens == []
+    g, engine = generator(admission=False)  # without it, the token limit's own check after the wait
+    with pytest.raises(StageError, match="not enough for a"):
+        run(g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1000))
     assert engine.max_tokens == []
 
 
@@ -96,7 +101,8 @@ def test_unknown_tier_is_a_bad_request_naming_the_valid_ones():
 
 
 def test_a_request_that_waited_out_its_budget_is_dropped_without_generating():
-    g, engine = generator()
+    # the engine is busy with work admission does not see (a re-measurement, or admission off)
+    g, engine = generator(admission=False)
 
     async def scenario():
         await engine.concurrency.acquire()  # another generation is running

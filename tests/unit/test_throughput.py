@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from pipelines.engines.load import Capacity
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import Chunk, Final
 from pipelines.engines.throughput import Throughput
@@ -75,10 +77,11 @@ class SlowEngine:
         pass
 
 
-def generator(engine, prefill=1000.0, decode=1000.0) -> Generator:
+def generator(engine, prefill=1000.0, decode=1000.0, admission=True) -> Generator:
     tier = TierConfig("small", "llamacpp", "smollm2-135m-instruct", 2048, 160, prefill_tok_s=prefill,
                       decode_tok_s=decode)
-    return Generator(GenerationConfig(tiers={"small": tier}, threads=1), engines={"small": engine})
+    return Generator(GenerationConfig(tiers={"small": tier}, threads=1, admission=admission),
+                     engines={"small": engine})
 
 
 def test_the_engines_warm_up_measurement_sets_the_token_limit_from_the_start():
@@ -91,12 +94,20 @@ def test_the_engines_warm_up_measurement_sets_the_token_limit_from_the_start():
 def test_a_slower_machine_than_configured_gets_answers_that_fit_after_one_request():
     # Configured at 1000 tok/s both ways, the engine really decodes ~20 tok/s.
     engine = SlowEngine(ttft=0.1, per_token=0.05)
-    g = generator(engine)
+    g = generator(engine, admission=False)
     sources = [chunk(0, "X is a thing.")]
     first = asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
     assert first.finish_reason == "deadline" and first.decode_tok_s < 100  # the record reports the update
     second = asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
     assert second.finish_reason == "length" and second.tokens_out <= 16 and second.latency_ms < 1000
+    # with admission (the default), the measured rates refuse it at once instead: its expected
+    # answer (48 tokens at ~20 tok/s) cannot finish in 1 s, and a cut answer is worth less than a fallback
+    g = generator(SlowEngine(ttft=0.1, per_token=0.05))
+    asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
+    t0 = time.monotonic()
+    with pytest.raises(Capacity):
+        asyncio.run(g.generate("small", "What is X?", sources, budget_ms=1000))
+    assert time.monotonic() - t0 < 0.05
 
 
 class MeasuringEngine(SlowEngine):

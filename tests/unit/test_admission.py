@@ -1,0 +1,155 @@
+"""Deadline-aware admission (issue 41), as logic: the load tracker's estimates and refusals (a
+fake clock), the generator refusing at once what cannot finish (a fake engine), and the query
+path turning refusals into an immediate extract, or a 503 with Retry-After when the client
+asked for no degraded answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipelines.config import CacheConfig, GenerationConfig, RagConfig, TierConfig
+from pipelines.budget import BudgetProfile
+from pipelines.engines import Chunk, Final
+from pipelines.engines.load import Capacity, TierLoad
+from pipelines.engines.throughput import Throughput
+from pipelines.errors import Overloaded
+from pipelines.query.generate import Generator
+from pipelines.query.pipeline import QueryPipeline
+from pipelines.schema import RagRequest
+from tests.fakes import FakeStages, chunk, unit
+
+
+def test_the_estimate_counts_the_running_request_and_the_queue():
+    now = [0.0]
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=2, clock=lambda: now[0])
+    first = load.admit(400, 96, left_s=12.0)  # 4 s prefill + 48 tokens at 20/s = 6.4 s
+    load.start(first)
+    now[0] = 3.0
+    assert load.wait_s() == pytest.approx(3.4)  # what is left of the running one
+    second = load.admit(400, 96, left_s=12.0)  # 3.4 + 6.4 = 9.8 s: fits
+    assert load.wait_s() == pytest.approx(9.8) and load.snapshot()["waiting"] == 1
+    with pytest.raises(Capacity, match="would finish in ~16.2 s, 12.0 s left") as info:
+        load.admit(400, 96, left_s=12.0)
+    assert info.value.wait_s == pytest.approx(9.8) and info.value.status == 503
+    assert load.admit(100, 96, left_s=None)  # no deadline: queued
+    with pytest.raises(Capacity, match="the tier is full"):
+        load.admit(10, 8, left_s=None)  # 2 waiting: full
+    load.done(first, answer_tokens=20)
+    load.done(second)
+    assert load.expected_answer == pytest.approx(48 + 0.2 * (20 - 48)) and load.snapshot()["running"] == 0
+
+
+def test_a_batching_engine_has_no_queue_here():
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=False, max_queue=0)
+    for _ in range(10):
+        load.start(load.admit(100, 96, left_s=5.0))
+    assert load.wait_s() == 0.0
+
+
+class SlowEngine:
+    """One request at a time (like llama.cpp), 20 ms a token."""
+
+    name, model = "fake", "fake"
+
+    def __init__(self) -> None:
+        self.concurrency = asyncio.Semaphore(1)
+        self.started = 0
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text.split()))
+
+    async def stream(self, messages, sampling):
+        self.started += 1
+        for _ in range(40):
+            await asyncio.sleep(0.02)
+            yield Chunk(text=" w", logprobs=(-0.1,))
+        yield Chunk(final=Final("length", 50, 40))
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_generation_that_cannot_finish_in_time_is_refused_at_once_and_never_started():
+    tier = TierConfig("small", "llamacpp", "smollm2-135m-instruct", 2048, 96, prefill_tok_s=1000.0, decode_tok_s=50.0)
+    engine = SlowEngine()
+    g = Generator(GenerationConfig(tiers={"small": tier}, threads=1), engines={"small": engine})
+    sources = [chunk(0, "X is a thing.")]
+
+    async def scenario():
+        running = asyncio.ensure_future(g.generate("small", "What is X?", sources, budget_ms=5000))
+        await asyncio.sleep(0.05)  # it holds the engine: ~1 s of work left
+        t0 = time.monotonic()
+        with pytest.raises(Capacity):
+            await g.generate("small", "What is Y?", sources, budget_ms=1200)  # ~1 s wait + ~1 s own > 1.2 s
+        refused_in = time.monotonic() - t0
+        queued = await g.generate("small", "What is Z?", sources, budget_ms=5000)  # fits behind it
+        return await running, queued, refused_in
+
+    first, queued, refused_in = asyncio.run(scenario())
+    assert refused_in < 0.05 and engine.started == 2  # refused in milliseconds, never started
+    assert first.tokens_out == queued.tokens_out == 40
+    assert g.loads["small"].snapshot()["waiting"] == 0 and g.loads["small"].refused == 1
+
+
+CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
+BUDGET = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
+                                "generate": 3000, "safety": 100}, total_ms=5000)
+
+
+@pytest.fixture
+def stages() -> FakeStages:
+    s = FakeStages(vectors={"what does with do": unit([1, 0, 0])})
+    s.route_score = 0.9  # the router sends it to large
+    return s
+
+
+def test_when_every_tier_is_at_capacity_the_extract_comes_at_once_flagged(stages):
+    stages.at_capacity = {"large": 7.5, "small": 2.5}
+    pipeline = QueryPipeline(stages, None, CFG, budget=BUDGET)
+    t0 = time.monotonic()
+    resp = asyncio.run(pipeline.run(RagRequest(query="what does with do")))
+    assert time.monotonic() - t0 < 0.5 and resp.degraded and resp.answer
+    assert resp.route.model == "extractive" and resp.warnings[-1].startswith("capacity: no tier can answer")
+    assert any("capacity: would finish" in w for w in resp.warnings), resp.warnings  # with each tier's estimate
+    assert [s.outcome for s in resp.route.path] == ["failed", "failed"]  # large, then small: both refused
+
+
+def test_a_client_that_wants_no_degraded_answer_gets_a_503_with_retry_after(stages):
+    stages.at_capacity = {"large": 7.5, "small": 2.5}
+    pipeline = QueryPipeline(stages, None, CFG, budget=BUDGET)
+    with pytest.raises(Overloaded) as info:
+        asyncio.run(pipeline.run(RagRequest(query="what does with do", allow_degraded=False)))
+    assert info.value.status == 503 and info.value.retry_after_s == 3  # the least busy tier: 2.5 s
+
+    async def first_event():
+        events = pipeline.stream(RagRequest(query="what does with do", allow_degraded=False, stream=True))
+        return await anext(events)  # no meta before the refusal: it is still a 503
+
+    with pytest.raises(Overloaded):
+        asyncio.run(first_event())
+
+
+def test_a_tier_at_capacity_falls_back_to_one_that_is_not(stages):
+    stages.at_capacity = {"large": 7.5}
+    resp = asyncio.run(QueryPipeline(stages, None, CFG, budget=BUDGET).run(RagRequest(query="what does with do")))
+    assert resp.route.tier == "small" and resp.answer == "the text of the chunk [1]" and resp.degraded
+
+
+def test_a_tier_that_timed_out_is_skipped_at_once_then_probed(stages, monkeypatch):
+    monkeypatch.setattr("pipelines.query.tiers.STALL_S", 0.5)
+    stages.delays["generate[large]"] = 10  # a stuck worker: no word within the budget
+    budget = BudgetProfile("test", {**BUDGET.stages_ms, "generate": 200}, total_ms=2000)
+    pipeline = QueryPipeline(stages, None, CFG, budget=budget)
+    first = asyncio.run(pipeline.run(RagRequest(query="what does with do", cache="bypass")))
+    assert first.route.tier == "small" and "exceeded" in " ".join(first.warnings)  # one budget lost, once
+    t0 = time.monotonic()
+    second = asyncio.run(pipeline.run(RagRequest(query="what does with do", cache="bypass")))
+    assert time.monotonic() - t0 < 0.15 and second.route.tier == "small"
+    assert any("skipped for" in w for w in second.warnings)  # seen as full: not asked
+    del stages.delays["generate[large]"]
+    time.sleep(0.6)  # the stall period (STALL_S, 10 s; 0.5 s here) is over: one request probes, the tier is back
+    third = asyncio.run(pipeline.run(RagRequest(query="what does with do", cache="bypass")))
+    assert third.route.tier == "large" and not third.degraded
