@@ -17,7 +17,7 @@ its own here: its requests are admitted (the estimate is its own work alone).
 
     >>> from pipelines.engines.throughput import Throughput
     >>> now = [0.0]
-    >>> load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=4, clock=lambda: now[0])
+    >>> load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=4, slowdown=1.0, clock=lambda: now[0])
     >>> first = load.admit(prompt_tokens=400, max_tokens=96, left_s=12.0)   # 4 s + 48/20 s = 6.4 s
     >>> load.start(first)
     >>> load.admit(prompt_tokens=400, max_tokens=96, left_s=12.0)  # doctest: +IGNORE_EXCEPTION_DETAIL
@@ -37,8 +37,13 @@ from dataclasses import dataclass
 from pipelines.engines.throughput import Throughput
 from pipelines.errors import StageError
 
-ALPHA = 0.2  # weight of a new answer's length in the moving average
+ALPHA = 0.2  # weight of a new answer's length (and slowdown) in the moving averages
 SAFETY_S = 0.2  # kept between an estimated finish and the deadline (the generator's own margin)
+# Requests under load take longer than the rates measured at idle say (the tiers and the other
+# services share the cores): each estimate is multiplied by the slowdown finished requests
+# showed (their time on the engine / the estimate at the rates of the time), starting cautious.
+INITIAL_SLOWDOWN = 1.5
+MAX_SLOWDOWN = 5.0
 
 
 class Capacity(StageError):
@@ -63,12 +68,14 @@ class Ticket:
 
 class TierLoad:
     def __init__(self, tier: str, throughput: Throughput, *, serial: bool, max_queue: int,
-                 expected_answer_tokens: float = 48.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 expected_answer_tokens: float = 48.0, slowdown: float = INITIAL_SLOWDOWN,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.tier = tier
         self.throughput = throughput
         self.serial = serial
         self.max_queue = max_queue
         self.expected_answer = expected_answer_tokens
+        self.slowdown = slowdown
         self._clock = clock
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -77,13 +84,16 @@ class TierLoad:
         self.refused = 0
 
     # -- estimates ----------------------------------------------------------------------------------
+    def _idle_s(self, prompt_tokens: int, answer_tokens: float) -> float:
+        return self.throughput.seconds(prompt_tokens, 0) + answer_tokens / self.throughput.decode_tok_s
+
     def _work_s(self, t: Ticket) -> float:
-        return self.throughput.seconds(t.prompt_tokens, 0) + t.answer_tokens / self.throughput.decode_tok_s
+        return self._idle_s(t.prompt_tokens, t.answer_tokens) * self.slowdown
 
     def _remaining_s(self, t: Ticket, now: float) -> float:
         if t.started is None:
             return self._work_s(t)
-        left_to_decode = max(1.0, t.answer_tokens - t.decoded) / self.throughput.decode_tok_s
+        left_to_decode = max(1.0, t.answer_tokens - t.decoded) / self.throughput.decode_tok_s * self.slowdown
         return max(self._work_s(t) - (now - t.started), left_to_decode if t.decoded else 0.0)
 
     def wait_s(self) -> float:
@@ -98,7 +108,7 @@ class TierLoad:
         with self._lock:
             running, waiting = len(self._running), len(self._waiting)
         return {"running": running, "waiting": waiting, "wait_s": round(self.wait_s(), 3), "refused": self.refused,
-                "expected_answer_tokens": round(self.expected_answer, 1)}
+                "expected_answer_tokens": round(self.expected_answer, 1), "slowdown": round(self.slowdown, 2)}
 
     # -- a request's life -----------------------------------------------------------------------------
     def admit(self, prompt_tokens: int, max_tokens: int, left_s: float | None) -> Ticket:
@@ -138,6 +148,10 @@ class TierLoad:
             self._running.pop(ticket.id, None)
             if answer_tokens:
                 self.expected_answer += ALPHA * (answer_tokens - self.expected_answer)
+                if ticket.started is not None:
+                    took = self._clock() - ticket.started
+                    ratio = took / max(1e-3, self._idle_s(ticket.prompt_tokens, answer_tokens))
+                    self.slowdown += ALPHA * (min(MAX_SLOWDOWN, max(1.0, ratio)) - self.slowdown)
 
 
 def retry_after_s(wait_s: float) -> int:

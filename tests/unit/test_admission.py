@@ -24,7 +24,7 @@ from tests.fakes import FakeStages, chunk, unit
 
 def test_the_estimate_counts_the_running_request_and_the_queue():
     now = [0.0]
-    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=2, clock=lambda: now[0])
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=2, slowdown=1.0, clock=lambda: now[0])
     first = load.admit(400, 96, left_s=12.0)  # 4 s prefill + 48 tokens at 20/s = 6.4 s
     load.start(first)
     now[0] = 3.0
@@ -37,13 +37,15 @@ def test_the_estimate_counts_the_running_request_and_the_queue():
     assert load.admit(100, 96, left_s=None)  # no deadline: queued
     with pytest.raises(Capacity, match="the tier is full"):
         load.admit(10, 8, left_s=None)  # 2 waiting: full
+    now[0] = 8.0  # the first took 8 s on the engine: 1.6x what the rates say of a 20-token answer (4 + 1 s)
     load.done(first, answer_tokens=20)
     load.done(second)
     assert load.expected_answer == pytest.approx(48 + 0.2 * (20 - 48)) and load.snapshot()["running"] == 0
+    assert load.slowdown == pytest.approx(1.0 + 0.2 * (1.6 - 1.0))  # later estimates allow for it
 
 
 def test_a_batching_engine_has_no_queue_here():
-    load = TierLoad("large", Throughput(100.0, 20.0), serial=False, max_queue=0)
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=False, max_queue=0, slowdown=1.0)
     for _ in range(10):
         load.start(load.admit(100, 96, left_s=5.0))
     assert load.wait_s() == 0.0

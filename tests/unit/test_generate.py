@@ -48,7 +48,9 @@ class WordEngine:
         pass
 
 
-def generator(engine: WordEngine | None = None, admission: bool = True, **tier) -> tuple[Generator, WordEngine]:
+def generator(engine: WordEngine | None = None, admission: bool = False, **tier) -> tuple[Generator, WordEngine]:
+    """Admission off by default: these tests are about the token limit a budget becomes
+    (tests/unit/test_admission.py has admission's)."""
     base = dict(name="small", engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048,
                 max_tokens=160, prefill_tok_s=100.0, decode_tok_s=50.0, price_in=2.0, price_out=10.0)
     cfg = GenerationConfig(tiers={"small": TierConfig(**{**base, **tier})}, threads=1, admission=admission)
@@ -84,8 +86,8 @@ def test_the_token_limit_is_set_again_from_the_time_left_after_the_prompt():
 
 
 def test_too_little_time_is_refused_at_once():
-    g, engine = generator()  # admission: the estimate (prompt + the expected answer) does not fit
-    with pytest.raises(Capacity, match="capacity: would finish in ~2.3 s, 1.5 s left"):
+    g, engine = generator(admission=True)  # the estimate (prompt + the expected answer, x1.5 until measured)
+    with pytest.raises(Capacity, match="capacity: would finish in ~3.4 s, 1.5 s left"):
         run(g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500))
     assert engine.max_tokens == []
     g, engine = generator(admission=False)  # without it, the token limit's own check after the wait
