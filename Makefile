@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -139,6 +139,12 @@ bench-index: install
 # eval-retrieval has built the index once. Needs ../shared/data.
 eval-backends: install
 	$(BIN)/python -m evals.vector_backends
+
+# Deadline-aware admission on vs off: closed-loop clients at 1..32 concurrent distinct questions
+# (cache off), latency, degraded share and why, undegraded answers/min, goodput; JSON + PNG in
+# evals/out/. ~15 min on 2 cores.
+eval-admission: models
+	$(BIN)/python -m evals.admission
 
 # Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (README, "Scaling").
 capacity: install

@@ -45,11 +45,17 @@ def questions() -> list[str]:
 
 
 def reason(out: dict) -> str:
+    """none (undegraded); fallback (a cheaper tier answered); capacity (the extract, every tier
+    having refused at once); budget (the extract or a cut answer after a tier ran out of time);
+    other."""
     if not out["degraded"]:
         return "none"
-    text = " ".join(out["warnings"])
-    if "capacity:" in text:
+    path = (out.get("route") or {}).get("path") or []
+    if out["route"]["model"] != "extractive" and not any("cut" in w for w in out["warnings"]):
+        return "fallback"
+    if path and all("capacity:" in step["reason"] for step in path):
         return "capacity"
+    text = " ".join(out["warnings"])
     if "exceeded" in text or "cut" in text or "not enough" in text or "stayed busy" in text:
         return "budget"
     return "other"
@@ -70,7 +76,10 @@ def run_level(url: str, clients: int, rounds: int, pool: list[str], total_s: flo
                 out.append({"status": resp.status_code, "latency_s": elapsed,
                             "reason": reason(body) if body else "error",
                             "generate_ms": ((body.get("budget") or {}).get("generate") or {}).get("used_ms", 0.0),
-                            "tier": (body.get("route") or {}).get("model")})
+                            "tier": (body.get("route") or {}).get("model"),
+                            "path": [f"{p['tier']}: {p['outcome']} ({p['reason'][:90]})"
+                                     for p in (body.get("route") or {}).get("path", [])],
+                            "timings_ms": body.get("timings_ms")})
         return out
 
     t0 = time.monotonic()
@@ -85,11 +94,17 @@ def run_level(url: str, clients: int, rounds: int, pool: list[str], total_s: flo
         "clients": clients, "requests": len(answers), "wall_s": round(wall, 2),
         "latency_s": {"p50": round(pct(lat, 0.5), 3), "p95": round(pct(lat, 0.95), 3), "max": round(lat[-1], 3)},
         "degraded_share": round(1 - len(ok) / len(answers), 3),
-        "reasons": {r: sum(a["reason"] == r for a in answers) for r in ("none", "capacity", "budget", "other", "error")},
+        "reasons": {r: sum(a["reason"] == r for a in answers)
+                    for r in ("none", "fallback", "capacity", "budget", "other", "error")},
         "undegraded_per_min": round(len(ok) / wall * 60, 2),
+        "generated_per_min": round(sum(a["reason"] in ("none", "fallback") for a in answers) / wall * 60, 2),
         "over_budget": sum(t > total_s * 1.05 for t in lat),
         "capacity_latency_p95_s": round(pct(capacity, 0.95), 3) if capacity else None,
-        "goodput": round(sum(a["generate_ms"] for a in ok) / spent, 3) if spent else None,
+        # generation time spent on answers a model gave and the client received (undegraded, or
+        # from the tier fell back to), over all generation time
+        "goodput": round(sum(a["generate_ms"] for a in answers if a["reason"] in ("none", "fallback")) / spent, 3)
+        if spent else None,
+        "answers": answers,
     }
 
 

@@ -78,7 +78,7 @@ class RAG:
             self.pipeline = QueryPipeline(
                 RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen, settings.routing),
                 settings.budget, settings.safety, list(gen.tiers), tier_configs=dict(gen.tiers),
-                route_uses_retrieval=router_uses_retrieval(settings.routing))
+                route_uses_retrieval=router_uses_retrieval(settings.routing), admission=gen.admission)
             self.front = FrontDoor(self._gate(settings), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
         self.admin_token = settings.admin_token

@@ -50,18 +50,20 @@ class QueryPipeline:
     def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
                  budget: BudgetProfile | None = None, safety: SafetyConfig | None = None,
                  tiers: Sequence[str] = ("small", "large"), tier_configs: dict[str, TierConfig] | None = None,
-                 route_uses_retrieval: bool = True) -> None:
+                 route_uses_retrieval: bool = True, admission: bool = True) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
         sampling): cached answers are only served to requests with the same one.
         ``budget``: the latency budgets (default: the cpu profile's). ``tier_configs``: the
         tiers' rates, for the cascade's "is there time to escalate" check.
-        ``route_uses_retrieval``: the router reads retrieval scores (route after retrieval)."""
+        ``route_uses_retrieval``: the router reads retrieval scores (route after retrieval).
+        ``admission``: the Generation service admits by deadline (RAGROUTE_ADMISSION); then a
+        tier that times out without a word is taken for stuck and skipped for a while."""
         self.stages = stages
         self.cache = cache
         self.cfg = cfg
         self.fingerprint = fingerprint
         self.budget = budget or BudgetProfile.from_env({}, gpu=False)
-        self.runner = TierRunner(stages, cfg, self.budget, tiers, tier_configs or {})
+        self.runner = TierRunner(stages, cfg, self.budget, tiers, tier_configs or {}, stall_detection=admission)
         self.prepare = Preparation(self.runner, cache, cfg, fingerprint, route_uses_retrieval)
         self.responder = Responder(stages, cache, self.budget, safety or SafetyConfig())
 

@@ -49,7 +49,7 @@ class Begin:
 
 class TierRunner:
     def __init__(self, stages: Stages, cfg: RagConfig, budget: BudgetProfile, tiers: Sequence[str],
-                 tier_configs: dict[str, TierConfig]) -> None:
+                 tier_configs: dict[str, TierConfig], stall_detection: bool = True) -> None:
         self.stages = stages
         self.cfg = cfg
         self.budget = budget
@@ -58,6 +58,8 @@ class TierRunner:
         # a tier that let a request time out without a word (a stuck worker, an engine far behind)
         # is skipped at once for STALL_S, then probed by one request (pipelines/breaker.py)
         self._stalled: dict[str, Breaker] = {}
+        # without admission a timeout means a long queue, not a stuck worker: nothing is skipped
+        self.stall_detection = stall_detection
 
     def _stall(self, tier: str) -> None:
         breaker = self._stalled.setdefault(tier, Breaker(STALL_S, f"tier {tier}"))
@@ -107,7 +109,7 @@ class TierRunner:
         if isinstance(exc, Capacity):
             r.capacity_wait_s = min(exc.wait_s, r.capacity_wait_s if r.capacity_wait_s is not None else exc.wait_s)
         timed_out = r.report.get("generate") is not None and r.report["generate"].outcome == "timeout"
-        if timed_out and not isinstance(exc, Capacity):
+        if timed_out and not isinstance(exc, Capacity) and self.stall_detection:
             self._stall(tier)
         elif not isinstance(exc, Stalled) and tier in self._stalled:
             self._stalled[tier].succeeded()  # the tier answered (with a refusal or an error of its own)
