@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import ENGINES, Engine, Sampling
-from pipelines.engines.load import Ticket, TierLoad
+from pipelines.engines.load import Pool, Ticket, TierLoad
 from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.leadin import LeadIn
@@ -100,10 +100,13 @@ class Generator:
                 log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode at warm-up", name, *measured)
         # deadline-aware admission per tier (pipelines/engines/load.py); none for an engine that
         # reads the sources itself (extractive: milliseconds, the fallback of last resort)
+        # The llama.cpp tiers share this machine's cores: one queue for all of them.
+        cpu = Pool()
         self.loads: dict[str, TierLoad] = {} if not cfg.admission else {
             name: TierLoad(name, self.throughput[name], serial=engine.concurrency is not None,
                            max_queue=cfg.tiers[name].max_queue,
-                           expected_answer_tokens=min(float(cfg.tiers[name].max_tokens), 48.0))
+                           expected_answer_tokens=min(float(cfg.tiers[name].max_tokens), 48.0),
+                           pool=cpu if engine.name == "llamacpp" else None)
             for name, engine in self.engines.items() if not getattr(engine, "reads_sources", False)}
 
     async def remeasure(self) -> dict[str, Rates]:

@@ -13,7 +13,7 @@ import pytest
 from pipelines.config import CacheConfig, GenerationConfig, RagConfig, TierConfig
 from pipelines.budget import BudgetProfile
 from pipelines.engines import Chunk, Final
-from pipelines.engines.load import Capacity, TierLoad
+from pipelines.engines.load import Capacity, Pool, TierLoad
 from pipelines.engines.throughput import Throughput
 from pipelines.errors import Overloaded
 from pipelines.query.generate import Generator
@@ -24,7 +24,7 @@ from tests.fakes import FakeStages, chunk, unit
 
 def test_the_estimate_counts_the_running_request_and_the_queue():
     now = [0.0]
-    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=2, slowdown=1.0, clock=lambda: now[0])
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=2, clock=lambda: now[0])
     first = load.admit(400, 96, left_s=12.0)  # 4 s prefill + 48 tokens at 20/s = 6.4 s
     load.start(first)
     now[0] = 3.0
@@ -37,15 +37,29 @@ def test_the_estimate_counts_the_running_request_and_the_queue():
     assert load.admit(100, 96, left_s=None)  # no deadline: queued
     with pytest.raises(Capacity, match="the tier is full"):
         load.admit(10, 8, left_s=None)  # 2 waiting: full
-    now[0] = 8.0  # the first took 8 s on the engine: 1.6x what the rates say of a 20-token answer (4 + 1 s)
+    now[0] = 4.0  # the first finished after 4 s on the engine, with a 20-token answer
     load.done(first, answer_tokens=20)
+    assert load.expected_answer == pytest.approx(48 + 0.3 * (20 - 48)) and load.service_s == pytest.approx(4.0)
+    assert load.wait_s() == pytest.approx(2 * 4.0)  # the two waiting, at the measured 4 s each
     load.done(second)
-    assert load.expected_answer == pytest.approx(48 + 0.2 * (20 - 48)) and load.snapshot()["running"] == 0
-    assert load.slowdown == pytest.approx(1.0 + 0.2 * (1.6 - 1.0))  # later estimates allow for it
+    assert load.snapshot()["waiting"] == 1 and load.snapshot()["running"] == 0
+
+
+def test_tiers_sharing_the_processor_wait_for_each_other():
+    now = [0.0]
+    cpu = Pool()
+    large = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=4, pool=cpu, clock=lambda: now[0])
+    small = TierLoad("small", Throughput(300.0, 80.0), serial=True, max_queue=4, pool=cpu, clock=lambda: now[0])
+    large.start(large.admit(400, 96, left_s=12.0))  # 6.4 s of work on the cores
+    assert small.wait_s() == pytest.approx(6.4)  # the small tier's request would wait for it
+    with pytest.raises(Capacity, match="1 ahead"):
+        small.admit(400, 96, left_s=7.0)  # 6.4 + ~1.9 s of its own > 7 s
+    alone = TierLoad("small", Throughput(300.0, 80.0), serial=True, max_queue=4, clock=lambda: now[0])
+    assert alone.wait_s() == 0.0  # a tier with a processor of its own
 
 
 def test_a_batching_engine_has_no_queue_here():
-    load = TierLoad("large", Throughput(100.0, 20.0), serial=False, max_queue=0, slowdown=1.0)
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=False, max_queue=0)
     for _ in range(10):
         load.start(load.admit(100, 96, left_s=5.0))
     assert load.wait_s() == 0.0

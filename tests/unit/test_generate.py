@@ -86,8 +86,8 @@ def test_the_token_limit_is_set_again_from_the_time_left_after_the_prompt():
 
 
 def test_too_little_time_is_refused_at_once():
-    g, engine = generator(admission=True)  # the estimate (prompt + the expected answer, x1.5 until measured)
-    with pytest.raises(Capacity, match="capacity: would finish in ~3.4 s, 1.5 s left"):
+    g, engine = generator(admission=True)  # the estimate (the prompt and the expected answer) does not fit
+    with pytest.raises(Capacity, match="capacity: would finish in ~2.3 s, 1.5 s left"):
         run(g.generate("small", "What is X?", [chunk(0, " ".join(["word"] * 100))], budget_ms=1500))
     assert engine.max_tokens == []
     g, engine = generator(admission=False)  # without it, the token limit's own check after the wait
