@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="questions each client asks, one after another")
     parser.add_argument("--only", choices=("on", "off"), help="run one setting only")
+    parser.add_argument("--out", type=Path, default=OUT / "admission.json", help="the JSON (the PNG goes beside it)")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     if not levels or min(levels) < 1 or args.rounds < 1:
@@ -166,16 +167,16 @@ def main(argv: list[str] | None = None) -> int:
             base = levels_out["1"]["undegraded_per_min"]
             for result in levels_out.values():
                 result["share_of_sequential_capacity"] = round(result["undegraded_per_min"] / base, 3) if base else None
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "admission.json").write_text(json.dumps(report, indent=2))
-    plot(report, OUT / "admission.png")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    plot(report, args.out.with_suffix(".png"))
     for name, levels_out in report["settings"].items():
         for level, r in levels_out.items():
             log.info("%-14s %3s clients: p50 %5.1f s p95 %5.1f s max %5.1f s | degraded %4.0f%% %s | %5.1f ok/min "
                      "| over budget %d | capacity p95 %s s | goodput %s", name, level, r["latency_s"]["p50"],
                      r["latency_s"]["p95"], r["latency_s"]["max"], 100 * r["degraded_share"], r["reasons"],
                      r["undegraded_per_min"], r["over_budget"], r["capacity_latency_p95_s"], r["goodput"])
-    log.info("wrote %s and %s", OUT / "admission.json", OUT / "admission.png")
+    log.info("wrote %s and %s", args.out, args.out.with_suffix(".png"))
     return 0
 
 
