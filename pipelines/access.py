@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pipelines.errors import ConfigError, NotFound, RagrouteError
 from pipelines.breaker import Breaker
 from pipelines.query.state import Meter
+from pipelines.sse import detach
 from pipelines.quota import MemoryQuota, RedisQuota, Refusal, Reservation
 from pipelines.schema import COLLECTION_PATTERN, TENANT_PATTERN
 
@@ -328,16 +329,13 @@ class FrontDoor:
         self.metrics = metrics
         self.cache_summary = cache_summary
         self._gauges_read: dict[str, float] = {}
-        self._gauge_tasks: set[asyncio.Task] = set()
 
     def _refresh_gauges(self, tenant: str) -> None:
         now = time.monotonic()
         if now - self._gauges_read.get(tenant, -GAUGE_REFRESH_S) < GAUGE_REFRESH_S or self.gate.breaker.down:
             return
         self._gauges_read[tenant] = now
-        task = asyncio.get_running_loop().create_task(self._cache_gauges(tenant))
-        self._gauge_tasks.add(task)  # held until done (the loop keeps only weak references)
-        task.add_done_callback(self._gauge_tasks.discard)
+        detach(self._cache_gauges(tenant))
 
     async def _cache_gauges(self, tenant: str) -> None:
         try:

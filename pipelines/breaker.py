@@ -64,8 +64,3 @@ class Breaker:
             self._down = self._probing = False
         if was_down:
             log.info("%s reachable again", self.name)
-
-    def release(self) -> None:
-        """A call that was let through ended neither way (an error that says nothing of Redis's health)."""
-        with self._lock:
-            self._probing = False

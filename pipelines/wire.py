@@ -107,7 +107,7 @@ class StageFailure(_Wire):
 class TextEvent(_Wire):
     t: str
     p: int = 0  # the generation's prompt tokens
-    n: int = 0  # tokens decoded so far (the caller charges p + n if the answer is abandoned)
+    n: int = 0  # tokens decoded so far (what the request has cost if its stream ends here)
 
 
 class FinalEvent(_Wire):

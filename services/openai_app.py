@@ -23,10 +23,9 @@ from starlette.routing import Route
 
 from pipelines.access import Denied
 from pipelines.config import TierConfig
-from pipelines.errors import RagrouteError
+from pipelines.errors import RagrouteError, public_message
 from pipelines.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
 from pipelines.openai_request import OpenAIError, parse_request
-from pipelines.errors import public_message
 from pipelines.schema import RagResponse
 from pipelines.sse import outliving
 

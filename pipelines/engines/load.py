@@ -1,8 +1,7 @@
 """What one tier's engine has to do, and when a new request would finish: deadline-aware admission.
 
 A serial engine (llama.cpp: one request at a time) works through a queue. Every request that
-asks for it is tracked from arrival: waiting, then running (its prompt, the tokens decoded so
-far), then done. From the tier's measured rates (throughput.py), then from how long its
+asks for it is tracked from arrival: waiting, then running (since when), then done. From the tier's measured rates (throughput.py), then from how long its
 requests really held the engine (a moving average), the tracker estimates when a new request
 would finish:
 
@@ -63,7 +62,6 @@ class Ticket:
     prompt_tokens: int
     answer_tokens: float  # expected
     started: float | None = None
-    decoded: int = 0
 
 
 class Pool:
@@ -153,9 +151,6 @@ class TierLoad:
 
     def start(self, ticket: Ticket) -> None:
         ticket.started = self._clock()
-
-    def progress(self, ticket: Ticket, decoded: int) -> None:
-        ticket.decoded = decoded
 
     def done(self, ticket: Ticket, answer_tokens: int | None = None) -> None:
         """The request left (finished, failed or abandoned); ``answer_tokens``: the length of a

@@ -236,8 +236,6 @@ class Generator:
                         parts.append(chunk.text)
                         out = lead_in.feed(chunk.text)
                         shown.append(out)
-                        if ticket is not None:
-                            load.progress(ticket, len(parts))
                         yield Delta(out, prompt_tokens, max(len(logprobs), len(parts)))
                         if ends_sentence(chunk.text, parts):
                             sentences += 1
