@@ -52,8 +52,12 @@ def contract_server(e2e_home, model_cache):
     key = add_key(home / "keys.json", "fuzz", "fuzz")
     # Short generation: fuzzed questions are answered (degraded, cut at the time limit) in about
     # a second each. One bearer token serves both the query API (its key) and the admin API.
+    # Admission off: in 500 ms no tier can answer, so with admission every fuzzed request that
+    # says `allow_degraded: false` would rightly get its (published) 503; the contract checked
+    # here is that of answering (tests/e2e/test_load_admission.py checks the 503).
     env = {"RAGROUTE_MODEL_CACHE": str(model_cache), "RAGROUTE_API_KEYS": str(home / "keys.json"),
-           "RAGROUTE_ADMIN_TOKEN": key, "RAGROUTE_BUDGET_GENERATE_MS": "500", "RAGROUTE_BUDGET_TOTAL_MS": "3000"}
+           "RAGROUTE_ADMIN_TOKEN": key, "RAGROUTE_BUDGET_GENERATE_MS": "500", "RAGROUTE_BUDGET_TOTAL_MS": "3000",
+           "RAGROUTE_ADMISSION": "off"}
     with serving(home, env) as server:
         yield server, key, home
 
