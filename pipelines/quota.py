@@ -64,12 +64,15 @@ class MemoryQuota:
         self._lock = threading.Lock()
         self._used: dict[str, tuple[float, int]] = {}  # ident -> (window start, tokens)
 
+    def _current(self, ident: str, now: float) -> tuple[float, int]:
+        """(window start, tokens used) of the key's current window (a new one once it has ended)."""
+        start, used = self._used.get(ident, (now, 0))
+        return (now, 0) if now - start >= self.window_s else (start, used)
+
     async def reserve(self, ident: str, quota: int, tokens: int) -> Reservation | Refusal:
         now = self._clock()
         with self._lock:
-            start, used = self._used.get(ident, (now, 0))
-            if now - start >= self.window_s:
-                start, used = now, 0
+            start, used = self._current(ident, now)
             if used >= quota:
                 return Refusal(used, max(1, math.ceil(start + self.window_s - now)))
             self._used[ident] = (start, used + tokens)
@@ -85,9 +88,7 @@ class MemoryQuota:
         """Tokens spent without a reservation (Redis was down when the request was admitted)."""
         now = self._clock()
         with self._lock:
-            start, used = self._used.get(ident, (now, 0))
-            if now - start >= self.window_s:
-                start, used = now, 0
+            start, used = self._current(ident, now)
             self._used[ident] = (start, used + tokens)
 
     async def used(self, ident: str) -> int:
