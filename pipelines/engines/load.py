@@ -1,9 +1,10 @@
 """What one tier's engine has to do, and when a new request would finish: deadline-aware admission.
 
 A serial engine (llama.cpp: one request at a time) works through a queue. Every request that
-asks for it is tracked from arrival: waiting, then running (since when), then done. From the tier's measured rates (throughput.py), then from how long its
-requests really held the engine (a moving average), the tracker estimates when a new request
-would finish:
+asks for it is tracked from arrival: waiting, then running (since when), then done. From the
+tier's rates (throughput.py: measured at warm-up, then followed answer by answer, and relaxing
+back after a burst) and the answers' usual length (a moving average), the tracker estimates when
+a new request would finish:
 
     finish = the running requests' remaining work + every waiting request's + its own
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pipelines.engines.throughput import Throughput
 from pipelines.errors import StageError
 
-ALPHA = 0.3  # weight of a new request in the moving averages (answer length, time on the engine)
+ALPHA = 0.3  # weight of a new answer in the moving average of answer lengths
 SAFETY_S = 0.2  # kept between an estimated finish and the deadline (the generator's own margin)
 
 
@@ -76,10 +77,10 @@ class Pool:
 
 
 class TierLoad:
-    """One tier's load: its tickets in its pool, and what a request of it costs. The time a
-    request holds the engine is estimated from the tier's rates (the prompt, the expected answer)
-    until requests have finished, then from how long they really took (a moving average, which
-    follows a machine that gets busier)."""
+    """One tier's load: its tickets in its pool, and what a request of it costs: its prompt and
+    the expected answer at the tier's current rates. (Not a moving average of how long requests
+    held the engine: one cut at its budget took the whole budget, and an average of those would
+    refuse every later request of an idle tier, for good.)"""
 
     def __init__(self, tier: str, throughput: Throughput, *, serial: bool, max_queue: int,
                  expected_answer_tokens: float = 48.0, pool: Pool | None = None,
@@ -89,15 +90,12 @@ class TierLoad:
         self.serial = serial
         self.max_queue = max_queue
         self.expected_answer = expected_answer_tokens
-        self.service_s: float | None = None  # measured time on the engine, once a request finished
         self.pool = pool if pool is not None else Pool()
         self._clock = clock
         self.refused = 0
 
     # -- estimates ----------------------------------------------------------------------------------
     def _work_s(self, t: Ticket) -> float:
-        if self.service_s is not None:
-            return self.service_s
         return self.throughput.seconds(t.prompt_tokens, 0) + t.answer_tokens / self.throughput.decode_tok_s
 
     def _remaining_s(self, t: Ticket, now: float) -> float:
@@ -123,8 +121,7 @@ class TierLoad:
         with self.pool.lock:
             running, waiting = self._mine()
         return {"running": running, "waiting": waiting, "wait_s": round(self.wait_s(), 3), "refused": self.refused,
-                "expected_answer_tokens": round(self.expected_answer, 1),
-                "service_s": None if self.service_s is None else round(self.service_s, 3)}
+                "expected_answer_tokens": round(self.expected_answer, 1)}
 
     # -- a request's life -----------------------------------------------------------------------------
     def admit(self, prompt_tokens: int, max_tokens: int, left_s: float | None) -> Ticket:
@@ -154,13 +151,11 @@ class TierLoad:
 
     def done(self, ticket: Ticket, answer_tokens: int | None = None) -> None:
         """The request left (finished, failed or abandoned); ``answer_tokens``: the length of a
-        finished answer: the expected length and time on the engine follow it."""
+        finished answer, which the expected length follows."""
         with self.pool.lock:
             self.pool.tickets.pop(ticket.id, None)
             if answer_tokens and ticket.started is not None:
                 self.expected_answer += ALPHA * (answer_tokens - self.expected_answer)
-                took = self._clock() - ticket.started
-                self.service_s = took if self.service_s is None else self.service_s + ALPHA * (took - self.service_s)
 
 
 def retry_after_s(wait_s: float) -> int:

@@ -39,10 +39,47 @@ def test_the_estimate_counts_the_running_request_and_the_queue():
         load.admit(10, 8, left_s=None)  # 2 waiting: full
     now[0] = 4.0  # the first finished after 4 s on the engine, with a 20-token answer
     load.done(first, answer_tokens=20)
-    assert load.expected_answer == pytest.approx(48 + 0.3 * (20 - 48)) and load.service_s == pytest.approx(4.0)
-    assert load.wait_s() == pytest.approx(2 * 4.0)  # the two waiting, at the measured 4 s each
+    assert load.expected_answer == pytest.approx(48 + 0.3 * (20 - 48))
+    assert load.wait_s() == pytest.approx(6.4 + 3.4)  # the two waiting, as estimated when they came
     load.done(second)
-    assert load.snapshot()["waiting"] == 1 and load.snapshot()["running"] == 0
+    assert load.admit(400, 96, left_s=None).answer_tokens == pytest.approx(39.6)  # a new one: the shorter answers
+    assert load.snapshot()["waiting"] == 2 and load.snapshot()["running"] == 0
+
+
+def test_an_idle_tier_whose_answers_were_cut_at_their_budget_is_still_admitted():
+    """Seen on a slow machine: answers cut at a 12 s budget made "time on the engine" 12 s, and
+    the idle tier then refused every request, for good ("would finish in ~12.0 s, 12.0 s left
+    (0 ahead)"). The estimate is the request's own tokens at the tier's rates."""
+    now = [0.0]
+    rates = Throughput(100.0, 20.0, clock=lambda: now[0])
+    rates.calibrate(100.0, 20.0)
+    load = TierLoad("large", rates, serial=True, max_queue=4, clock=lambda: now[0])
+    for _ in range(3):
+        ticket = load.admit(400, 96, left_s=12.0)
+        load.start(ticket)
+        now[0] += 12.0  # ran until its budget: 400 prompt tokens in 4 s, then 160 tokens in 8 s
+        rates.observe(prompt_tokens=400, ttft_s=4.0, answer_tokens=161, latency_s=12.0)
+        load.done(ticket, answer_tokens=161)
+    assert load.admit(300, 96, left_s=12.0)  # 3 s + 96 tokens at 20/s = 7.8 s: fits
+
+
+def test_rates_slowed_by_a_burst_relax_back_to_the_warm_up_while_idle():
+    now = [0.0]
+    rates = Throughput(100.0, 20.0, clock=lambda: now[0])
+    rates.calibrate(100.0, 20.0)
+    for _ in range(5):  # a burst: everything at a third of the warm-up rates
+        rates.observe(prompt_tokens=300, ttft_s=9.0, answer_tokens=21, latency_s=12.0)
+    slow = rates.prefill_tok_s
+    assert slow < 50
+    now[0] += 30.0  # one half-life later, no answer in between
+    assert rates.prefill_tok_s == pytest.approx(100 - (100 - slow) / 2)
+    now[0] += 300.0
+    assert rates.prefill_tok_s == pytest.approx(100.0, rel=0.01) and rates.decode_tok_s == pytest.approx(20.0, rel=0.01)
+    fast = Throughput(100.0, 20.0, clock=lambda: now[0])
+    fast.calibrate(100.0, 20.0)
+    fast.observe(prompt_tokens=400, ttft_s=1.0, answer_tokens=41, latency_s=2.0)
+    now[0] += 300.0
+    assert fast.prefill_tok_s > 100.0  # faster than the warm-up: kept (nothing to relax from)
 
 
 def test_tiers_sharing_the_processor_wait_for_each_other():
