@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -145,6 +145,11 @@ eval-backends: install
 # evals/out/. ~15 min on 2 cores.
 eval-admission: models
 	$(BIN)/python -m evals.admission
+
+# Follow-ups in conversations (evals/data/conversations.jsonl): rewritten right, and the gold source
+# found for the rewrite vs the gold question vs the previous behaviour; JSON in evals/out/. ~1 min.
+eval-followups: install
+	$(BIN)/python -m evals.followups
 
 # Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (README, "Scaling").
 capacity: install

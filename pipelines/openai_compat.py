@@ -6,11 +6,15 @@ the request models, their parsing and the error shape are in ``pipelines/openai_
 - ``model`` picks the mode: ``ragroute`` (the router picks the tier), ``ragroute-cascade``, or
   a configured tier's name (``small``, ``large``, ...).
 - The last message must be the user's question. Earlier *user* turns are the conversation's
-  context: a follow-up ("Does it close the file?", "And for loops?") is rewritten into a
-  standalone question by prefixing the previous question (:func:`standalone_question`), so
-  retrieval, routing and the cache see what is really asked, and the same follow-up in
-  another conversation never shares a cached answer. A question that stands on its own is
-  used as it is, so it shares the cache with every other client. System, developer and
+  context: a follow-up is rewritten into the standalone question it means
+  (:func:`standalone_question`, by the rules of pipelines/query/followup.py: "And what about
+  global?" after "What does the nonlocal statement do?" is asked as "What does the global
+  statement do?", "Does it close the file?" after a question about the with statement as "Does
+  the with statement close the file?"), so retrieval, routing and the cache see what is really
+  asked. A follow-up no rule resolves ("Why?") is asked with the previous question as its
+  context (``Regarding "<previous>": Why?``), so the same follow-up in another conversation
+  never shares a cached answer. A question that stands on its own is used as it is, so it
+  shares the cache with every other client. System, developer and
   assistant turns are accepted and not used (ragroute writes its own grounded prompt).
 - Sampling is set per tier and answers are shared through the cache, so parameters that would
   change an answer are honoured only where they already hold (``max_tokens`` at or above
@@ -23,7 +27,6 @@ the request models, their parsing and the error shape are in ``pipelines/openai_
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -31,6 +34,7 @@ from pydantic import ValidationError
 
 from pipelines.config import TierConfig
 from pipelines.openai_request import ChatRequest, Message, OpenAIError
+from pipelines.query.followup import is_follow_up, rewrite
 from pipelines.query.modes import available
 from pipelines.schema import MAX_QUERY_CHARS, WHITESPACE, RagRequest, RagResponse
 
@@ -56,21 +60,6 @@ def resolve_model(model: str, tiers: list[str]) -> str:
     return mode
 
 
-# Words that point back at an earlier turn, and openings that continue one.
-_REFERRING = frozenset("it its it's itself this these those they them their theirs same above former latter "
-                       "he him his she her".split())
-_CONTINUING = ("and ", "but ", "also ", "so ", "then ", "what about", "how about", "why not", "what if", "or ")
-_WORD = re.compile(r"[a-z']+")
-
-
-def is_follow_up(question: str) -> bool:
-    """Heuristic: the question refers back ("it", "those", "the same"), continues ("And for
-    loops?", "What about sets?") or is too short to stand alone (three words or fewer)."""
-    text = question.strip().lower()
-    words = _WORD.findall(text)
-    return len(words) <= 3 or text.startswith(_CONTINUING) or any(w in _REFERRING for w in words)
-
-
 def standalone_question(messages: list[Message]) -> tuple[str, bool]:
     """(the question to answer, whether it was rewritten from a follow-up); 400s name the field."""
     last = messages[-1]
@@ -89,6 +78,9 @@ def standalone_question(messages: list[Message]) -> tuple[str, bool]:
         return question, False
     # the previous user turn, itself resolved; errors name its place in *this* conversation
     previous, _ = standalone_question(messages[: earlier[-1] + 1])
+    resolved = rewrite(previous, question)
+    if resolved and len(resolved) <= MAX_QUERY_CHARS:
+        return resolved, True
     room = MAX_QUERY_CHARS - len(question) - len('Regarding "": ')
     if room < 20:
         return question, False

@@ -92,10 +92,14 @@ def test_follow_up_heuristic(question, follow_up):
     assert is_follow_up(question) is follow_up
 
 
-def test_a_follow_up_is_asked_with_the_previous_question_and_a_standalone_one_as_it_is():
+def test_a_follow_up_is_asked_as_the_standalone_question_it_means_and_a_standalone_one_as_it_is():
     msgs = [Message(role="system", content="ignored"), Message(role="user", content=Q1),
             Message(role="assistant", content="It wraps a block."), Message(role="user", content="Does it close files?")]
-    assert standalone_question(msgs) == (f'Regarding "{Q1}": Does it close files?', True)
+    assert standalone_question(msgs) == ("Does the with statement close files?", True)
+    msgs[-1] = Message(role="user", content="And what about global?")
+    assert standalone_question(msgs) == ("What does the global statement do?", True)
+    msgs[-1] = Message(role="user", content="Why?")  # no rule resolves it: asked in its context
+    assert standalone_question(msgs) == (f'Regarding "{Q1}": Why?', True)
     msgs[-1] = Message(role="user", content="How do I raise an exception?")
     assert standalone_question(msgs) == ("How do I raise an exception?", False)
     # chained follow-ups keep the original topic, and the rewrite stays within the query limit
@@ -189,14 +193,15 @@ def test_a_completion_carries_the_answer_usage_and_the_ragroute_report(app):
 
 def test_a_follow_up_is_cached_under_its_conversation_not_its_words(app):
     rag, client = app
-    for i, previous in enumerate(("What does the with statement do?", "How do for loops work?")):
-        rag.stages.vectors[f'Regarding "{previous}": Is it fast?'] = unit([0, 0, 1] if i else [0, 1, 1])
+    asked = {"What does the with statement do?": "Is the with statement fast?",
+             "How do for loops work?": "Is for loops fast?"}
+    for i, (previous, standalone) in enumerate(asked.items()):
+        rag.stages.vectors[standalone] = unit([0, 0, 1] if i else [0, 1, 1])
         out = client.post("/chat/completions", json=body(("user", previous), ("assistant", "..."),
                                                          ("user", "Is it fast?"))).json()
-        assert out["ragroute"]["query"] == f'Regarding "{previous}": Is it fast?'
+        assert out["ragroute"]["query"] == standalone
         assert out["ragroute"]["cache"]["hit"] is False  # the other conversation's answer is not reused
-    assert rag.stages.embedded[-2:] == ['Regarding "What does the with statement do?": Is it fast?',
-                                        'Regarding "How do for loops work?": Is it fast?']
+    assert rag.stages.embedded[-2:] == list(asked.values())
 
 
 def sse_events(text: str) -> list:
