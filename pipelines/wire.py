@@ -97,10 +97,12 @@ class StageFailure(_Wire):
     status: Annotated[int, Field(ge=400, le=599)] = 503
     capacity_wait_s: Annotated[float, Field(ge=0)] | None = None
     """set when the tier refused for capacity (pipelines/engines/load.py): how long until it could start one"""
+    capacity_finish_s: Annotated[float, Field(ge=0)] | None = None
+    """... and when the refused request would have finished"""
 
     def raise_for(self, stage: str) -> None:
         if self.capacity_wait_s is not None:
-            raise Capacity(stage, self.error.removeprefix("capacity: "), self.capacity_wait_s)
+            raise Capacity(stage, self.error.removeprefix("capacity: "), self.capacity_wait_s, self.capacity_finish_s)
         raise StageError(stage, self.error)
 
 
@@ -121,7 +123,8 @@ def failure(exc: Exception) -> StageFailure:
     """The one mapping from an error to what travels: our errors keep their status and message;
     anything else is an engine failure (503)."""
     if isinstance(exc, Capacity):
-        return StageFailure(error=exc.message, status=exc.status, capacity_wait_s=round(exc.wait_s, 3))
+        return StageFailure(error=exc.message, status=exc.status, capacity_wait_s=round(exc.wait_s, 3),
+                            capacity_finish_s=None if exc.finish_s is None else round(exc.finish_s, 3))
     if isinstance(exc, RagrouteError):
         return StageFailure(error=getattr(exc, "message", str(exc)), status=exc.status)
     log.warning("engine error: %s: %s", type(exc).__name__, exc)  # the text stays here; the caller reads the kind

@@ -46,6 +46,7 @@ class FakeStages:
         self.route_thresholds: list[float | None] = []  # the threshold of each route call
         self.answers: dict[str, str] = {}  # tier -> its answer (else ``answer``)
         self.at_capacity: dict[str, float] = {}  # tier -> its wait (s): it refuses every request for capacity
+        self.capacity_finish_s = 20.0  # ... estimating that the refused request would finish then
 
     async def _enter(self, stage: str) -> None:
         self.calls.append(stage)
@@ -53,7 +54,8 @@ class FakeStages:
         if tier in self.at_capacity:
             from pipelines.engines.load import Capacity
 
-            raise Capacity(stage, f"would finish in ~20.0 s, 0.3 s left (1 running, 3 waiting)", self.at_capacity[tier])
+            raise Capacity(stage, f"would finish in ~20.0 s, 0.3 s left (1 running, 3 waiting)", self.at_capacity[tier],
+                           self.capacity_finish_s)
         if stage in self.delays:
             await asyncio.sleep(self.delays[stage])
         if stage in self.fail:

@@ -47,13 +47,16 @@ SAFETY_S = 0.2  # kept between an estimated finish and the deadline (the generat
 
 class Capacity(StageError):
     """The tier cannot answer in time (or its queue is full): refused before any work.
-    ``wait_s``: how long until it could start a new request (a client's Retry-After)."""
+    ``wait_s``: how long until it could start a new request (a client's Retry-After);
+    ``finish_s``: when a request like this one would have finished (what the caller may reuse,
+    briefly, to refuse the next ones without asking: pipelines/query/tiers.py)."""
 
     status = 503
 
-    def __init__(self, stage: str, message: str, wait_s: float = 0.0) -> None:
+    def __init__(self, stage: str, message: str, wait_s: float = 0.0, finish_s: float | None = None) -> None:
         super().__init__(stage, f"capacity: {message}")
         self.wait_s = wait_s
+        self.finish_s = finish_s
 
 
 @dataclass
@@ -133,16 +136,16 @@ class TierLoad:
         wait = self.wait_s()
         with self.pool.lock:
             running, waiting = self._mine()
+            finish = wait + self._work_s(ticket)
             if waiting >= self.max_queue:
                 self.refused += 1
                 raise Capacity(f"generate[{self.tier}]", f"the tier is full ({running} running, {waiting} waiting)",
-                               wait)
-            finish = wait + self._work_s(ticket)
+                               wait, finish)
             if left_s is not None and finish + SAFETY_S > left_s:
                 self.refused += 1
                 others = len(self.pool.tickets)
                 raise Capacity(f"generate[{self.tier}]", f"would finish in ~{finish:.1f} s, {max(0.0, left_s):.1f} s "
-                                                         f"left ({others} ahead)", wait)
+                                                         f"left ({others} ahead)", wait, finish)
             self.pool.tickets[ticket.id] = ticket
         return ticket
 

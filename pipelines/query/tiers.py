@@ -13,6 +13,7 @@ has them.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +35,8 @@ CUT = ("deadline", "cancelled")  # finish reasons of an answer that did not comp
 NO_TIER = "no tier could generate in time; answered with an extract of the best source"
 NO_TIER_CAPACITY = "capacity: no tier can answer in time; answered at once with an extract of the best source"
 STALL_S = 10.0  # a tier that timed out without a word is skipped this long, then probed
+HINT_S = 2.0  # a tier's capacity refusal is reused this long to refuse the next requests without asking
+HINT_MARGIN_S = 0.2  # kept between a reused estimate and the time left (the tier's own margin)
 
 
 class Stalled(Capacity):
@@ -60,6 +63,10 @@ class TierRunner:
         self._stalled: dict[str, Breaker] = {}
         # without admission a timeout means a long queue, not a stuck worker: nothing is skipped
         self.stall_detection = stall_detection
+        # the last capacity refusal per tier: (when, its estimated finish then, its wait then). In
+        # a burst, the next requests are refused from it at once, without a hop to the tier that
+        # would refuse them too (the estimate ages as the tier works through its queue).
+        self._refusals: dict[str, tuple[float, float, float]] = {}
 
     def _stall(self, tier: str) -> None:
         breaker = self._stalled.setdefault(tier, Breaker(STALL_S, f"tier {tier}"))
@@ -71,7 +78,25 @@ class TierRunner:
             raise Stalled(f"generate[{tier}]", f"the tier did not answer within a budget; skipped for "
                                                f"{breaker.retry_in():.1f} s more", breaker.retry_in())
 
+    def _check_capacity(self, r: RequestState, tier: str) -> None:
+        """Refuse at once what the tier is known to refuse: it is stalled, or it refused a request
+        for capacity less than HINT_S ago with an estimate that still does not fit."""
+        self._check_stalled(tier)
+        hint = self._refusals.get(tier)
+        if hint is None:
+            return
+        at, finish_s, wait_s = hint
+        age = time.monotonic() - at
+        if age > HINT_S:
+            self._refusals.pop(tier, None)
+            return
+        left_s = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms) / 1000
+        if finish_s - age + HINT_MARGIN_S > left_s:
+            raise Capacity(f"generate[{tier}]", f"would finish in ~{finish_s - age:.1f} s, {max(0.0, left_s):.1f} s "
+                                                f"left (the tier's estimate {age:.1f} s ago)", max(0.0, wait_s - age))
+
     def _answered(self, r: RequestState, gen: TierAnswer) -> None:
+        self._refusals.pop(gen.tier, None)  # it took one: ask it again
         breaker = self._stalled.get(gen.tier)
         if breaker is not None:
             breaker.succeeded()  # the probe answered: the tier is back
@@ -108,6 +133,8 @@ class TierRunner:
         log.warning("request %s: %s", r.id, exc)
         if isinstance(exc, Capacity):
             r.capacity_wait_s = min(exc.wait_s, r.capacity_wait_s if r.capacity_wait_s is not None else exc.wait_s)
+            if exc.finish_s is not None and not isinstance(exc, Stalled):  # the tier's own estimate
+                self._refusals[tier] = (time.monotonic(), exc.finish_s, exc.wait_s)
         timed_out = r.report.get("generate") is not None and r.report["generate"].outcome == "timeout"
         if timed_out and not isinstance(exc, Capacity) and self.stall_detection:
             self._stall(tier)
@@ -128,7 +155,7 @@ class TierRunner:
             # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
             budget = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms)
             try:
-                self._check_stalled(t)
+                self._check_capacity(r, t)
                 gen = await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
                                   reserve_ms=self.safety_ms, label=f"generate[{t}]")
             except StageError as exc:
@@ -149,7 +176,7 @@ class TierRunner:
         for t in tiers:
             sent = False
             try:
-                self._check_stalled(t)
+                self._check_capacity(r, t)
                 async with aclosing(r.run_stream(
                         "generate", lambda budget: self.stages.generate_stream(t, r.req.query, ranked, budget),
                         final=lambda item: isinstance(item, TierAnswer), reserve_ms=self.safety_ms,

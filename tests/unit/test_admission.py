@@ -185,6 +185,29 @@ def test_a_client_that_wants_no_degraded_answer_gets_a_503_with_retry_after(stag
         asyncio.run(first_event())
 
 
+def test_in_a_burst_the_next_requests_are_refused_from_the_tier_s_last_estimate_without_asking_it(stages, monkeypatch):
+    monkeypatch.setattr("pipelines.query.tiers.HINT_S", 0.3)
+    stages.at_capacity = {"large": 7.5, "small": 2.5}
+    pipeline = QueryPipeline(stages, None, CFG, budget=BUDGET)
+    ask = lambda: asyncio.run(pipeline.run(RagRequest(query="what does with do", cache="bypass")))  # noqa: E731
+    ask()
+    assert stages.calls.count("generate[large]") == stages.calls.count("generate[small]") == 1
+    second = ask()  # both tiers refused it a moment ago, estimating 20 s: not asked again
+    assert stages.calls.count("generate[large]") == stages.calls.count("generate[small]") == 1
+    assert second.route.model == "extractive" and second.warnings[-1].startswith("capacity: no tier can answer")
+    assert all("the tier's estimate" in step.reason for step in second.route.path), second.route.path
+    time.sleep(0.35)  # the estimate is too old to reuse: the tiers are asked again
+    ask()
+    assert stages.calls.count("generate[large]") == 2
+    stages.capacity_finish_s = 1.0  # a refusal whose estimate would fit a later request (a full queue that drains)
+    time.sleep(0.35)
+    ask()
+    assert stages.calls.count("generate[large]") == 3
+    stages.at_capacity = {}
+    third = ask()  # the estimate fits the budget: asked, and answered
+    assert third.route.tier == "large" and not third.degraded and stages.calls.count("generate[large]") == 4
+
+
 def test_a_tier_at_capacity_falls_back_to_one_that_is_not(stages):
     stages.at_capacity = {"large": 7.5}
     resp = asyncio.run(QueryPipeline(stages, None, CFG, budget=BUDGET).run(RagRequest(query="what does with do")))
