@@ -54,7 +54,7 @@ class FakeStages:
         if tier in self.at_capacity:
             from pipelines.engines.load import Capacity
 
-            raise Capacity(stage, f"would finish in ~20.0 s, 0.3 s left (1 running, 3 waiting)", self.at_capacity[tier],
+            raise Capacity(stage, "would finish in ~20.0 s, 0.3 s left (1 running, 3 waiting)", self.at_capacity[tier],
                            self.capacity_finish_s)
         if stage in self.delays:
             await asyncio.sleep(self.delays[stage])
