@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     index = ensure_demo_index(retrieval.demo_index_dir, lambda: embedder)
     store = IndexStore.load(index, embedding_model=embedder.model_id)
     reranker = make_reranker(RerankConfig())
-    candidates = config.RagConfig.from_env().candidates if hasattr(config, "RagConfig") else 20
+    candidates = config.RagConfig.from_env().candidates  # retrieval candidates, as the service asks
 
     def sources(question: str) -> list[str]:
         found = search(store, SearchConfig(), embedder.encode([question])[0], question, candidates)

@@ -2,6 +2,7 @@
 
     python -m evals.retrieval                         # SciFact: ~6 min on 2 cores (+~4 min first index)
     python -m evals.retrieval --data DIR --runs 3     # any BEIR folder: corpus.jsonl, queries.jsonl, qrels/*.tsv
+    python -m evals.retrieval --data ../shared/data/qa/squad-dev-subset --tune-split half   # one split only
 
 The corpus is indexed by the project's own path (pipelines/indexing/build.py: chunk, embed with
 the packaged MiniLM, FAISS flat) into RAGROUTE_HOME/evals/retrieval/ and reused while the corpus
@@ -11,11 +12,15 @@ its best chunk. Methods:
 - ``dense``: FAISS inner product of the query embedding (index/store.py).
 - ``bm25``: bm25s over stemmed chunk text (index/lexical.py).
 - ``rrf`` / ``score``: the two lists fused (index/fusion.py), each ``--depth`` chunks deep.
-- ``+ hybrid rerank``: the shipped reranker (pipelines/query/rerank.py) over the top
+- ``+ near-duplicate filter``: the shipped rerank stage (``RAGROUTE_RERANKER=fusion``): the
+  fused order, minus passages that repeat a better-ranked one (pipelines/query/rerank.py).
+- ``+ hybrid rerank``: the hybrid reorderer (``RAGROUTE_RERANKER=hybrid``) over the top
   ``--candidates`` chunks; the rest keep their retrieval order (for recall@100).
 
 Every free parameter (RRF k, the score-fusion weight, the reranker's dense weight) is chosen on
-``--tune-split`` (train) by nDCG@10 and reported on ``--split`` (test) once. Metrics via
+``--tune-split`` (train) by nDCG@10 and reported on ``--split`` (test) once. A set with one
+split only (the SQuAD subset) takes ``--tune-split half``: its queries are halved by a hash of
+their id, tuned on one half and reported on the other. Metrics via
 ir-measures (trec_eval): nDCG@10, recall@100, MRR@10. Latency per stage in ms, p50 and p95 over
 the split's queries, medians over ``--runs`` passes (one query at a time, as the service embeds
 and searches it, FAISS on RAGROUTE_FAISS_THREADS threads as in the Retrieval service).
@@ -48,7 +53,7 @@ from pipelines.indexing.build import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, build_
 from pipelines.indexing.load import load_beir
 from pipelines.models import sha256_file
 from pipelines.query.embed import SentenceTransformerEmbedder
-from pipelines.query.rerank import HybridReranker
+from pipelines.query.rerank import HybridReranker, distinct
 from pipelines.records import ScoredChunk
 from pipelines.text import content_id
 
@@ -60,6 +65,14 @@ RRF_KS = (5, 10, 20, 40, 60, 100)
 WEIGHTS = tuple(round(float(w), 2) for w in np.arange(0.0, 1.0001, 0.05))
 
 Ranking = list[tuple[int, float]]  # (chunk row, score) best first
+
+
+def halves(judged: tuple[dict, dict]) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """One split's queries in two halves (tune, report) by a hash of their id: stable across runs."""
+    queries, qrels = judged
+    tune = {q for q in queries if int(content_id(q)[:8], 16) % 2 == 0}
+    pick = lambda keep: ({q: t for q, t in queries.items() if keep(q)}, {q: r for q, r in qrels.items() if keep(q)})  # noqa: E731
+    return pick(lambda q: q in tune), pick(lambda q: q not in tune)
 
 
 def read_beir(data: Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
@@ -155,6 +168,14 @@ def rerank(store: IndexStore, reranker: HybridReranker, query: str, vector: np.n
     return [(order[s.chunk.id], s.score) for s in ranked] + list(ranking[candidates:])
 
 
+def near_duplicates_out(store: IndexStore, ranking: Ranking) -> Ranking:
+    """The shipped rerank stage's filter over a whole ranking: a chunk that repeats a better-ranked
+    one's text (pipelines/query/rerank.py: distinct) leaves it."""
+    scored = [ScoredChunk(chunk=store.chunks[r], score=s, dense_score=0.0) for r, s in ranking]
+    rows = {store.chunks[r].id: r for r, _ in ranking}
+    return [(rows[c.chunk.id], c.score) for c in distinct(scored, len(scored))]
+
+
 Method = Callable[[Split, int], Ranking]
 
 
@@ -172,10 +193,11 @@ def methods(store: IndexStore, params: dict[str, float], candidates: int) -> dic
         "bm25": bm25,
         "rrf": rrf,
         "score": score,
-        "dense + hybrid rerank (shipped, w=0.5)": rr(dense, 0.5),
+        "score + near-duplicate filter (shipped)": lambda s, i: near_duplicates_out(store, score(s, i)),
+        "dense + hybrid rerank (w=0.5)": rr(dense, 0.5),
         "dense + hybrid rerank": rr(dense, params["rerank_dense"]),
         "rrf + hybrid rerank": rr(rrf, params["rerank_rrf"]),
-        "score + hybrid rerank (shipped, w=0.5)": rr(score, 0.5),
+        "score + hybrid rerank (w=0.5)": rr(score, 0.5),
         "score + hybrid rerank": rr(score, params["rerank_score"]),
     }
 
@@ -211,7 +233,8 @@ def latency(store: IndexStore, embedder: SentenceTransformerEmbedder, split: Spl
             depth: int, candidates: int) -> dict[str, tuple[float, float]]:
     """One pass over the split, each stage timed per query in ms: (p50, p95)."""
     reranker = HybridReranker(params["rerank_score"])
-    times: dict[str, list[float]] = {k: [] for k in ("embed", "dense", "bm25", "fuse (score)", "hybrid rerank")}
+    times: dict[str, list[float]] = {k: [] for k in ("embed", "dense", "bm25", "fuse (score)",
+                                                     "near-duplicate filter", "hybrid rerank")}
     for text in split.texts:
         t0 = time.perf_counter()
         vector = embedder.encode([text])[0]
@@ -222,10 +245,14 @@ def latency(store: IndexStore, embedder: SentenceTransformerEmbedder, split: Spl
         t3 = time.perf_counter()
         fused = fuse(dense, lexical, method="score", weight=params["weight"])
         t4 = time.perf_counter()
-        rerank(store, reranker, text, vector, fused, candidates)
+        head = [ScoredChunk(chunk=store.chunks[r], score=sc, dense_score=0.0) for r, sc in fused[:candidates]]
         t5 = time.perf_counter()
+        distinct(head, 4)  # as the stage runs it: the prompt's sources out of the candidates
+        t6 = time.perf_counter()
+        rerank(store, reranker, text, vector, fused, candidates)
+        t7 = time.perf_counter()
         for key, a, b in (("embed", t0, t1), ("dense", t1, t2), ("bm25", t2, t3), ("fuse (score)", t3, t4),
-                          ("hybrid rerank", t4, t5)):
+                          ("near-duplicate filter", t5, t6), ("hybrid rerank", t6, t7)):
             times[key].append((b - a) * 1000)
     return {k: percentiles(v) for k, v in times.items()}
 
@@ -236,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=default_data() / "retrieval" / "scifact",
                         help="BEIR-layout folder (default: ../shared/data/retrieval/scifact, or RAGROUTE_DATA/retrieval/scifact)")
     parser.add_argument("--split", default="test", help="the split reported (qrels/<split>.tsv)")
-    parser.add_argument("--tune-split", default="train", help="the split free parameters are chosen on")
+    parser.add_argument("--tune-split", default="train",
+                        help="the split free parameters are chosen on; 'half': one half of --split's queries "
+                             "(the other half is reported)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--depth", type=int, default=100, help="chunks taken from each list before fusion")
@@ -246,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start(args.data)
 
-    judged = {split: read_beir(args.data, split) for split in (args.tune_split, args.split)}  # refuse before indexing
+    if args.tune_split == "half":  # refuse before indexing
+        judged = dict(zip((args.tune_split, args.split), halves(read_beir(args.data, args.split)), strict=True))
+    else:
+        judged = {split: read_beir(args.data, split) for split in (args.tune_split, args.split)}
 
     embedder = SentenceTransformerEmbedder(EmbeddingConfig())
     store = open_index(args.data, embedder, args.chunk_size, args.overlap)

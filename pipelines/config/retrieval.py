@@ -115,14 +115,15 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class RerankConfig:
-    scorer: str = "hybrid"
+    scorer: str = "fusion"
+    """fusion: keep the retrieval's order (no offline reorderer beats it: pipelines/query/rerank.py)"""
     cross_encoder: str = ""
     dense_weight: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RerankConfig:
         cfg = cls(
-            scorer=_choice(env, "RAGROUTE_RERANKER", "hybrid", ("hybrid", "cross-encoder")),
+            scorer=_choice(env, "RAGROUTE_RERANKER", cls.scorer, ("fusion", "hybrid", "cross-encoder")),
             cross_encoder=_get(env, "RAGROUTE_RERANK_MODEL", ""),
             dense_weight=_num(env, "RAGROUTE_RERANK_DENSE_WEIGHT", 0.5, float, 0.0, 1.0),
         )

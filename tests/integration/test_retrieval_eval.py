@@ -42,17 +42,32 @@ def test_the_eval_runs_on_any_beir_folder_and_scores_the_rankings(beir, tmp_path
     assert retrieval.main(["--data", str(beir), "--runs", "1", "--candidates", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["queries"] == 3 and result["index"]["document_count"] == 6
-    assert set(result["quality"]) >= {"dense", "bm25", "rrf", "score", "score + hybrid rerank"}
+    assert set(result["quality"]) >= {"dense", "bm25", "rrf", "score", "score + near-duplicate filter (shipped)",
+                                      "score + hybrid rerank"}
     bm25 = result["quality"]["bm25"]
     assert bm25["ndcg@10"] == pytest.approx(1.0) and bm25["mrr@10"] == pytest.approx(1.0)  # rare words match
     assert all(0.0 <= q["ndcg@10"] <= 1.0 and q["recall@100"] == pytest.approx(1.0)  # 6 documents: all found
                for q in result["quality"].values())
-    assert set(result["latency"]) == {"embed", "dense", "bm25", "fuse (score)", "hybrid rerank"}
+    assert set(result["latency"]) == {"embed", "dense", "bm25", "fuse (score)", "near-duplicate filter", "hybrid rerank"}
     assert 0 < result["params"]["rrf_k"] and 0 <= result["params"]["weight"] <= 1
     # The second run reuses the index built by the first (same corpus and parameters).
     built = sorted((tmp_path / "home" / "evals" / "retrieval").iterdir())
     assert retrieval.main(["--data", str(beir), "--runs", "1", "--candidates", "3", "--out", str(out)]) == 0
     assert sorted((tmp_path / "home" / "evals" / "retrieval").iterdir()) == built
+
+
+@pytest.mark.integration
+def test_a_set_with_one_split_is_tuned_on_one_half_and_reported_on_the_other(beir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGROUTE_HOME", str(tmp_path / "home"))
+    (beir / "qrels" / "train.tsv").unlink()
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items()))
+    out = tmp_path / "out.json"
+    assert retrieval.main(["--data", str(beir), "--tune-split", "half", "--runs", "1", "--candidates", "3",
+                           "--out", str(out)]) == 0
+    tune, report = retrieval.halves(retrieval.read_beir(beir, "test"))
+    assert tune[0] and report[0] and not tune[0].keys() & report[0].keys()
+    assert len(tune[0]) + len(report[0]) == 6 and json.loads(out.read_text())["queries"] == len(report[0])
 
 
 def test_a_folder_without_the_split_is_refused_with_its_path(beir):

@@ -4,7 +4,8 @@ import pytest
 
 from pipelines.errors import ConfigError
 from pipelines.query.prompt import INSTRUCTION, build_messages
-from pipelines.query.rerank import HybridReranker, bm25_scores
+from pipelines.config import RerankConfig
+from pipelines.query.rerank import HybridReranker, bm25_scores, distinct, make_reranker
 from pipelines.query.route import HeuristicRouter, QueryFeatures, decide, make_router
 from tests.fakes import chunk
 
@@ -26,6 +27,26 @@ def test_hybrid_reranker_lifts_the_lexical_match():
 def test_dense_weight_one_keeps_retrieval_order():
     cands = [chunk(i, f"text {i}") for i in range(4)]
     assert [r.chunk.id for r in HybridReranker(1.0).rerank("text 3", cands, 4)] == ["c0", "c1", "c2", "c3"]
+
+
+DEFAULTS = ("Default parameter values are evaluated from left to right when the function definition is "
+            "executed. This means that the expression is evaluated once, and that the same pre-computed value is "
+            "used for each call.")
+
+
+def test_the_default_stage_keeps_retrieval_order_and_drops_a_passage_reprinted_elsewhere():
+    """Seen on the demo corpus: the help topics "function" and "compound" carry the same passage
+    about default arguments, and it filled two of the prompt's four source slots."""
+    cands = [chunk(0, DEFAULTS), chunk(1, "Function definitions are executable statements."),
+             chunk(2, "Compound statements contain groups of other statements. " + DEFAULTS[:150]),  # 150 chars of it
+             chunk(3, DEFAULTS + " Defaults are shared."), chunk(4, "A lambda expression makes a function."),
+             chunk(5, "Calls evaluate their arguments left to right.")]
+    stage = make_reranker(RerankConfig())
+    assert RerankConfig().scorer == "fusion" and stage.name == "fusion"
+    assert [r.chunk.id for r in stage.rerank("default arguments", cands, 4)] == ["c0", "c1", "c4", "c5"]
+    assert [r.chunk.id for r in distinct(cands, 6, threshold=1.01)] == [f"c{i}" for i in range(6)]  # > 1: all kept
+    # the other scorers filter the same way after reordering
+    assert len({r.chunk.id for r in HybridReranker(0.5).rerank("default arguments", cands, 4)} & {"c0", "c2", "c3"}) == 1
 
 
 def test_router_sends_short_factoid_small_and_multi_part_reasoning_large():
