@@ -61,3 +61,25 @@ def test_cache_judge_threshold_lets_through_at_most_the_allowed_share_of_near_mi
     threshold, passed, through = passed_at(scores, same, 0.02)
     assert threshold == near[97] and through == 0.02
     assert passed == 0.75  # 0.975, 0.985 and 1.0 are above the third-highest near-miss (0.97); 0.5 is not
+
+
+def test_the_qa_set_names_real_topics_differs_from_the_cache_set_and_grades_by_its_facts():
+    from pydoc_data.topics import topics
+
+    from evals import qa
+
+    items = qa.load()
+    assert len(items) >= 150 and len({i.id for i in items}) == len(items) == len({i.question for i in items})
+    assert {i.topic for i in items} == set(topics)  # every help topic has a question
+    assert all(i.topic in topics and i.answer and i.facts and all(i.facts) for i in items)
+    halves = [qa.split(i) for i in items]
+    assert 0.4 < halves.count("test") / len(items) < 0.6
+    cache = DATA / "cache_paraphrases.jsonl"
+    asked = {t.lower() for line in cache.read_text().splitlines() for row in [json.loads(line)]
+             for t in (row["question"], *row["rewordings"], *row["near_misses"])}
+    assert not {i.question.lower() for i in items} & asked  # not the cache's questions
+    for item in items:  # its own gold answer, cited, is right
+        assert qa.grade(item, item.answer, [item.doc_id]).right, item.id
+    item = next(i for i in items if i.question == "What exception does a failing assert statement raise?")
+    assert not qa.grade(item, "It raises ValueError.", [item.doc_id]).facts
+    assert not qa.grade(item, "AssertionError. [1]", ["pydoc:raise"]).right  # the wrong source cited

@@ -65,3 +65,4 @@ def test_the_conversations_file_is_well_formed_and_names_real_help_topics():
         assert r["turns"][0]["user"] == r["turns"][0]["standalone"], r["id"]  # the first turn stands alone
         for turn in r["turns"]:
             assert turn["topic"] in topics and turn["answer"] and turn["facts"], (r["id"], turn["topic"])
+
