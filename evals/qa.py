@@ -8,7 +8,9 @@ of alternatives (every group needs one alternative in the answer). Grading (:fun
 - **facts stated**: every group has an alternative in the answer (case-insensitive; a
   word-like alternative must start a word, so the stem "delet" matches "deleted" and "no"
   does not match "know");
-- **source cited**: the answer cites a source of the gold topic (``pydoc:<topic>``).
+- **source cited**: the answer cites a source of the gold topic (``pydoc:<topic>``), or one
+  whose text states the facts itself (the help topics overlap: "compound" reprints the text of
+  "if", "while", "try", "with"...).
 
 A right answer states the facts and cites the topic. The halves (:func:`split`): ``tune`` and
 ``test`` by a hash of the id, so a router or threshold chosen on one is reported on the other.
@@ -82,6 +84,7 @@ class Grade:
         return self.facts and self.cited
 
 
-def grade(item: Item, answer: str, cited_doc_ids: Sequence[str]) -> Grade:
-    """``cited_doc_ids``: the documents of the sources the answer cites."""
-    return Grade(facts_stated(item, answer), item.doc_id in cited_doc_ids)
+def grade(item: Item, answer: str, cited_doc_ids: Sequence[str], cited_texts: Sequence[str] = ()) -> Grade:
+    """``cited_doc_ids``/``cited_texts``: the documents and texts of the sources the answer cites."""
+    return Grade(facts_stated(item, answer),
+                 item.doc_id in cited_doc_ids or any(facts_stated(item, text) for text in cited_texts))
