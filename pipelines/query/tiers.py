@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pipelines.breaker import Breaker
 from pipelines.budget import BudgetProfile
 from pipelines.config import RagConfig, TierConfig
-from pipelines.engines.load import Capacity
+from pipelines.engines.load import SAFETY_S, Capacity
 from pipelines.errors import StageError
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
@@ -36,7 +36,6 @@ NO_TIER = "no tier could generate in time; answered with an extract of the best 
 NO_TIER_CAPACITY = "capacity: no tier can answer in time; answered at once with an extract of the best source"
 STALL_S = 10.0  # a tier that timed out without a word is skipped this long, then probed
 HINT_S = 2.0  # a tier's capacity refusal is reused this long to refuse the next requests without asking
-HINT_MARGIN_S = 0.2  # kept between a reused estimate and the time left (the tier's own margin)
 
 
 class Stalled(Capacity):
@@ -91,7 +90,7 @@ class TierRunner:
             self._refusals.pop(tier, None)
             return
         left_s = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms) / 1000
-        if finish_s - age + HINT_MARGIN_S > left_s:
+        if finish_s - age + SAFETY_S > left_s:  # the tier's own rule, on its aged estimate
             raise Capacity(f"generate[{tier}]", f"would finish in ~{finish_s - age:.1f} s, {max(0.0, left_s):.1f} s "
                                                 f"left (the tier's estimate {age:.1f} s ago)", max(0.0, wait_s - age))
 
