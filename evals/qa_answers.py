@@ -114,6 +114,8 @@ def route_curve(rows: list[dict], keep: float = 0.97) -> dict | None:
     if not ids:
         return None
     split = {i: by[(i, "auto")]["split"] for i in ids}
+    if set(split.values()) != {"tune", "test"}:
+        return None  # calibrated on one half, reported on the other: both are needed
 
     def at(threshold: float, part: str) -> tuple[float, float]:
         chosen = [i for i in ids if split[i] == part]
