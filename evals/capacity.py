@@ -1,4 +1,4 @@
-"""Replicas per service for a request rate, from the measured per-stage costs (README, "Scaling
+"""Replicas per service for a request rate, from the measured per-stage costs (docs/deployment.md, "Scaling
 past one machine").
 
     python -m evals.capacity --rate 20 50 200 --hit-rate 0.3

@@ -32,7 +32,7 @@ search: the first 100), median over ``--runs`` passes. Build time uses every cor
 part of the run). Memory: the serialized index size (what the service holds in RAM).
 
 The index types are those ``ragroute index build --index-type`` offers (index/store.py); the
-defaults by size the README states come from this table. Writes evals/out/index_scale.json.
+defaults by size docs/results.md states come from this table. Writes evals/out/index_scale.json.
 """
 
 from __future__ import annotations

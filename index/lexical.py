@@ -5,7 +5,7 @@ of the hybrid reranker.
 Tokens come from ``pipelines.text.tokenize`` (its short stop-word list keeps Python keywords:
 in a documentation corpus "with" or "for" is often the word that matters), then an English
 Snowball stemmer, so "indexes" finds "indexing". ``evals/retrieval.py`` measured this against
-the hand-written BM25 it replaced (README, "Retrieval quality").
+the hand-written BM25 it replaced (docs/results.md, "Retrieval quality").
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 100
 # The index types `ragroute index build --index-type` offers, measured at 100k and 1M vectors by
-# evals/index_scale.py (README, "Index types by size").
+# evals/index_scale.py (docs/results.md, "Index types by size").
 INDEX_SPECS = {
     "flat": "exact inner product; every query scans every vector",
     "hnsw": f"graph (HNSW, M={HNSW_M}); approximate, fast at any size, +{HNSW_M * 8} B/vector",
@@ -36,7 +36,7 @@ INDEX_SPECS = {
 # The search parameter each approximate type is loaded with. evals/index_scale.py measures what
 # recall@10 >= 0.95 costs: on 1M clustered vectors shaped like MiniLM embeddings (--shape
 # mixture), efSearch 128-192 (0.95-0.97, p50 0.55-0.78 ms on one core) and nprobe 16-24; on a
-# deliberately hard Gaussian, efSearch 256 / nprobe 192 at 100k and out of reach at 1M. README,
+# deliberately hard Gaussian, efSearch 256 / nprobe 192 at 100k and out of reach at 1M. docs/results.md,
 # "Index types by size".
 DEFAULT_SEARCH_PARAM = {"hnsw": 192, "ivf": 32, "ivf-sq8": 32}
 

@@ -1,10 +1,10 @@
 """Per-stage latency budgets and the deadline that travels with a request.
 
-Two shipped profiles (README, "Latency budgets"):
+Two shipped profiles (docs/latency.md, "Latency budgets"):
 
 * ``gpu``: the product spec's defaults.
 * ``cpu``: derived from measurements on a 2-core CPU machine (evals/latency.py idle, evals/load.py
-  under 32 concurrent clients; the table and the reasoning are in README, "Latency budgets"):
+  under 32 concurrent clients; the table and the reasoning are in docs/latency.md, "Latency budgets"):
   each budget covers the stage's tail under load, generation gets ~1.2x its idle p95, and the
   embed budget is where falling back (keyword retrieval, then a generation) costs more than
   waiting.

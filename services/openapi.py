@@ -153,7 +153,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
     schemas["ChatCompletionRequest"] = chat_schema
     v1 = {"tags": ["OpenAI"]}
     paths["/v1/chat/completions"] = {"post": {**v1, "operationId": "chat_completions",
-        "description": "OpenAI Chat Completions (README: OpenAI-compatible API)",
+        "description": "OpenAI Chat Completions (docs/api.md: OpenAI-compatible API)",
         "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChatCompletionRequest")}}},
         "responses": {"200": {"description": "a completion, or with `stream` chat.completion.chunk events",
                               "content": {JSON: {"schema": _ref("ChatCompletion")}, **SSE}},

@@ -8,7 +8,7 @@ reads the environment).
     rag.py          CacheConfig, RagConfig (the entry service's own)
     services.py     one settings object per service (RagSettings), ProcessSettings
 
-Every option is listed in README.md ("Configuration"). Invalid values raise
+Every option is listed in docs/configuration.md ("Configuration"). Invalid values raise
 :class:`ConfigError` naming the variable, at service start-up.
 """
 

@@ -53,7 +53,7 @@ class TierConfig:
         return (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
 
 
-# Shipped tier profiles (README, "Generation tiers"). Prices of self-hosted tiers are nominal
+# Shipped tier profiles (docs/generation.md, "Generation tiers"). Prices of self-hosted tiers are nominal
 # (relative compute cost, in the range hosted APIs charge for models of that size): set
 # RAGROUTE_<TIER>_PRICE_IN / _PRICE_OUT to your own numbers.
 TIER_PROFILES: dict[str, dict[str, dict[str, object]]] = {

@@ -35,7 +35,7 @@ class SearchConfig:
     """hybrid: dense and BM25 lists fused; dense: the embedding alone"""
     fusion: str = "score"
     weight: float = 0.45
-    """score fusion: the dense share (SciFact train's best; README "Retrieval quality")"""
+    """score fusion: the dense share (SciFact train's best; docs/results.md "Retrieval quality")"""
     rrf_k: float = 60.0
     depth: int = 100
     """chunks taken from each list before fusion"""

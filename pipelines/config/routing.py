@@ -16,7 +16,7 @@ from pipelines.routing.signals import (CASCADE_SIGNALS, CASCADE_STARTS, DEFAULT_
                                        DEFAULT_CASCADE_THRESHOLDS)
 
 
-# The built-in router's threshold when nothing sets one, per shipped tier profile (README, "Routing
+# The built-in router's threshold when nothing sets one, per shipped tier profile (docs/routing.md, "Routing
 # and cascades"). cpu: 0, every question to `large`: with the 135M model as `small`, no threshold on
 # the heuristic's score keeps 95% of large-only token F1 on SQuAD (evals/answer_quality.py,
 # router_calibration). gpu: 0.5, uncalibrated (no GPU where this project was measured).

@@ -9,7 +9,7 @@ answer in 87% of its answers at token F1 0.162, where the packaged SmolLM2-135M 
 0.066, in milliseconds instead of seconds. It quotes rather than answers: the reader gets what
 the best source says, in its words. SQuAD flatters it (its questions share words with the
 answering sentence), and when retrieval's best source is the wrong document it quotes that
-(README, "Answer quality"). A cascade judges its quotes by ``coverage`` (the share of the
+(docs/results.md, "Answer quality"). A cascade judges its quotes by ``coverage`` (the share of the
 question's terms the quote contains; RAGROUTE_CASCADE_SIGNAL=coverage): from this tier to the
 0.5B model it kept 96.5% of the large tier's F1 on SQuAD with 66% of the questions escalated.
 

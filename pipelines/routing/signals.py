@@ -15,11 +15,11 @@ artifact can validate against these names without importing each other.
 CASCADE_SIGNALS = {"logprob_mean": (-100.0, 0.0), "logprob_min": (-100.0, 0.0), "grounded": (0.0, 1.0),
                    "selfcheck": (0.0, 1.0), "coverage": (0.0, 1.0)}
 # Built-in thresholds: the log-probability and grounding ones each calibrated for 95% of
-# large-only token F1 on SQuAD (501 questions) with the cpu tiers (evals/routing_live.py; README
+# large-only token F1 on SQuAD (501 questions) with the cpu tiers (evals/routing_live.py; docs/results.md,
 # "Routing and cascades"); each escalates ~89-94% of those answers: the 135M model rarely writes a
 # good one. selfcheck's 1.0 escalates an answer with any problem. coverage's 0.7143: calibrated for
 # 95% of large-only token F1 on SQuAD's tune split (251 questions) with the extractive engine as
-# the small tier (evals/answer_quality.py; README "Answer quality").
+# the small tier (evals/answer_quality.py; docs/results.md "Answer quality").
 DEFAULT_CASCADE_SIGNAL = "logprob_mean"
 DEFAULT_CASCADE_THRESHOLDS = {"logprob_mean": -0.184, "logprob_min": -1.291, "grounded": 0.9333, "selfcheck": 1.0,
                               "coverage": 0.7143}

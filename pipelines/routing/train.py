@@ -21,7 +21,7 @@ with small_ok, P(the small tier fails). Methods (``--method``):
   text features (pipelines/routing/features.py: length, quantities, sentences, ...), closed
   form, clipped to [0, 1].
 - ``knn+ridge`` (default): the mean of the two. On RouteLLM's MMLU data it needs fewer large
-  calls for 95% quality than either alone (evals/routing_offline.py, README).
+  calls for 95% quality than either alone (evals/routing_offline.py, docs/results.md).
 Hyper-parameters (k, alpha) are picked by cross-validated APGR on the training data (AUC when
 only small_ok is given). Serving is numpy only: a dot product and a top-k over the bank.
 """

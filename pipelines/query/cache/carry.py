@@ -29,7 +29,7 @@ from pipelines.query.cache.records import NO_REACH, doc_tag
 from pipelines.records import ScoredChunk
 
 
-REACH_RANK = 10  # chosen on SciFact train by evals/cache_survival.py (README "The cache follows the documents")
+REACH_RANK = 10  # chosen on SciFact train by evals/cache_survival.py (docs/documents.md "The cache follows the documents")
 
 
 def reach(candidates: Sequence[ScoredChunk]) -> float:

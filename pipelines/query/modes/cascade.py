@@ -20,8 +20,8 @@ statement contains (pipelines/query/evidence.py), for an extractive small tier: 
 log-probabilities and is grounded by construction, but a quote that shares few of the question's
 words seldom answers it (the reason names the missing terms). How well each signal picks the
 answers worth escalating, on SQuAD with the cpu tiers and on RouteLLM's GSM8K data, is measured
-by evals/routing_live.py and evals/routing_offline.py (README, "Routing and cascades"); coverage,
-with the extractive tier, by evals/answer_quality.py (README, "Answer quality").
+by evals/routing_live.py and evals/routing_offline.py (docs/routing.md, "Routing and cascades"); coverage,
+with the extractive tier, by evals/answer_quality.py (docs/results.md, "Answer quality").
 """
 
 from __future__ import annotations
