@@ -230,6 +230,7 @@ class Generator:
                     if chunk.text:
                         if ttft is None:
                             ttft = (time.perf_counter() - started) * 1000
+                            first_at = time.monotonic()
                             if deadline is not None:
                                 left_s = deadline - time.monotonic() - SAFETY_MARGIN_S
                                 limit = min(tier_cfg.max_tokens, 1 + int(left_s * self.throughput[tier].decode_tok_s))
@@ -243,6 +244,12 @@ class Generator:
                                 break  # the answer is long enough: stop rather than let it ramble
                         if max(len(logprobs), len(parts)) >= limit:
                             break  # what fits the time left
+                        if deadline is not None and len(parts) > 1:
+                            # this answer's own pace (the rate estimate may be off for a long prompt
+                            # or a busy machine): stop before the next token would pass the deadline
+                            now = time.monotonic()
+                            if now + (now - first_at) / (len(parts) - 1) + SAFETY_MARGIN_S > deadline:
+                                break
                     if deadline is not None and time.monotonic() > deadline:
                         break
                 ran_out = True
