@@ -57,7 +57,8 @@ async def answer_all(items: list[qa.Item], modes: list[str], overrides: dict[str
     pipeline, generator, gen_cfg, texts = demo_pipeline(overrides)
     keys = {mode: cache_key(mode, gen_cfg, overrides) for mode in modes}
     wanted = {i.id for i in items}
-    out = [r for r in rows if r["config"] == keys.get(r["mode"]) and r["id"] in wanted]
+    # rows from before the cascade's signals were recorded are asked again
+    out = [r for r in rows if r["config"] == keys.get(r["mode"]) and r["id"] in wanted and "signals" in r]
     have = {(r["id"], r["mode"]) for r in out}
     try:
         with path.open("a") as f:
@@ -78,7 +79,11 @@ async def answer_all(items: list[qa.Item], modes: list[str], overrides: dict[str
                            "right": grade.right, "facts": grade.facts, "cited": grade.cited,
                            "retrieved": item.doc_id in [s.doc_id for s in resp.sources],
                            "tokens_in": resp.usage.tokens_in, "tokens_out": resp.usage.tokens_out,
-                           "total_ms": resp.timings_ms["total"], "wall_ms": round(wall, 1)}
+                           "total_ms": resp.timings_ms["total"], "wall_ms": round(wall, 1),
+                           # what a router or a cascade could decide on, for offline calibration
+                           "signals": {"logprob_mean": resp.usage.logprob_mean, "logprob_min": resp.usage.logprob_min,
+                                       "grounding": resp.safety.grounding,
+                                       "source_scores": [s.score for s in resp.sources]}}
                     out.append(row)
                     f.write(json.dumps(row) + "\n")
                     f.flush()
