@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 from datetime import datetime, timezone
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate("random", rng.random(len(pairs)), pairs, tune, args.keep),
         evaluate("oracle", large - small + 1e-3 * rng.random(len(pairs)), pairs, tune, args.keep),
     ]
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.machine(),
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "command": "python -m evals.qa_routing " + " ".join(argv if argv is not None else []),
               "small": args.small, "large": args.large, "keep": args.keep,
               "questions": {"tune": int(tune.sum()), "test": int((~tune).sum())},

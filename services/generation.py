@@ -87,6 +87,8 @@ class Generation:
         with refuse_to_start("generation"):
             cfg = _settings()
             check_config(cfg)
+            log.info("tier ladder (%s profile, cheapest first): %s", cfg.profile,
+                     ", ".join(f"{t.name} = {t.model} ({t.engine})" for t in cfg.tiers.values()))
             for tier in cfg.tiers.values():
                 if tier.engine == "llamacpp":
                     models.fetch(tier.model)  # once: later starts only verify the sha256

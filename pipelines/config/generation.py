@@ -57,14 +57,18 @@ class TierConfig:
 # (relative compute cost, in the range hosted APIs charge for models of that size): set
 # RAGROUTE_<TIER>_PRICE_IN / _PRICE_OUT to your own numbers.
 TIER_PROFILES: dict[str, dict[str, dict[str, object]]] = {
-    # llama.cpp on CPU with the packaged GGUF models. The rates are priors (measured on 2 CPU cores);
-    # the engines measure their own at start-up. Answers are one or two sentences (~10-50 tokens,
-    # evals/answer_quality.py), so 96 tokens leave room; 320 source tokens keep a prompt ~420 tokens.
+    # llama.cpp on CPU with the packaged GGUF models: Qwen2.5-Coder 0.5B and 1.5B, the ladder the
+    # in-domain QA set chose (docs/results.md, "Routing on the in-domain QA set": right answers
+    # 49% and 71%; SmolLM2-135M, 24%, is dominated and stays available as a model). The rates are
+    # priors (measured on 2 CPU cores, one llama.cpp thread); the engines measure their own at
+    # start-up. Answers are one or two sentences (~10-50 tokens), so 96 tokens leave room; 320
+    # source tokens keep a prompt ~430 tokens, and a slower machine gets fewer (the generate budget
+    # caps a prompt's prefill time: pipelines/query/generate.py).
     "cpu": {
-        "small": dict(engine="llamacpp", model="smollm2-135m-instruct", context_tokens=2048, max_tokens=96,
-                      price_in=0.02, price_out=0.04, prefill_tok_s=250.0, decode_tok_s=80.0, source_tokens=320),
-        "large": dict(engine="llamacpp", model="qwen2.5-coder-0.5b-instruct", context_tokens=2048, max_tokens=96,
+        "small": dict(engine="llamacpp", model="qwen2.5-coder-0.5b-instruct", context_tokens=2048, max_tokens=96,
                       price_in=0.05, price_out=0.10, prefill_tok_s=160.0, decode_tok_s=40.0, source_tokens=320),
+        "large": dict(engine="llamacpp", model="qwen2.5-coder-1.5b-instruct", context_tokens=2048, max_tokens=96,
+                      price_in=0.15, price_out=0.30, prefill_tok_s=80.0, decode_tok_s=19.0, source_tokens=320),
     },
     # vLLM on one GPU; both tiers share it with embedding and reranking (0.35 + 0.45 of its memory).
     "gpu": {

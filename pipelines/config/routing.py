@@ -16,10 +16,13 @@ from pipelines.routing.signals import (CASCADE_SIGNALS, CASCADE_STARTS, DEFAULT_
                                        DEFAULT_CASCADE_THRESHOLDS)
 
 
-# The built-in router's threshold when nothing sets one, per shipped tier profile (docs/routing.md, "Routing
-# and cascades"). cpu: 0, every question to `large`: with the 135M model as `small`, no threshold on
-# the heuristic's score keeps 95% of large-only token F1 on SQuAD (evals/answer_quality.py,
-# router_calibration). gpu: 0.5, uncalibrated (no GPU where this project was measured).
+# The built-in router's threshold when nothing sets one, per shipped tier profile (docs/routing.md).
+# cpu: 0, every question to `large` (Qwen2.5-Coder-1.5B) while it can answer in time; under load the
+# 0.5B `small` tier answers what `large` cannot finish. On the in-domain QA set no signal at hand tells
+# which questions the 0.5B model gets right (AUC 0.52-0.58 for the heuristic, a router trained on the
+# tune half, the small answer's log-probabilities, retrieval scores), so any split loses right answers
+# in proportion to what it sends down: sending half to `large` keeps 86% of its right answers
+# (python -m evals.qa_routing, docs/results.md). gpu: 0.5, uncalibrated (no GPU where this was measured).
 PROFILE_ROUTE_THRESHOLDS = {"cpu": 0.0, "gpu": 0.5}
 
 

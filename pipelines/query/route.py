@@ -188,7 +188,7 @@ def load_router(cfg: RoutingConfig, *, dimension: int | None = None) -> LoadedRo
         router = make_router(cfg.router)
         threshold = cfg.default_threshold if cfg.threshold is None else cfg.threshold
         origin = "RAGROUTE_ROUTE_THRESHOLD" if cfg.threshold is not None else \
-            f"the {cfg.profile} tiers' default" if cfg.profile else "the default"
+            f"the {cfg.profile} tiers' default, docs/routing.md" if cfg.profile else "the default"
         return LoadedRouter(router, threshold, f"{router.name} (built in), threshold {threshold:.3f} ({origin})")
     try:
         artifact = RouterArtifact.load(Path(cfg.artifact), embedding_model=cfg.embed_model, dimension=dimension)

@@ -63,7 +63,7 @@ def test_bypass_and_explicit_tier_generate_afresh(server, first):
     resp = server.post({**body, "cache": "bypass"}).json()  # ... which bypass does not read
     assert "generate" in resp["timings_ms"] and resp["usage"]["tokens_out"] > 0 and stored["answer"]
     assert not resp["cache"]["hit"] and resp["route"]["tier"] == "large" and resp["route"]["score"] is None
-    assert resp["route"]["model"].startswith("Qwen2.5-Coder-0.5B") and len(resp["sources"]) == 2
+    assert resp["route"]["model"].startswith("Qwen2.5-Coder-1.5B") and len(resp["sources"]) == 2
     assert resp["answer"].strip()
 
 

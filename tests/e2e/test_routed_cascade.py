@@ -33,7 +33,7 @@ def test_a_hard_question_starts_at_the_large_tier(server):
     assert route["mode"] == "cascade" and route["tier"] == "large" and route["score"] >= 0.7
     assert "(routed start)" in route["reason"] and ">= threshold 0.70" in route["reason"]
     assert [(s["tier"], s["outcome"]) for s in route["path"]] == [("large", "answered")]
-    assert route["model"].startswith("Qwen2.5-Coder-0.5B") and not resp["degraded"]
+    assert route["model"].startswith("Qwen2.5-Coder-1.5B") and not resp["degraded"]
 
 
 def test_an_easy_question_is_answered_small_and_self_checked(server):

@@ -243,7 +243,7 @@ def test_the_built_in_router_takes_its_tier_profiles_threshold_unless_one_is_set
     gpu = RoutingConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu"})
     assert (cpu.threshold, cpu.default_threshold, gpu.default_threshold) == (None, 0.0, 0.5)
     loaded = load_router(cpu)
-    assert loaded.threshold == 0.0 and "(the cpu tiers' default)" in loaded.source
+    assert loaded.threshold == 0.0 and "(the cpu tiers' default, docs/routing.md)" in loaded.source
     # at 0 every question goes to large, whatever the heuristic scores it
     assert decide(loaded.router, "What is a lambda?", QueryFeatures(), loaded.threshold).tier == "large"
     assert load_router(gpu).threshold == 0.5

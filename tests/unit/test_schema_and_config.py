@@ -120,7 +120,7 @@ def test_bad_tier_settings_name_the_key(env, key):
 def test_tier_profiles_and_extra_tiers():
     cpu = GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu"})
     assert [(t.engine, t.model) for t in cpu.tiers.values()] == [
-        ("llamacpp", "smollm2-135m-instruct"), ("llamacpp", "qwen2.5-coder-0.5b-instruct")]
+        ("llamacpp", "qwen2.5-coder-0.5b-instruct"), ("llamacpp", "qwen2.5-coder-1.5b-instruct")]
     gpu = GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "gpu"})
     assert {t.engine for t in gpu.tiers.values()} == {"vllm"} and gpu.tiers["large"].model.startswith("Qwen/")
     hybrid = GenerationConfig.from_env({

@@ -42,7 +42,7 @@ def test_word_settings_and_the_defaults_from_the_profile():
     small, large = cfg.tiers["small"], cfg.tiers["large"]
     assert small.dtype == "float16" and small.enforce_eager is True and large.enforce_eager is False
     assert small.temperature == large.temperature == 0.3
-    assert small.max_tokens == 96 and large.model == "qwen2.5-coder-0.5b-instruct"  # the cpu profile's
+    assert small.max_tokens == 96 and large.model == "qwen2.5-coder-1.5b-instruct"  # the cpu profile's
     with pytest.raises(ConfigError, match="RAGROUTE_SMALL_DTYPE='int3' is not one of auto, bfloat16"):
         GenerationConfig.from_env({"RAGROUTE_GEN_PROFILE": "cpu", "RAGROUTE_SMALL_DTYPE": "int3"})
 
