@@ -11,12 +11,17 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups eval-qa capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
-# fetched; the project itself is installed once both are done.
-MAKEFLAGS += --jobs=4 --output-sync=line
+# fetched; the project itself is installed once both are done. Output is grouped per command so
+# the parallel installs stay readable, except for the goals that run a server, the suite or an
+# eval: make would hold a command's output until it ends, and `make serve` would show no log.
+MAKEFLAGS += --jobs=4
+ifeq ($(filter serve test test-% bench% eval-% capacity,$(MAKECMDGOALS)),)
+MAKEFLAGS += --output-sync=line
+endif
 BASE := $(VENV)/.base
 DEPS := $(VENV)/.deps
 LLAMA_BUILT := $(WHEELS)/.built
@@ -150,6 +155,13 @@ eval-admission: models
 # found for the rewrite vs the gold question vs the previous behaviour; JSON in evals/out/. ~1 min.
 eval-followups: install
 	$(BIN)/python -m evals.followups
+
+# The in-domain QA set (evals/data/qa.jsonl) through the real query path: each cpu tier on both
+# halves (answers cached in evals/out/qa_answers/; ~35 min the first time on 2 cores), then which
+# router pays between them, calibrated on the tune half and reported on the other (JSON + PNG).
+eval-qa: models
+	$(BIN)/python -m evals.qa_answers --modes small,large,auto --split all
+	$(BIN)/python -m evals.qa_routing
 
 # Replicas per service for 10/50/200 req/s from what bench-hops and bench saved (docs/deployment.md, "Scaling").
 capacity: install
