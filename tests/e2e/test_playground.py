@@ -12,7 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOT = ROOT / "evals" / "out" / "playground.png"
-QUESTION = "How do I define a function with default argument values?"  # asked nowhere else: generated
+# Asked nowhere else (so it is generated), and one the 1.5B model answers in ~40 tokens from its
+# sources (QA set q049): an answer the safety check flags, e.g. a long one in the model's own
+# words, is served but not cached, and the second half of this test needs a cached one.
+QUESTION = "How is a dictionary display written?"
 
 
 @pytest.fixture(scope="module")
