@@ -66,7 +66,10 @@ def test_the_judge_eval_scores_every_pair_with_each_signal_on_the_real_models(mo
     assert main(["--limit", "2", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     meta = result["meta"]
-    assert meta["judge_model"].endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    from pipelines.config.generation import TIER_PROFILES
+    from pipelines.models import GGUF_MODELS
+
+    assert meta["judge_model"].endswith(GGUF_MODELS[str(TIER_PROFILES["cpu"]["large"]["model"])].filename)
     assert meta["pairs"] == meta["rewordings"] + meta["near_misses"] and meta["rewordings"] >= 4
     assert meta["judge_ms_per_pair"]["p50"] > 0
     assert set(result["signals"]) == {"cosine", "verifier", "judge", "judge+rules"}
