@@ -17,11 +17,6 @@ from evals.serving import serving
 from pipelines.budget import PROFILES
 
 QUESTION = "What does the with statement do?"  # the README's first question
-# The README's five questions and the help topic each is answered from.
-README_QUESTIONS = [(QUESTION, "pydoc:with"), ("How do I catch an exception?", "pydoc:try"),
-                    ("What does the pass statement do?", "pydoc:pass"),
-                    ("How do I define a function with default arguments?", "pydoc:function"),
-                    ("What is a lambda expression?", "pydoc:lambda")]
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +40,6 @@ def test_the_readme_question_is_answered_in_time_citing_a_with_source(default_se
     assert not resp["budget"]["generate"]["overrun"]
     assert any(s["doc_id"] == "pydoc:with" for s in cited_sources(resp)), resp["answer"]
     assert len(resp["answer"]) <= 600, resp["answer"]  # one or two sentences, not the sources repeated
-
-
-def test_the_readme_questions_are_answered_by_the_large_model_from_their_topic(default_server):
-    """`auto` on the shipped cpu ladder: the 1.5B model answers each (routing threshold 0), in
-    time (no generation warning), from sources that include the question's help topic, citing a
-    source or flagged. (Which number it cites is the model's: for two of these it cites a
-    neighbouring source; the QA set's grading counts both.)"""
-    for question, topic in README_QUESTIONS[1:]:
-        resp = default_server.post({"query": question, "cache": "bypass"}).json()
-        # generated in time: no generation warning. A stage before it may overrun its budget: the
-        # rerank stage's 250 ms did, on the fourth of these questions, in 2 of 5 runs of this module
-        # (not diagnosed; the sources are then in retrieval order, and the answer is flagged)
-        assert not [w for w in resp["warnings"] if "generate" in w], (question, resp["warnings"])
-        assert resp["route"]["model"] != "extractive" and resp["usage"]["finish_reason"] in ("stop", "length")
-        assert resp["route"]["mode"] == "auto" and resp["route"]["tier"] == "large", resp["route"]
-        assert resp["route"]["model"].startswith("Qwen2.5-Coder-1.5B") and resp["usage"]["tokens_out"] > 0
-        # cited, or flagged: an answer in the model's own words that no source supports enough to be
-        # cited (seen for "default arguments") is served with the safety check's warning
-        assert cited_sources(resp) or resp["safety"]["problems"], (question, resp["answer"], resp["safety"])
-        if not resp["degraded"]:  # ranked by the rerank stage (see the note above on its budget)
-            assert topic in [s["doc_id"] for s in resp["sources"]], (question, resp["sources"])
 
 
 def test_the_start_up_log_names_the_ladder_and_the_router_threshold(default_server):
