@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, ValidationError
 
 from pipelines.access import Denied
 from pipelines.errors import RagrouteError
@@ -107,12 +107,28 @@ class ChatRequest(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-def parse_request(body: Any) -> ChatRequest:
-    """The request, or an OpenAIError (400) naming the first invalid field."""
+class FeedbackExtension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Tenant = "default"
+
+
+class FeedbackBody(BaseModel):
+    """``POST /v1/feedback``: a verdict on a ``/v1`` answer by its ``id`` (``POST /feedback`` for REST)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, StringConstraints(pattern=r"^chatcmpl-[0-9a-f]{12}$")]
+    verdict: Literal["good", "bad"]
+    ragroute: FeedbackExtension = FeedbackExtension()
+
+
+def parse_request(body: Any, model: type[BaseModel] = ChatRequest) -> Any:
+    """The request (a ``model``), or an OpenAIError (400) naming the first invalid field."""
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object", None, "invalid_body")
     try:
-        return ChatRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = _param(err["loc"])

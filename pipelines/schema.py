@@ -173,3 +173,15 @@ class PurgeRequest(BaseModel):
     doc_ids: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=512)]],
                        Field(max_length=10_000)] = Field(default_factory=list,
                                                          description="delete entries citing any of these documents")
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /feedback``: a verdict on one answer (pipelines/query/feedback.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[str, StringConstraints(pattern=r"^(chatcmpl-)?[0-9a-f]{12}$")] = Field(
+        description="the answer's request_id (rag_query) or id (/v1/chat/completions: chatcmpl-...)")
+    verdict: Literal["good", "bad"] = Field(description="was the answer right? 'bad' on a cached answer stops "
+                                                        "it being served again for this question")
+    tenant: Tenant = Field("default", description="the tenant the answer was given to; with API keys, the key's")

@@ -92,6 +92,9 @@ class RagMetrics:
             name="ragroute_cache_decisions_total", documentation="the error-bounded cache's decision on the best "
             "semantic candidate: hit, verify (a verification sample, answered fresh), observe (not served yet)",
             labelnames=["tenant", "decision"])
+        self.feedback = Counter(
+            name="ragroute_feedback_total", documentation="verdicts taken by POST /feedback, by verdict and by what "
+            "the answer was (exact, semantic, fresh)", labelnames=["verdict", "answer"])
         # gauges of values read from the cache: the most recent write wins across worker processes
         self.cache_samples = Gauge(
             name="ragroute_cache_verification_samples", documentation="would-be semantic hits answered fresh and "

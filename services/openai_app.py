@@ -2,6 +2,7 @@
 
     POST /v1/chat/completions   (stream or not)
     GET  /v1/models, /v1/models/{model}
+    POST /v1/feedback           a verdict on an answer by its id (as POST /feedback)
 
 A thin HTTP shell: what a request means and what a completion looks like is in
 ``pipelines/openai_compat.py``; the answer comes from the RAG service's own QueryPipeline (same
@@ -10,6 +11,7 @@ cache, budgets, metrics and logs as ``rag_query``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -25,7 +27,7 @@ from pipelines.access import Denied
 from pipelines.config import TierConfig
 from pipelines.errors import RagrouteError, public_message
 from pipelines.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
-from pipelines.openai_request import OpenAIError, parse_request
+from pipelines.openai_request import FeedbackBody, OpenAIError, parse_request
 from pipelines.schema import RagResponse
 from pipelines.sse import outliving
 
@@ -70,18 +72,38 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
         except OpenAIError as exc:
             return _error(exc)
 
+    async def _json_body(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except ValueError as exc:
+            raise OpenAIError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
+        except RecursionError:
+            raise OpenAIError(400, "the request body is nested too deeply", None, "invalid_json") from None
+
+    async def feedback(request: Request) -> JSONResponse:
+        rag = get_rag()
+        try:
+            caller = rag.front.authenticate(request.headers.get("authorization"))
+            body: FeedbackBody = parse_request(await _json_body(request), FeedbackBody)
+            tenant = rag.front.gate.tenant(caller, body.ragroute.tenant)
+            give = rag.verdicts.give
+            out = await asyncio.to_thread(give, tenant, body.id, body.verdict) if rag.verdicts.blocking \
+                else give(tenant, body.id, body.verdict)
+        except (OpenAIError, RagrouteError) as exc:
+            err = exc if isinstance(exc, OpenAIError) else OpenAIError.denied(exc) if isinstance(exc, Denied) \
+                else OpenAIError.of(exc)
+            log.info("/v1/feedback refused (%d): %r", err.status, err.message)
+            return _error(err)
+        rag.metrics.feedback.labels(verdict=out["verdict"], answer=out["answer"]).inc()
+        rid = out.pop("request_id")
+        return JSONResponse({"id": f"chatcmpl-{rid}", "object": "feedback", **out})
+
     async def chat_completions(request: Request):
         rag = get_rag()
         request_id = secrets.token_hex(6)
         try:
             caller = rag.front.authenticate(request.headers.get("authorization"))
-            try:
-                body = json.loads(await request.body())
-            except ValueError as exc:
-                raise OpenAIError(400, f"the request body is not valid JSON: {exc}", None, "invalid_json") from None
-            except RecursionError:
-                raise OpenAIError(400, "the request body is nested too deeply", None, "invalid_json") from None
-            chat = parse_request(body)
+            chat = parse_request(await _json_body(request))
             req, rewritten = to_rag_request(chat, tiers(rag))
             admitted = await rag.front.admit(caller, req.tenant, req.collection)
         except (OpenAIError, RagrouteError) as exc:
@@ -152,5 +174,6 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
 
     return Starlette(routes=[Route("/chat/completions", chat_completions, methods=["POST"]),
                              Route("/models", list_models, methods=["GET"]),
+                             Route("/feedback", feedback, methods=["POST"]),
                              Route("/models/{model:path}", get_model, methods=["GET"])],
                      exception_handlers={404: not_found, 405: not_found})

@@ -90,7 +90,7 @@ OPENAI_ERRORS = {
 }
 SSE = {"text/event-stream": {"schema": {"type": "object", "description": "one server-sent event",
                                         "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}}
-JSON_APIS = ("/rag_query", "/cache_purge", "/cache_stats", "/collections")  # BentoML APIs: JSON bodies only
+JSON_APIS = ("/rag_query", "/feedback", "/cache_purge", "/cache_stats", "/collections")  # BentoML APIs: JSON bodies only
 NO_FIELDS = ("/cache_stats", "/collections")  # an empty object or no body
 
 
@@ -129,6 +129,10 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
         if path == "/rag_query":  # with "stream": true, server-sent events
             responses["200"]["content"].update(SSE)
             responses["404"] = _json(_ref("Error"), "no such collection (the message lists the valid ones)")
+        if path == "/feedback":
+            responses["404"] = _json(_ref("Error"), "no answer with this id of this tenant (or older than the "
+                                                    "records are kept)")
+            responses["409"] = _json(_ref("Error"), "this answer was already rated")
     chat_schema = ChatRequest.model_json_schema(ref_template=REF)
     for name, sub in chat_schema.pop("$defs", {}).items():
         schemas[name] = sub

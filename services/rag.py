@@ -20,10 +20,11 @@ from pipelines.config.services import RagSettings
 from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.query.cache import Carried, VersionChange, make_cache
+from pipelines.query.feedback import Feedback, make_feedback_store
 from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
-from pipelines.schema import PurgeRequest, RagRequest, RagResponse, StatsRequest
+from pipelines.schema import FeedbackRequest, PurgeRequest, RagRequest, RagResponse, StatsRequest
 from pipelines.sse import frames, outliving
 from services._common import PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
 from services.embedding import Embedding
@@ -75,10 +76,12 @@ class RAG:
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
                                     embedding_model=settings.embedding.model, breaker=self.redis_breaker)
             gen = settings.generation
+            self.verdicts = Feedback(make_feedback_store(self.cfg.cache, self.redis_breaker), self.cache)
             self.pipeline = QueryPipeline(
                 RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen, settings.routing),
                 settings.budget, settings.safety, list(gen.tiers), tier_configs=dict(gen.tiers),
-                route_uses_retrieval=router_uses_retrieval(settings.routing), admission=gen.admission)
+                route_uses_retrieval=router_uses_retrieval(settings.routing), admission=gen.admission,
+                feedback=self.verdicts.store)
             self.front = FrontDoor(self._gate(settings), self.metrics,
                                    self.cache.tenant_summary if self.cache is not None and self.cache.policy else None)
         self.admin_token = settings.admin_token
@@ -164,6 +167,24 @@ class RAG:
         await self.front.settle(admitted, response)
         return response
 
+    @bentoml.api(input_spec=FeedbackRequest)
+    async def feedback(self, ctx: bentoml.Context, request_id: str, verdict: str, tenant: str = "default") -> dict:
+        """A verdict ("good" or "bad") on one of this tenant's answers, by its ``request_id`` (or a
+        ``/v1`` answer's ``id``). "bad" on a cached answer stops it being served again for the
+        question; verdicts on fresh answers are kept as labels for the router (docs/cache.md).
+        Authenticated like ``rag_query``."""
+        try:
+            caller = self.front.authenticate(ctx.request.headers.get("authorization"))
+            tenant = self.front.gate.tenant(caller, tenant)
+            give = self.verdicts.give
+            out = await asyncio.to_thread(give, tenant, request_id, verdict) if self.verdicts.blocking \
+                else give(tenant, request_id, verdict)  # type: ignore[arg-type]
+        except RagrouteError as exc:
+            log.info("feedback on %s refused (%d): %s", request_id, exc.status, exc)
+            return self._refuse(ctx, exc)  # type: ignore[return-value]
+        self.metrics.feedback.labels(verdict=out["verdict"], answer=out["answer"]).inc()
+        return out
+
     @bentoml.api(input_spec=StatsRequest)
     async def collections(self, ctx: bentoml.Context) -> dict:
         """The document collections ``rag_query`` answers from (its ``collection`` field): name,
@@ -229,9 +250,11 @@ class RAG:
             return denied
         if tenant is None and not doc_ids:
             return self._fail(ctx, BadRequest("tenant", "give a tenant, doc_ids, or both"))
-        if self.cache is None:
-            return {"deleted": 0, "cache": "off"}
         try:
+            if tenant is not None and not doc_ids:  # the tenant is gone: so are its answers' records and labels
+                self.verdicts.store.purge(tenant)
+            if self.cache is None:
+                return {"deleted": 0, "cache": "off"}
             deleted = self.cache.purge(tenant=tenant, doc_ids=doc_ids or [])
         except Exception as exc:  # noqa: BLE001 - the backend is down: say so, never a 500
             log.warning("cache purge failed: %s", exc)

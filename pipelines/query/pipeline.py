@@ -31,6 +31,7 @@ from pipelines.budget import BudgetProfile, Deadline
 from pipelines.config import RagConfig, TierConfig
 from pipelines.query import cite
 from pipelines.query.cache import SemanticCache
+from pipelines.query.feedback import FeedbackStore
 from pipelines.query.modes import mode_for
 from pipelines.query.prepare import Preparation
 from pipelines.query.respond import Responder, sources
@@ -50,14 +51,16 @@ class QueryPipeline:
     def __init__(self, stages: Stages, cache: SemanticCache | None, cfg: RagConfig, fingerprint: str = "",
                  budget: BudgetProfile | None = None, safety: SafetyConfig | None = None,
                  tiers: Sequence[str] = ("small", "large"), tier_configs: dict[str, TierConfig] | None = None,
-                 route_uses_retrieval: bool = True, admission: bool = True) -> None:
+                 route_uses_retrieval: bool = True, admission: bool = True,
+                 feedback: FeedbackStore | None = None) -> None:
         """``fingerprint`` identifies the generation settings (tier models, prompt version,
         sampling): cached answers are only served to requests with the same one.
         ``budget``: the latency budgets (default: the cpu profile's). ``tier_configs``: the
         tiers' rates, for the cascade's "is there time to escalate" check.
         ``route_uses_retrieval``: the router reads retrieval scores (route after retrieval).
         ``admission``: the Generation service admits by deadline (RAGROUTE_ADMISSION); then a
-        tier that times out without a word is taken for stuck and skipped for a while."""
+        tier that times out without a word is taken for stuck and skipped for a while.
+        ``feedback``: where each answer's record is kept for ``POST /feedback`` (feedback.py)."""
         self.stages = stages
         self.cache = cache
         self.cfg = cfg
@@ -65,7 +68,7 @@ class QueryPipeline:
         self.budget = budget or BudgetProfile.from_env({}, gpu=False)
         self.runner = TierRunner(stages, cfg, self.budget, tiers, tier_configs or {}, stall_detection=admission)
         self.prepare = Preparation(self.runner, cache, cfg, fingerprint, route_uses_retrieval)
-        self.responder = Responder(stages, cache, self.budget, safety or SafetyConfig())
+        self.responder = Responder(stages, cache, self.budget, safety or SafetyConfig(), feedback)
 
     @property
     def tiers(self) -> list[str]:
@@ -90,7 +93,7 @@ class QueryPipeline:
         r = self._start(req, request_id, meter)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
-            return self.responder.from_cache(r, prep)
+            return await self.responder.from_cache(r, prep)
         generation = await mode.answer(self.runner, r, prep.route, prep.ranked)
         if generation is None:
             self._refuse_if_overloaded(r)
@@ -117,7 +120,7 @@ class QueryPipeline:
         r = self._start(req, request_id, meter)
         prep = await self.prepare.run(r, mode)
         if prep.hit is not None:
-            cached = self.responder.from_cache(r, prep)
+            cached = await self.responder.from_cache(r, prep)
             yield {"event": "meta", "request_id": request_id, "route": cached.route.model_dump(),
                    "sources": [s.model_dump() for s in cached.sources], "cache": cached.cache.model_dump()}
             yield {"event": "token", "text": cached.answer}

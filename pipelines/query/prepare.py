@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1024)
-def _options_id(fingerprint: str, tier: str, top_k: int, collection: str) -> str:
+def options_id(fingerprint: str, tier: str, top_k: int, collection: str) -> str:
     """The part of a cache partition's key that request options and generation settings make."""
     return content_id(fingerprint, tier, str(top_k), collection)
 
@@ -87,7 +87,7 @@ class Preparation:
         # Same tenant, same index, same generation settings and request options -> same answer.
         prep = Prepared(mode=mode, index_version=index_version, qhash=query_hash(req.query),
                         part=Partition(req.tenant, index_version,
-                                       _options_id(self.fingerprint, req.tier, req.top_k, req.collection),
+                                       options_id(self.fingerprint, req.tier, req.top_k, req.collection),
                                        req.collection),
                         read=cache is not None and req.cache == "use",
                         write=cache is not None and req.cache in ("use", "refresh"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipelines.query import cite, evidence
 from pipelines.query.cache import Observation, SemanticCache
 from pipelines.query.cache.policy import answers_agree, comparable
 from pipelines.query.cache.carry import reach
+from pipelines.query.feedback import Answered, FeedbackStore
 from pipelines.query.prepare import Prepared
 from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 SNIPPET_CHARS = 300
 EXTRACT_SOURCES = 3  # an extractive answer is taken from the best three sources
 EXTRACT_EMBED_MS = 500.0  # at most this long to embed their sentences (else lexical scores only)
+FEEDBACK_RECORD_S = 0.25  # at most this long to keep an answer's record for feedback (Redis)
 COMPARE_EMBED_MS = 2000.0  # the cache's answer comparison: at most this long (and the time left) to embed the answers
 
 
@@ -47,11 +50,12 @@ def sources(ranked: Sequence[ScoredChunk]) -> list[Source]:
 
 class Responder:
     def __init__(self, stages: Stages, cache: SemanticCache | None, budget: BudgetProfile,
-                 safety: SafetyConfig) -> None:
+                 safety: SafetyConfig, feedback: FeedbackStore | None = None) -> None:
         self.stages = stages
         self.cache = cache
         self.budget = budget
         self.safety = safety
+        self.feedback = feedback
 
     async def _cache(self, r: RequestState, what: str, fn, *args):
         assert self.cache is not None
@@ -61,7 +65,30 @@ class Responder:
         return RagResponse(**payload, request_id=r.id, cache=cache, timings_ms=r.timings(), budget=r.budget(),
                            budget_profile=self.budget.name, warnings=r.warnings)
 
-    def from_cache(self, r: RequestState, prep: Prepared) -> RagResponse:
+    async def remember(self, r: RequestState, prep: Prepared, response: RagResponse, stored: bool = False) -> None:
+        """Keep what a verdict on this answer needs (feedback.py). Best effort, within the cache
+        stage's time: an answer whose record could not be kept can only not be rated (a 404)."""
+        if self.feedback is None:
+            return
+        hit = prep.hit
+        part = prep.part
+        rec = Answered(request_id=r.id, tenant=r.req.tenant, query=r.req.query,
+                       kind=hit.kind if hit is not None else "fresh", index_version=part.index_version,
+                       fingerprint=part.fingerprint, collection=part.collection,
+                       qhash=prep.qhash, stored=stored, entry_qhash=hit.qhash if hit is not None else "",
+                       score=hit.score if hit is not None else None,
+                       tier=response.route.tier, model=response.route.model, route_score=response.route.score,
+                       degraded=response.degraded, at=time.time())
+        try:
+            if self.feedback.blocking:
+                async with asyncio.timeout(FEEDBACK_RECORD_S):
+                    await asyncio.to_thread(self.feedback.remember, rec)
+            else:
+                self.feedback.remember(rec)
+        except Exception as exc:  # noqa: BLE001 - the store is down or slow: this answer cannot be rated
+            log.info("request %s: not kept for feedback: %s", r.id, f"{type(exc).__name__}: {exc}")
+
+    async def from_cache(self, r: RequestState, prep: Prepared) -> RagResponse:
         """The cached answer, named by the version it is served from (an answer carried to a new
         version, carry.py, has sources unchanged in it)."""
         hit, verdicts = prep.hit, prep.verdicts
@@ -69,8 +96,10 @@ class Responder:
         decision = "hit" if hit.kind == "semantic" and self.cache is not None and self.cache.policy else None
         payload = hit.payload if hit.payload.get("index_version") == prep.index_version else \
             {**hit.payload, "index_version": prep.index_version}
-        return self.respond(r, payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
+        response = self.respond(r, payload, CacheInfo(hit=True, kind=hit.kind, similarity=round(hit.similarity, 6),
                                                       status="hit", verifier=list(verdicts), decision=decision))
+        await self.remember(r, prep, response)
+        return response
 
     async def finish(self, r: RequestState, prep: Prepared, generation: TierAnswer | None,
                      streamed: str | None = None) -> RagResponse:
@@ -121,11 +150,14 @@ class Responder:
         good = not r.degraded and safety.checked and not safety.problems and not unsure
         if prep.observe is not None and good and r.cache_status != "unavailable":
             await self._compare(r, prep, prep.observe, answer, [s.chunk.doc_id for s in ranked])
+        stored = False
         if prep.write and good and prep.retrieved_version == prep.index_version and r.cache_status != "unavailable":
             # reach: a document added later nearer the question than that may change the answer (carry.py)
             await self._cache(r, "store", self.cache.put, prep.part, prep.qhash, r.req.query, prep.vector,
                               payload, [s.chunk.doc_id for s in ranked], reach(prep.candidates))
+            stored = r.cache_status != "unavailable"
         response = self.respond(r, {**payload, "degraded": r.degraded}, self.miss_info(r, prep))
+        await self.remember(r, prep, response, stored)
         log.info("request %s: answered by %s in %.0f ms%s", r.id, response.route.model,
                  response.timings_ms["total"], " (degraded)" if r.degraded else "")
         return response

@@ -144,18 +144,26 @@ class InMemoryCache:
                     del self._pools[key]
             return len(doomed)
 
+    def forget(self, part: Partition, qhash: str) -> bool:
+        with self._lock:
+            entry = self._entries.pop((part.key, qhash), None)
+            if entry is not None:
+                self._matrices.pop(part.key, None)
+            return entry is not None
+
     def pool(self, part: Partition) -> PoolStats:
         with self._lock:
             pool = self._pools.get((part.tenant, part.fingerprint))
             return pool.frozen() if pool else PoolStats()
 
-    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool,
+                lookup: bool = True) -> None:
         with self._lock:
             entry = self._entries.get((part.key, qhash))
             if entry is not None:
                 entry.stats = entry.stats.after(score, wrong)
             pool = self._pools.setdefault((part.tenant, part.fingerprint), _Pool())
-            pool.lookups[band] += 1
+            pool.lookups[band] += lookup
             pool.verified[band] += 1
             pool.wrong[band] += wrong
             pool.samples += sample

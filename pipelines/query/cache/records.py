@@ -59,6 +59,8 @@ class CacheHit:
     kind: Literal["exact", "semantic"]
     similarity: float
     verdict: str | None = None
+    qhash: str = ""  # the entry served (a semantic hit's is another question's)
+    score: float | None = None  # a semantic hit under the error-bounded policy: the candidate's score
 
 
 def doc_tag(doc_id: str) -> str:
@@ -96,9 +98,15 @@ class CacheBackend(Protocol):
         """The policy's observations for ``part``'s tenant and generation settings (all index versions)."""
         ...
 
-    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool,
+                lookup: bool = True) -> None:
         """Record one comparison of entry ``qhash``'s answer with a fresh one, atomically (the
-        entry's record, if it still exists, and its pool's)."""
+        entry's record, if it still exists, and its pool's). ``lookup``: count it as a lookup too
+        (False for a user's verdict on a hit, whose lookup was counted when it was served)."""
+        ...
+
+    def forget(self, part: Partition, qhash: str) -> bool:
+        """Delete one entry of ``part`` (a user rejected its answer); False when it was not there."""
         ...
 
     def count(self, part: Partition, band: int | None) -> None:

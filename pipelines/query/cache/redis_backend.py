@@ -284,6 +284,17 @@ class RedisCache:
 
         return self._call("purge", run_and_forget)
 
+    def forget(self, part: Partition, qhash: str) -> bool:
+        key = self._key(part, qhash)
+
+        def run() -> bool:
+            if self.client.hget(key, "tenant") not in (part.tenant.encode(),):
+                return False  # not this tenant's (or gone): never delete another's entry
+            self.client.zrem(self.order_key, key)
+            return bool(self.client.delete(key))
+
+        return self._call("forget", run)
+
     # -- the error-bounded policy's statistics ------------------------------------------------------
     def _pool_key(self, part: Partition) -> str:
         return f"{self.pool_prefix}{content_id(part.tenant)}:{content_id(part.tenant, part.fingerprint)}"
@@ -297,9 +308,10 @@ class RedisCache:
         return self._call("lookup", lambda: PoolStats.from_fields(
             {k.decode(): v for k, v in self.client.hgetall(key).items()}))
 
-    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool) -> None:
+    def observe(self, part: Partition, qhash: str, band: int, score: float, wrong: bool, sample: bool,
+                lookup: bool = True) -> None:
         keys = [self._key(part, qhash), self._pool_key(part), self._pools_key(part.tenant)]
-        args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S]
+        args = [band, repr(float(score)), int(wrong), int(sample), part.tenant, POOL_TTL_S, int(lookup)]
         self._call("observe", lambda: self._observe(keys=keys, args=args))
 
     def count(self, part: Partition, band: int | None) -> None:

@@ -3,7 +3,7 @@
 # The error-bounded policy's observation, atomically: the entry's counters (if the entry still
 # exists) and its tenant pool's per-band counters.
 # KEYS: entry, pool, the tenant's set of pools. ARGV: band, score, wrong (0/1), sample (0/1),
-# tenant, pool TTL (s).
+# tenant, pool TTL (s), count the lookup (0/1: feedback on a hit already counted it).
 OBSERVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'verified', 1)
@@ -13,7 +13,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'wrong_max', ARGV[2]) end
   end
 end
-redis.call('HINCRBY', KEYS[2], 'l' .. ARGV[1], 1)
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[2], 'l' .. ARGV[1], 1) end
 redis.call('HINCRBY', KEYS[2], 'n' .. ARGV[1], 1)
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[2], 'w' .. ARGV[1], 1) end
 if ARGV[4] == '1' then

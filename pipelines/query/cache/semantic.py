@@ -18,7 +18,7 @@ import numpy as np
 from pipelines.config import CacheConfig
 from pipelines.query.cache.carry import Carried, VersionChange
 from pipelines.query.cache.memory import InMemoryCache
-from pipelines.query.cache.policy import ErrorBoundPolicy, PoolStats
+from pipelines.query.cache.policy import ErrorBoundPolicy, PoolStats, band
 from pipelines.query.cache.records import (NO_REACH, CacheBackend, CacheHit, Candidate, Found, Observation, Partition,
                                            SemanticLookup)
 from pipelines.query.cache.verify import HitVerifier
@@ -43,7 +43,7 @@ class SemanticCache:
 
     def get_exact(self, part: Partition, qhash: str) -> CacheHit | None:
         payload = self.backend.get_exact(part, qhash)
-        return CacheHit(payload, "exact", 1.0) if payload is not None else None
+        return CacheHit(payload, "exact", 1.0, qhash=qhash) if payload is not None else None
 
     def get_semantic(self, part: Partition, query: str, vector: np.ndarray) -> SemanticLookup:
         found = self.find(part, vector)
@@ -67,6 +67,15 @@ class SemanticCache:
         self.backend.observe(part, obs.entry.qhash, obs.decision.band, obs.decision.score, wrong,
                              obs.decision.sample)
 
+    def label(self, part: Partition, qhash: str, score: float, wrong: bool) -> None:
+        """A user's verdict on a semantic hit from entry ``qhash``, scored ``score``: one more
+        comparison in its band (its lookup was counted when it was served); a wrong one sets the
+        entry's boundary (policy.py, step 3)."""
+        self.backend.observe(part, qhash, band(score), score, wrong, False, lookup=False)
+
+    def forget(self, part: Partition, qhash: str) -> bool:
+        return self.backend.forget(part, qhash)
+
     def verify_blocks(self, query: str, cands: Sequence[Candidate]) -> bool:
         """True when checking these candidates runs the verifier's pair model (a forward pass
         through MiniLM: off the event loop); the other checks take microseconds."""
@@ -79,7 +88,7 @@ class SemanticCache:
         error-bounded policy, the policy's decision on the best-scored candidate no rule vetoed."""
         verdicts = []
         if self.verifier is None and self.policy is None:
-            return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity) if cands else None, ())
+            return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity, qhash=cands[0].qhash) if cands else None, ())
         if self.policy is not None:
             return self._decide(query, vector, cands, pool or PoolStats())
         checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands])
@@ -87,7 +96,8 @@ class SemanticCache:
             line = f"{cand.query!r} (cosine {cand.similarity:.3f}) {verdict.reason}"
             verdicts.append(line)
             if verdict.accept:
-                return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts))
+                return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line, cand.qhash),
+                                      tuple(verdicts))
         return SemanticLookup(None, tuple(verdicts))
 
     def _decide(self, query: str, vector: np.ndarray, cands: Sequence[Candidate], pool: PoolStats) -> SemanticLookup:
@@ -116,8 +126,8 @@ class SemanticCache:
         verdicts.insert(0, line)
         verdicts.extend(f"{h} P(same question) {s:.2f}: not the best-scored candidate" for s, _, h in scored[1:])
         if decision.action == "hit":
-            return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line), tuple(verdicts),
-                                  band=decision.band)
+            return SemanticLookup(CacheHit(cand.payload, "semantic", cand.similarity, line, cand.qhash, score),
+                                  tuple(verdicts), band=decision.band)
         return SemanticLookup(None, tuple(verdicts), Observation(cand, decision), decision.band)
 
     def put(self, part: Partition, qhash: str, query: str, vector: np.ndarray, payload: dict[str, Any],
