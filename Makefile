@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups eval-qa capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-cache-judge eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups eval-qa capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -105,6 +105,12 @@ bench-hops: models
 # Semantic-cache precision with/without the hit verifier (QQP, GPTCache); needs ../shared/data.
 eval-cache: install
 	$(BIN)/python -m evals.cache_verifier
+
+# The cache's judge (pipelines/query/cache/judge.py) on the in-domain pairs (rewordings, near-misses,
+# each question's nearest other question): every signal's ROC on the held-out half, the combination
+# fitted on the tune half (--fit rewrites judge.json); JSON in evals/out/, ROC in docs/. ~11 min.
+eval-cache-judge: models
+	$(BIN)/python -m evals.cache_judge
 
 # Routers (and, on GSM8K, the cascades) on RouteLLM's MMLU/GSM8K data (half splits, seeds 0-9):
 # curves, APGR, strong share for 95% quality, router overhead; JSON + PNG in evals/out/. Needs ../shared/data.

@@ -51,5 +51,6 @@ def test_bentoml_build_produces_a_cuda_image_with_only_runtime_code(tmp_path):
     assert needed <= src, f"missing from the bento: {sorted(needed - src)}"
     # and the artifacts the code loads from next to itself (the cache verifier's settings and pair model)
     data = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.suffix != ".py"}
-    assert {"pipelines/query/cache/verifier.json", "pipelines/query/cache/verifier-pair.npz"} <= data, sorted(data)
+    assert {"pipelines/query/cache/verifier.json", "pipelines/query/cache/verifier-pair.npz",
+            "pipelines/query/cache/judge.json"} <= data, sorted(data)
     assert not any(p.startswith(("tests/", "evals/")) for p in src)

@@ -83,3 +83,45 @@ def test_the_qa_set_names_real_topics_differs_from_the_cache_set_and_grades_by_i
     item = next(i for i in items if i.question == "What exception does a failing assert statement raise?")
     assert not qa.grade(item, "It raises ValueError.", [item.doc_id]).facts
     assert not qa.grade(item, "AssertionError. [1]", ["pydoc:raise"]).right  # the wrong source cited
+
+
+def test_cache_judge_roc_passes_tied_scores_together():
+    import numpy as np
+
+    from evals.cache_judge import roc_points
+
+    # a three-valued signal: rewordings listed first must not look better than their ties
+    fp, tp = roc_points(np.array([2.0, 1.0, 2.0, 1.0, 0.0]), np.array([True, True, False, False, False]))
+    assert list(zip(fp.round(3), tp.round(3))) == [(0.0, 0.0), (0.333, 0.5), (0.667, 1.0), (1.0, 1.0)]
+
+
+def test_cache_judge_fit_separates_what_it_can():
+    import numpy as np
+
+    from evals.cache_judge import fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = x[:, 0] > 0  # the first feature decides, the second is noise
+    coef, _ = fit_logistic(x, y)
+    assert coef[0] > 2.0 and abs(coef[1]) < 0.5
+
+
+def test_each_cached_question_has_one_labelled_neighbour_from_another_entry():
+    import json
+
+    from evals.cache_judge import DATA, NEIGHBOURS, load_neighbours
+
+    items = [json.loads(line) for line in DATA.read_text().splitlines()]
+    owner = {}
+    for i, it in enumerate(items):
+        for text in (it["question"], *it["rewordings"], *it["near_misses"]):
+            owner.setdefault(text, set()).add(i)
+    pairs = load_neighbours(NEIGHBOURS)
+    assert [p.question for p in pairs] == [it["question"] for it in items]
+    for i, p in enumerate(pairs):
+        assert p.other in owner and i not in owner[p.other], p  # another entry's rewording or near-miss
+        assert p.other not in {it["question"] for it in items}
+        assert p.kind == "neighbour" and isinstance(p.same, bool)
+    assert sum(p.same for p in pairs) == 21
+    assert [p.question for p in load_neighbours(NEIGHBOURS, 2)] == [it["question"] for it in items[:2]]
