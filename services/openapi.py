@@ -162,6 +162,19 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
         "responses": {"200": {"description": "a completion, or with `stream` chat.completion.chunk events",
                               "content": {JSON: {"schema": _ref("ChatCompletion")}, **SSE}},
                       **copy.deepcopy(OPENAI_ERRORS)}}}
+    from pipelines.openai_request import FeedbackBody
+
+    feedback_errors = {c: copy.deepcopy(OPENAI_ERRORS[c]) for c in ("400", "401", "403", "413", "503")}
+    feedback_errors["404"] = _json(_ref("OpenAIError"), "no answer with this id of this tenant")
+    feedback_errors["409"] = _json(_ref("OpenAIError"), "this answer was already rated")
+    paths["/v1/feedback"] = {"post": {**v1, "operationId": "feedback_v1",
+        "description": "a verdict on a /v1 answer by its id (docs/api.md: Feedback)",
+        "requestBody": {"required": True, "content": {JSON: {"schema": _model(schemas, FeedbackBody)}}},
+        "responses": {"200": _json({"type": "object", "required": ["id", "object", "verdict", "answer", "effect"],
+                                    "properties": {"id": {"type": "string"}, "object": {"type": "string"},
+                                                   "verdict": {"type": "string"}, "answer": {"type": "string"},
+                                                   "effect": {"type": "string"}}}, "the verdict, and what it changed"),
+                      **feedback_errors}}}
     paths["/v1/models"] = {"get": {**v1, "operationId": "list_models", "responses": {
         "200": _json(_ref("ModelList"), "the modes and tiers"), "401": OPENAI_ERRORS["401"]}}}
     paths["/v1/models/{model}"] = {"get": {**v1, "operationId": "retrieve_model",
