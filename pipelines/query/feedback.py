@@ -82,7 +82,12 @@ class Answered:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Answered:
-        return cls(**json.loads(raw))
+        """A stored record; fields another version added are ignored. ValueError if unreadable."""
+        try:
+            data = json.loads(raw)
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"unreadable feedback record: {exc}") from None
 
     def label(self, verdict: Verdict) -> dict[str, Any]:
         """A label for the router's calibration (fresh answers only)."""
@@ -241,11 +246,16 @@ class RedisFeedback:
             return raw, bool(fresh), given
 
         raw, fresh, given = self._call("rate", run)
-        if raw is None:
+        try:
+            rec = None if raw is None else Answered.from_json(raw)
+        except ValueError as exc:
+            log.warning("feedback record %s of tenant %s unreadable (%s): treated as unknown", request_id, tenant, exc)
+            rec = None
+        if rec is None:
             raise _unknown(request_id)
         if not fresh:
             raise AlreadyRated("request_id", f"answer {request_id!r} was already rated {given.decode()!r}")
-        return Answered.from_json(raw)
+        return rec
 
     def unrate(self, tenant: str, request_id: str) -> None:
         self._call("unrate", lambda: self.client.hdel(self._record(tenant, request_id), "verdict"))

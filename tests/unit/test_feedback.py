@@ -89,3 +89,14 @@ def test_the_request_names_what_is_wrong():
         with pytest.raises(ValidationError) as exc:
             FeedbackRequest(**body)
         assert exc.value.errors()[0]["loc"][0] == field
+
+
+def test_a_record_of_another_version_is_read_or_refused_never_a_crash():
+    import json
+
+    data = {**json.loads(Answered(request_id="a" * 12, tenant="acme", query="q", kind="fresh").to_json()),
+            "added_later": 1}
+    assert Answered.from_json(json.dumps(data)).query == "q"
+    for raw in ("{not json", '{"request_id": "x"}', "[]"):
+        with pytest.raises(ValueError, match="unreadable"):
+            Answered.from_json(raw)
