@@ -30,6 +30,7 @@ import httpx
 from evals.latency import pct
 from evals.serving import ROOT, serving
 from pipelines import config
+from pipelines.budget import PROFILES
 
 log = logging.getLogger("evals.admission")
 
@@ -114,7 +115,7 @@ def run_setting(name: str, admission: bool, levels: list[int], rounds: int, pool
     out = {}
     with serving(config.home(), env) as server:  # the demo index `make serve` built (built here otherwise)
         for level in levels:
-            result = run_level(server.url, level, rounds, pool, 15.0)
+            result = run_level(server.url, level, rounds, pool, PROFILES["cpu"]["total"] / 1000)
             log.info("%s, %d clients: %s", name, level, result)
             out[str(level)] = result
     return out
