@@ -134,12 +134,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarr
     return w[1:], float(w[0])
 
 
-def clopper_pearson(k: int, n: int) -> tuple[float, float]:
-    from pipelines.query.cache.policy import interval
-
-    return interval(k, n)
-
-
 class Judge:
     """A chat model's log-odds of "Yes" over "No" as its first token, with judge.py's prompt.
     The system turn is evaluated once and kept in the KV cache; each pair evaluates only its own
@@ -267,6 +261,7 @@ def combine(scores: dict[str, np.ndarray], same: np.ndarray, kinds: np.ndarray, 
     weights, intercept, the honest held-out figures at the threshold that lets at most
     ``max_near_miss`` of the tune half's wrong pairs through)."""
     from pipelines.query.cache.judge import FEATURES
+    from pipelines.query.cache.policy import interval
 
     x = np.column_stack([scores[f] for f in FEATURES])
     coef, intercept = fit_logistic(x[tune], same[tune])
@@ -281,7 +276,7 @@ def combine(scores: dict[str, np.ndarray], same: np.ndarray, kinds: np.ndarray, 
               "all_wrong": test & ~same}
     for name, mask in groups.items():
         k, n = int((p[mask] > threshold).sum()), int(mask.sum())
-        low, high = clopper_pearson(k, n)
+        low, high = interval(k, n)
         honest[f"test_{name}_passed"] = {"share": round(k / n, 3) if n else None, "count": [k, n],
                                          "ci95": [round(low, 3), round(high, 3)]}
     return p, coef, intercept, honest

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from pipelines.access import Denied
 from pipelines.errors import RagrouteError
-from pipelines.schema import TEXT, Collection, Tenant
+from pipelines.schema import TEXT, Collection, Tenant, Verdict
 
 MAX_MESSAGES = 128
 MAX_MESSAGE_CHARS = 32_000
@@ -119,7 +119,7 @@ class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: Annotated[str, StringConstraints(pattern=r"^chatcmpl-[0-9a-f]{12}$")]
-    verdict: Literal["good", "bad"]
+    verdict: Verdict
     ragroute: FeedbackExtension = FeedbackExtension()
 
 

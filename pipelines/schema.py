@@ -175,6 +175,9 @@ class PurgeRequest(BaseModel):
                                                          description="delete entries citing any of these documents")
 
 
+Verdict = Literal["good", "bad"]  # a user's verdict on an answer (POST /feedback, /v1/feedback)
+
+
 class FeedbackRequest(BaseModel):
     """``POST /feedback``: a verdict on one answer (pipelines/query/feedback.py)."""
 
@@ -182,6 +185,6 @@ class FeedbackRequest(BaseModel):
 
     request_id: Annotated[str, StringConstraints(pattern=r"^(chatcmpl-)?[0-9a-f]{12}$")] = Field(
         description="the answer's request_id (rag_query) or id (/v1/chat/completions: chatcmpl-...)")
-    verdict: Literal["good", "bad"] = Field(description="was the answer right? 'bad' on a cached answer stops "
+    verdict: Verdict = Field(description="was the answer right? 'bad' on a cached answer stops "
                                                         "it being served again for this question")
     tenant: Tenant = Field("default", description="the tenant the answer was given to; with API keys, the key's")

@@ -11,7 +11,6 @@ cache, budgets, metrics and logs as ``rag_query``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -85,16 +84,12 @@ def make_app(get_rag: Callable[[], Any]) -> Starlette:
         try:
             caller = rag.front.authenticate(request.headers.get("authorization"))
             body: FeedbackBody = parse_request(await _json_body(request), FeedbackBody)
-            tenant = rag.front.gate.tenant(caller, body.ragroute.tenant)
-            give = rag.verdicts.give
-            out = await asyncio.to_thread(give, tenant, body.id, body.verdict) if rag.verdicts.blocking \
-                else give(tenant, body.id, body.verdict)
+            out = await rag.verdicts.take(rag.front.gate.tenant(caller, body.ragroute.tenant), body.id, body.verdict)
         except (OpenAIError, RagrouteError) as exc:
             err = exc if isinstance(exc, OpenAIError) else OpenAIError.denied(exc) if isinstance(exc, Denied) \
                 else OpenAIError.of(exc)
             log.info("/v1/feedback refused (%d): %r", err.status, err.message)
             return _error(err)
-        rag.metrics.feedback.labels(verdict=out["verdict"], answer=out["answer"]).inc()
         rid = out.pop("request_id")
         return JSONResponse({"id": f"chatcmpl-{rid}", "object": "feedback", **out})
 

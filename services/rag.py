@@ -76,7 +76,9 @@ class RAG:
             self.cache = make_cache(self.cfg.cache, on_error=lambda op: self.metrics.cache_errors.labels(op=op).inc(),
                                     embedding_model=settings.embedding.model, breaker=self.redis_breaker)
             gen = settings.generation
-            self.verdicts = Feedback(make_feedback_store(self.cfg.cache, self.redis_breaker), self.cache)
+            self.verdicts = Feedback(make_feedback_store(self.cfg.cache, self.redis_breaker), self.cache,
+                                     lambda out: self.metrics.feedback.labels(verdict=out["verdict"],
+                                                                              answer=out["answer"]).inc())
             self.pipeline = QueryPipeline(
                 RemoteStages(self), self.cache, self.cfg, generation_fingerprint(self.cfg, gen, settings.routing),
                 settings.budget, settings.safety, list(gen.tiers), tier_configs=dict(gen.tiers),
@@ -175,15 +177,11 @@ class RAG:
         Authenticated like ``rag_query``."""
         try:
             caller = self.front.authenticate(ctx.request.headers.get("authorization"))
-            tenant = self.front.gate.tenant(caller, tenant)
-            give = self.verdicts.give
-            out = await asyncio.to_thread(give, tenant, request_id, verdict) if self.verdicts.blocking \
-                else give(tenant, request_id, verdict)  # type: ignore[arg-type]
+            return await self.verdicts.take(self.front.gate.tenant(caller, tenant), request_id,
+                                            verdict)  # type: ignore[arg-type]
         except RagrouteError as exc:
             log.info("feedback on %s refused (%d): %s", request_id, exc.status, exc)
             return self._refuse(ctx, exc)  # type: ignore[return-value]
-        self.metrics.feedback.labels(verdict=out["verdict"], answer=out["answer"]).inc()
-        return out
 
     @bentoml.api(input_spec=StatsRequest)
     async def collections(self, ctx: bentoml.Context) -> dict:

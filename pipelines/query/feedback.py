@@ -23,6 +23,7 @@ is "unknown" (404).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 from pipelines.errors import BadRequest, NotFound, StageError
+from pipelines.schema import Verdict
 from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,6 @@ TTL_S = 7 * 24 * 3600  # how long an answer can be rated
 MAX_RECORDS = 10_000  # answers that can be rated, per tenant (the oldest dropped first)
 MAX_LABELS = 10_000  # verdicts on fresh answers kept per tenant for the router's calibration
 
-Verdict = Literal["good", "bad"]
 Kind = Literal["exact", "semantic", "fresh"]
 
 
@@ -289,10 +290,18 @@ class RedisFeedback:
 class Feedback:
     """``POST /feedback``: a tenant's verdict on one of its answers, and what it changes."""
 
-    def __init__(self, store: FeedbackStore, cache=None) -> None:
+    def __init__(self, store: FeedbackStore, cache=None, on_taken=lambda out: None) -> None:
         self.store = store
         self.cache = cache  # a SemanticCache, or None when the cache is off
         self.blocking = store.blocking or bool(cache is not None and cache.blocking)
+        self.on_taken = on_taken  # called with each verdict taken (the service's metrics)
+
+    async def take(self, tenant: str, request_id: str, verdict: Verdict) -> dict[str, Any]:
+        """:meth:`give`, off the event loop when the store or the cache does network I/O."""
+        out = await asyncio.to_thread(self.give, tenant, request_id, verdict) if self.blocking \
+            else self.give(tenant, request_id, verdict)
+        self.on_taken(out)
+        return out
 
     def give(self, tenant: str, request_id: str, verdict: Verdict) -> dict[str, Any]:
         """Rate ``tenant``'s answer ``request_id`` and act on the verdict (the module's docstring).

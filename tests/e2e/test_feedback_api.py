@@ -4,6 +4,8 @@ What a verdict changes in the cache: tests/integration/test_feedback_redis.py.""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -27,6 +29,9 @@ def test_a_verdict_is_taken_once(server, answered):
                            "effect": "kept as a label for the router's calibration"}
     again = feedback(server, {"request_id": answered["request_id"], "verdict": "good", "tenant": "fb"})
     assert again.status_code == 409 and "already rated 'bad'" in again.json()["error"]
+    metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+    counted = re.search(r'^ragroute_feedback_total\{answer="fresh",verdict="bad"\} (\S+)$', metrics, re.M)
+    assert counted and float(counted.group(1)) == 1.0, "the verdict taken is counted, the 409 is not"
 
 
 def test_another_tenant_cannot_rate_an_answer(server):

@@ -88,7 +88,9 @@ class SemanticCache:
         error-bounded policy, the policy's decision on the best-scored candidate no rule vetoed."""
         verdicts = []
         if self.verifier is None and self.policy is None:
-            return SemanticLookup(CacheHit(cands[0].payload, "semantic", cands[0].similarity, qhash=cands[0].qhash) if cands else None, ())
+            best = cands[0] if cands else None
+            return SemanticLookup(None if best is None else
+                                  CacheHit(best.payload, "semantic", best.similarity, qhash=best.qhash), ())
         if self.policy is not None:
             return self._decide(query, vector, cands, pool or PoolStats())
         checked = self.verifier.check_many([(c.query, query, c.similarity, c.vector, vector) for c in cands])
