@@ -17,40 +17,40 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipelines.config import ENGINE_NAMES
-from pipelines.engines.base import Chunk, Engine, Final, Sampling
+from pipelines.engines.base import Chunk, Engine, Final, Processor, Sampling
 
 if TYPE_CHECKING:
     from pipelines.config import TierConfig
 
-__all__ = ["ENGINES", "Chunk", "Engine", "Final", "Sampling"]
+__all__ = ["ENGINES", "Chunk", "Engine", "Final", "Processor", "Sampling"]
 
 
-def _load_llamacpp(tier: TierConfig, threads: int) -> Engine:
+def _load_llamacpp(tier: TierConfig, threads: int, processor: Processor | None = None) -> Engine:
     from pipelines.engines.llamacpp import LlamaCppEngine
 
-    return LlamaCppEngine(tier, threads)
+    return LlamaCppEngine(tier, threads, processor)
 
 
-def _load_vllm(tier: TierConfig, threads: int) -> Engine:
+def _load_vllm(tier: TierConfig, threads: int, processor: Processor | None = None) -> Engine:
     from pipelines.engines.vllm import VllmEngine
 
     return VllmEngine(tier)
 
 
-def _load_openai(tier: TierConfig, threads: int) -> Engine:
+def _load_openai(tier: TierConfig, threads: int, processor: Processor | None = None) -> Engine:
     from pipelines.engines.openai import OpenAIEngine
 
     return OpenAIEngine(tier)
 
 
-def _load_extractive(tier: TierConfig, threads: int) -> Engine:
+def _load_extractive(tier: TierConfig, threads: int, processor: Processor | None = None) -> Engine:
     from pipelines.engines.extractive import ExtractiveEngine
 
     return ExtractiveEngine(tier)
 
 
-# name -> loader(tier, threads), for each of the engine names the config accepts (config.ENGINE_NAMES).
-ENGINES: dict[str, Callable[[TierConfig, int], Engine]] = {
+# name -> loader(tier, threads, processor: the cores the serial engines share), for each of the engine names the config accepts (config.ENGINE_NAMES).
+ENGINES: dict[str, Callable[[TierConfig, int, Processor | None], Engine]] = {
     "llamacpp": _load_llamacpp,
     "vllm": _load_vllm,
     "openai": _load_openai,

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipelines import models
 from pipelines.config import TierConfig
-from pipelines.engines.base import Chunk, Final, Sampling
+from pipelines.engines.base import Chunk, Final, Processor, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class _TokenScorer:
 class LlamaCppEngine:
     name = "llamacpp"
 
-    def __init__(self, tier: TierConfig, threads: int) -> None:
+    def __init__(self, tier: TierConfig, threads: int, processor: Processor | None = None) -> None:
+        """``processor``: shared with the other llama.cpp tiers of this process (they take turns);
+        None: this engine's own."""
         from llama_cpp import Llama
 
         path = models.verified_path(tier.model)
@@ -60,8 +62,9 @@ class LlamaCppEngine:
         self._llm = Llama(model_path=str(path), n_ctx=tier.context_tokens, n_threads=threads,
                           n_gpu_layers=-1, verbose=False,
                           chat_format=models.gguf_model(tier.model).chat_format)
-        self.concurrency = asyncio.Semaphore(1)  # admission: one request at a time, waiting with its deadline
-        self._busy = threading.Lock()  # held by the decoding thread, which may outlive an abandoned stream
+        processor = processor or Processor()
+        self.concurrency = processor.slot  # one request at a time (among the tiers sharing the cores), waiting with its deadline
+        self._busy = processor.busy  # held by the decoding thread, which may outlive an abandoned stream
         # Warm-up: the first completion pays one-off costs (~1 s); pay them at start-up.
         self._llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
         self.warmup_rates = self.measure()
