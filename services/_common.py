@@ -45,6 +45,27 @@ def setup_logging() -> None:
             logger.propagate = False
 
 
+def yield_to_generation() -> None:
+    """Lower this process's CPU priority by RAGROUTE_STAGE_NICE levels, every thread of it (on
+    Linux a thread's priority is its own; threads started later inherit their creator's). Called
+    by every service but Generation: at idle nothing changes; under a burst, a generation that
+    admission let in keeps its core and finishes in time, while the burst's other work (their
+    embeddings, retrievals, extracts) waits. Measured without it: 16 closed-loop clients getting
+    extracts in ~0.2 s kept both cores busy, and every admitted generation was cut at its budget."""
+    by = PROCESS.stage_nice
+    if not by:
+        return
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the calling thread's (the process's) priority
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+        except OSError as exc:  # a thread that ended meanwhile, or not permitted: it keeps its priority
+            logging.getLogger(__name__).debug("priority of thread %s unchanged: %s", tid, exc)
+
+
 def error_body(exc: RagrouteError, request_id: str | None = None) -> dict:
     """The one place where a ragroute error becomes a response body (its status is exc.status).
     The message is written for clients (pipelines/errors.py); ``request_id`` finds the details in the log."""

@@ -14,7 +14,8 @@ import numpy as np
 from annotated_types import MaxLen, MinLen
 
 from pipelines.config import EmbeddingConfig
-from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging
+from services._common import (
+    RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, yield_to_generation)
 
 Text = Annotated[str, MaxLen(20_000)]
 
@@ -26,6 +27,7 @@ class Embedding:
         from pipelines.query.embed import GreedyBatcher, SentenceTransformerEmbedder
 
         setup_logging()
+        yield_to_generation()
         with refuse_to_start("embedding"):
             self.cfg = EmbeddingConfig.from_env()
             self.embedder = SentenceTransformerEmbedder(self.cfg)

@@ -26,7 +26,9 @@ from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
 from pipelines.schema import FeedbackRequest, PurgeRequest, RagRequest, RagResponse, StatsRequest
 from pipelines.sse import frames, outliving
-from services._common import PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging
+from services._common import (
+    PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging,
+    yield_to_generation)
 from services.embedding import Embedding
 from services.generation import Generation
 from services.metrics import RagMetrics
@@ -67,6 +69,7 @@ class RAG:
 
     def __init__(self) -> None:
         setup_logging()
+        yield_to_generation()
         with refuse_to_start("rag"):
             settings = RagSettings.from_env()  # every setting this service reads, once
             self.cfg = settings.rag

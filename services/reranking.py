@@ -10,7 +10,8 @@ import bentoml
 from pipelines import wire
 from pipelines.config import RerankConfig
 from pipelines.records import ScoredChunk
-from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging
+from services._common import (
+    RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, yield_to_generation)
 
 
 @bentoml.service(name="ragroute-reranking", traffic={"timeout": TIMEOUT_S["reranking"]},
@@ -20,6 +21,7 @@ class Reranking:
         from pipelines.query.rerank import make_reranker
 
         setup_logging()
+        yield_to_generation()
         with refuse_to_start("reranking"):
             self.reranker = make_reranker(RerankConfig.from_env())
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rerank")

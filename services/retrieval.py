@@ -12,7 +12,9 @@ from annotated_types import MaxLen
 from pipelines.config import RetrievalConfig
 from pipelines import wire
 from pipelines.errors import RagrouteError
-from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
+from services._common import (
+    RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml,
+    yield_to_generation)
 
 INLINE_SEARCH_MAX = 20_000  # chunks; above this a search runs off the event loop
 Collection = Annotated[str, MaxLen(64)]
@@ -31,6 +33,7 @@ class Retrieval:
         from pipelines.query.retrieve import open_collections, search  # FAISS and BM25 load in this service only
 
         setup_logging()
+        yield_to_generation()
         # Refuses to start (ArtifactError) on a manifest/model mismatch or a corrupt default index;
         # a broken extra collection is refused alone (index/collections.py).
         with refuse_to_start("retrieval"):

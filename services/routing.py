@@ -14,7 +14,9 @@ import bentoml
 from pipelines import wire
 from pipelines.config import RoutingConfig
 from pipelines.errors import RagrouteError
-from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
+from services._common import (
+    RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml,
+    yield_to_generation)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class Routing:
         from pipelines.query.route import load_router
 
         setup_logging()
+        yield_to_generation()
         with refuse_to_start("routing"):
             self.cfg = RoutingConfig.from_env()
             self.loaded = load_router(self.cfg, dimension=models.embedder_dimension(self.cfg.embed_model))

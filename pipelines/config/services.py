@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipelines.budget import BudgetProfile
-from pipelines.config.env import _choice, _get
+from pipelines.config.env import _choice, _get, _num
 from pipelines.config.generation import GenerationConfig
 from pipelines.config.rag import RagConfig
 from pipelines.config.retrieval import EmbeddingConfig, RetrievalConfig
@@ -31,6 +31,9 @@ class ProcessSettings:
     """a bad setting found at start-up stops the whole `bentoml serve`"""
     generation_url: str = ""
     """a Generation service running elsewhere, called instead of starting one here"""
+    stage_nice: int = 5
+    """how many nice levels the services other than Generation run below it: on shared cores a
+    generation that was admitted finishes in time while a burst of other requests waits"""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ProcessSettings:
@@ -41,6 +44,7 @@ class ProcessSettings:
             stage_access_log=_choice(env, "RAGROUTE_STAGE_ACCESS_LOG", "0", ("0", "1")) == "1",
             exit_on_startup_error=_choice(env, "RAGROUTE_EXIT_ON_STARTUP_ERROR", "1", ("0", "1")) == "1",
             generation_url=_get(env, "RAGROUTE_GENERATION_URL", ""),
+            stage_nice=_num(env, "RAGROUTE_STAGE_NICE", 5, int, 0, 19),
         )
 
 

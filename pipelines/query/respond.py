@@ -198,10 +198,17 @@ class Responder:
     async def extract(self, r: RequestState, prep: Prepared) -> str:
         """The answer of last resort: the sentences of the top sources that best answer the
         question (pipelines/query/evidence.py), scored by lexical overlap and, when the query
-        was embedded and the sentences can be within EXTRACT_EMBED_MS, by the query embedding."""
+        was embedded and the sentences can be within EXTRACT_EMBED_MS, by the query embedding
+        (not when the tiers refused for capacity: lexical scores only, no load added)."""
         sources = prep.ranked[:EXTRACT_SOURCES]
         vectors = None
         wait_ms = min(EXTRACT_EMBED_MS, r.deadline.remaining_ms() - self.budget.stages_ms["safety"])
+        if r.capacity_wait_s is not None:
+            # The tiers refused for capacity: the machine is loaded. Embedding the sentences would
+            # spend the CPU the admitted generations need (measured: under 16 concurrent clients
+            # these embeddings took more than a core, and the questions' own embeddings then
+            # waited out their budget behind them); lexical scores answer in milliseconds.
+            wait_ms = 0.0
         if prep.vector is not None and sources and wait_ms > 0:
             texts = [s.text for s in evidence.sentences(sources)]
             try:
