@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
-from pipelines.engines import ENGINES, Engine, Sampling
+from pipelines.engines import ENGINES, Engine, Processor, Sampling
 from pipelines.engines.load import Pool, Ticket, TierLoad
 from pipelines.engines.throughput import Rates, Throughput
 from pipelines.errors import BadRequest, ConfigError, StageError
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MIN_ANSWER_TOKENS = 8
 SAFETY_MARGIN_S = 0.2
+QUEUE_MARGIN_S = 0.5  # a request still waiting for its engine this close to its deadline gives up
 PROMPT_TIME_SHARE = 0.5  # a prompt's prefill may take at most this share of the time left
 MIN_SOURCE_TOKENS = 64
 # Answers are asked for in one or two sentences; decoding stops after this many (small models
@@ -91,7 +92,9 @@ class Generator:
         check_config(cfg)
         self.cfg = cfg
         self.on_spent = on_spent or (lambda tier, tokens_in, tokens_out: None)
-        self.engines = engines or {name: ENGINES[t.engine](t, cfg.threads) for name, t in cfg.tiers.items()}
+        # The llama.cpp tiers take turns on this machine's cores (engines/base.py: Processor).
+        processor = Processor()
+        self.engines = engines or {name: ENGINES[t.engine](t, cfg.threads, processor) for name, t in cfg.tiers.items()}
         self.throughput = {name: Throughput(t.prefill_tok_s, t.decode_tok_s) for name, t in cfg.tiers.items()}
         for name, engine in self.engines.items():
             measured = getattr(engine, "warmup_rates", None)  # (prefill, decode) tok/s, from the engine's warm-up
@@ -100,7 +103,7 @@ class Generator:
                 log.info("tier %s: measured %.0f tok/s prefill, %.1f tok/s decode at warm-up", name, *measured)
         # deadline-aware admission per tier (pipelines/engines/load.py); none for an engine that
         # reads the sources itself (extractive: milliseconds, the fallback of last resort)
-        # The llama.cpp tiers share this machine's cores: one queue for all of them.
+        # The llama.cpp tiers share this machine's cores (they take turns): one queue for all of them.
         cpu = Pool()
         self.loads: dict[str, TierLoad] = {} if not cfg.admission else {
             name: TierLoad(name, self.throughput[name], serial=engine.concurrency is not None,
@@ -186,12 +189,15 @@ class Generator:
         tier = tier_cfg.name
         async with contextlib.AsyncExitStack() as stack:
             if engine.concurrency is not None:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                # Give up a little before the deadline: the caller then hears that the engine was
+                # busy (a queue that ran slower than its estimate) rather than timing out without a
+                # word, which it would take for a stuck worker (pipelines/query/tiers.py).
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic() - QUEUE_MARGIN_S)
                 try:
                     await asyncio.wait_for(engine.concurrency.acquire(), wait)
                 except TimeoutError:
-                    raise StageError(f"generate[{tier}]",
-                                     f"the engine stayed busy for the whole {budget_ms:.0f} ms budget") from None
+                    raise StageError(f"generate[{tier}]", f"the engine stayed busy with other requests for the "
+                                                          f"whole {budget_ms:.0f} ms budget") from None
                 stack.callback(engine.concurrency.release)
             if ticket is not None:
                 load.start(ticket)

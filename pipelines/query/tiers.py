@@ -36,6 +36,16 @@ NO_TIER = "no tier could generate in time; answered with an extract of the best 
 NO_TIER_CAPACITY = "capacity: no tier can answer in time; answered at once with an extract of the best source"
 STALL_S = 10.0  # a tier that timed out without a word is skipped this long, then probed
 HINT_S = 2.0  # a tier's capacity refusal is reused this long to refuse the next requests without asking
+# The Generation service's budget is this much shorter than the time the entry waits for it: its
+# clock starts when the request arrives there, and a generation cut at its deadline must still
+# reach the entry in time (late, it reads as a tier that stopped answering: a stuck worker).
+RETURN_MS = 300.0
+RETURN_SHARE = 0.05  # ... and at most this share of the budget
+
+
+def service_budget(budget_ms: float) -> float:
+    """The budget given to the Generation service for ``budget_ms`` of the entry's waiting."""
+    return max(0.0, budget_ms - min(RETURN_MS, RETURN_SHARE * budget_ms))
 
 
 class Stalled(Capacity):
@@ -128,7 +138,10 @@ class TierRunner:
         r.step(gen.tier, "answered", gen)
         self.observe_rates(gen.tier, gen.prefill_tok_s, gen.decode_tok_s)
 
-    def _failed(self, r: RequestState, tier: str, tiers: list[str], exc: StageError, suffix: str = "") -> None:
+    def _failed(self, r: RequestState, tier: str, tiers: list[str], exc: StageError, suffix: str = "",
+                routed: bool = False) -> None:
+        """Record a tier's failure; it degrades the answer, except a capacity refusal of the tier
+        the router chose (``routed``), which routes by load to the next tier."""
         log.warning("request %s: %s", r.id, exc)
         if isinstance(exc, Capacity):
             r.capacity_wait_s = min(exc.wait_s, r.capacity_wait_s if r.capacity_wait_s is not None else exc.wait_s)
@@ -140,25 +153,33 @@ class TierRunner:
         elif not isinstance(exc, Stalled) and tier in self._stalled:
             self._stalled[tier].succeeded()  # the tier answered (with a refusal or an error of its own)
         r.step(tier, "failed", reason=str(exc))
+        if routed and isinstance(exc, Capacity) and not suffix and tier != tiers[-1]:
+            # load-aware routing: the router's tier cannot finish in time, the next one is asked;
+            # not a degradation unless no generative tier answers (then the extract is flagged)
+            r.warnings.append(f"load: {exc}; asked the {tiers[-1]} tier")
+            return
         if not suffix and tier != tiers[-1]:
             suffix = f"; fell back to the {tiers[-1]} tier"
         r.degrade(f"{exc}{suffix}")
 
     async def generate(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
-                       fallbacks: bool = True) -> TierAnswer | None:
+                       fallbacks: bool = True, routed: bool = False) -> TierAnswer | None:
         """``tier``'s answer, or the cheapest tier's when it fails; None when none answered.
         ``fallbacks=False``: no fallback tier, and no extractive answer is implied (a cascade
-        still has the previous tier's answer)."""
+        still has the previous tier's answer). ``routed``: the router chose ``tier`` (not the
+        client): when it is too busy to finish in time, the cheaper tier answering is routing by
+        load, not a degraded answer."""
         tiers = self.attempts(tier, fallbacks)
         for t in tiers:
             # Keep the safety check's budget in reserve; the engine turns the rest into a token limit.
             budget = r.deadline.budget_ms("generate", reserve_ms=self.safety_ms)
             try:
                 self._check_capacity(r, t)
-                gen = await r.run("generate", lambda: self.stages.generate(t, r.req.query, ranked, budget),
+                gen = await r.run("generate",
+                                  lambda: self.stages.generate(t, r.req.query, ranked, service_budget(budget)),
                                   reserve_ms=self.safety_ms, label=f"generate[{t}]")
             except StageError as exc:
-                self._failed(r, t, tiers, exc)
+                self._failed(r, t, tiers, exc, routed=routed)
                 continue
             self._answered(r, gen)
             return gen
@@ -167,7 +188,7 @@ class TierRunner:
         return None
 
     async def generate_stream(self, r: RequestState, tier: str, ranked: list[ScoredChunk], *,
-                              fallbacks: bool = True) -> AsyncIterator[Delta | TierAnswer]:
+                              fallbacks: bool = True, routed: bool = False) -> AsyncIterator[Delta | TierAnswer]:
         """Like :meth:`generate`, streamed: text deltas, then the TierAnswer record. A tier that
         fails before its first words falls back; once words are out, a failure or the deadline
         ends the answer there (flagged)."""
@@ -177,7 +198,8 @@ class TierRunner:
             try:
                 self._check_capacity(r, t)
                 async with aclosing(r.run_stream(
-                        "generate", lambda budget: self.stages.generate_stream(t, r.req.query, ranked, budget),
+                        "generate",
+                        lambda budget: self.stages.generate_stream(t, r.req.query, ranked, service_budget(budget)),
                         final=lambda item: isinstance(item, TierAnswer), reserve_ms=self.safety_ms,
                         label=f"generate[{t}]")) as events:
                     async for item in events:
@@ -195,6 +217,6 @@ class TierRunner:
                 if sent:  # the client has part of an answer: end it there
                     self._failed(r, t, tiers, exc, "; the streamed answer is incomplete")
                     return
-                self._failed(r, t, tiers, exc)
+                self._failed(r, t, tiers, exc, routed=routed)
         if fallbacks:
             r.degrade(NO_TIER_CAPACITY if r.capacity_wait_s is not None else NO_TIER)

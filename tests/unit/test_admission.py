@@ -46,6 +46,46 @@ def test_the_estimate_counts_the_running_request_and_the_queue():
     assert load.snapshot()["waiting"] == 2 and load.snapshot()["running"] == 0
 
 
+def test_a_request_running_past_its_estimate_counts_until_its_deadline():
+    """Seen under a sustained burst: a generation slowed by the other stages' work ran past its
+    estimate; counted as nearly done, it let requests in behind it that then waited out their
+    budgets for the engine. It ends at its deadline at the latest: that is what is left."""
+    now = [0.0]
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=4, clock=lambda: now[0])
+    running = load.admit(400, 96, left_s=15.0)  # 6.4 s expected; cut at 15 s at the latest
+    load.start(running)
+    now[0] = 9.0  # 2.6 s past its estimate
+    assert load.wait_s() == pytest.approx(6.0)  # until its deadline, not 10% of its work
+    with pytest.raises(Capacity, match="would finish in ~12.4 s, 12.0 s left"):
+        load.admit(400, 96, left_s=12.0)
+    assert load.admit(400, 96, left_s=13.0)  # 6 + 6.4 fits 13 s
+
+
+def test_estimates_follow_how_much_longer_than_estimated_requests_held_the_processor():
+    """Under a burst the other services take cores from the engine between answers: requests
+    held it longer than their tokens at the tier's rates say. Estimates are scaled by that
+    slowdown (at most 2x), which relaxes back while the processor is idle."""
+    now = [0.0]
+    load = TierLoad("large", Throughput(100.0, 20.0), serial=True, max_queue=4, clock=lambda: now[0])
+    for _ in range(6):
+        ticket = load.admit(400, 96, left_s=16.0)  # 4 s + 48/20 s = 6.4 s at the rates
+        load.start(ticket)
+        now[0] += 9.6  # held 1.5x as long, for an answer of the expected length
+        load.done(ticket, answer_tokens=48)
+    assert load.pool.slowdown(now[0]) == pytest.approx(1.5, abs=0.1)
+    with pytest.raises(Capacity, match=r"would finish in ~9\.[0-9] s, 9.0 s left"):
+        load.admit(400, 96, left_s=9.0)  # 6.4 s at the rates would fit; ~9.6 s does not
+    now[0] += 120.0  # idle for four half-lives: nearly back to the rates
+    assert load.pool.slowdown(now[0]) < 1.05
+    assert load.admit(400, 96, left_s=9.0)
+    longer = TierLoad("small", Throughput(100.0, 20.0), serial=True, max_queue=4, clock=lambda: now[0])
+    ticket = longer.admit(400, 96, left_s=16.0)
+    longer.start(ticket)
+    now[0] += 8.8  # a longer answer than expected (96 tokens: 8.8 s at the rates) is no slowdown
+    longer.done(ticket, answer_tokens=96)
+    assert longer.pool.slowdown(now[0]) == pytest.approx(1.0)
+
+
 def test_an_idle_tier_whose_answers_were_cut_at_their_budget_is_still_admitted():
     """Seen on a slow machine: answers cut at a 12 s budget made "time on the engine" 12 s, and
     the idle tier then refused every request, for good ("would finish in ~12.0 s, 12.0 s left
@@ -168,6 +208,8 @@ def test_when_every_tier_is_at_capacity_the_extract_comes_at_once_flagged(stages
     assert resp.route.model == "extractive" and resp.warnings[-1].startswith("capacity: no tier can answer")
     assert any("capacity: would finish" in w for w in resp.warnings), resp.warnings  # with each tier's estimate
     assert [s.outcome for s in resp.route.path] == ["failed", "failed"]  # large, then small: both refused
+    # the extract adds no load to a loaded machine: no sentence embeddings (lexical scores only)
+    assert "embed_many" not in stages.calls, stages.calls
 
 
 def test_a_client_that_wants_no_degraded_answer_gets_a_503_with_retry_after(stages):
@@ -208,10 +250,64 @@ def test_in_a_burst_the_next_requests_are_refused_from_the_tier_s_last_estimate_
     assert third.route.tier == "large" and not third.degraded and stages.calls.count("generate[large]") == 4
 
 
-def test_a_tier_at_capacity_falls_back_to_one_that_is_not(stages):
+def test_a_routed_tier_at_capacity_hands_over_to_one_that_is_not_without_degrading(stages):
+    # auto: the router chose large; it is too busy to finish in time, so small answers (load-aware routing)
     stages.at_capacity = {"large": 7.5}
-    resp = asyncio.run(QueryPipeline(stages, None, CFG, budget=BUDGET).run(RagRequest(query="what does with do")))
-    assert resp.route.tier == "small" and resp.answer == "the text of the chunk [1]" and resp.degraded
+    pipeline = QueryPipeline(stages, None, CFG, budget=BUDGET)
+    resp = asyncio.run(pipeline.run(RagRequest(query="what does with do", cache="bypass")))
+    assert resp.route.tier == "small" and resp.answer == "the text of the chunk [1]" and not resp.degraded
+    assert [(s.tier, s.outcome) for s in resp.route.path] == [("large", "failed"), ("small", "answered")]
+    assert any(w.startswith("load: generate[large] stage failed: capacity") for w in resp.warnings), resp.warnings
+    # a tier the client asked for by name is another matter: its answer from another tier is degraded
+    named = asyncio.run(pipeline.run(RagRequest(query="what does with do", tier="large", cache="bypass")))
+    assert named.route.tier == "small" and named.degraded
+    assert any("fell back to the small tier" in w for w in named.warnings), named.warnings
+
+
+def test_tiers_that_share_the_processor_take_turns_on_it(monkeypatch):
+    """The llama.cpp tiers of one Generation service get one Processor: a request for small waits
+    while large decodes (two models at once on the same cores slowed the running answer past its
+    budget), and the admission queue they share describes that wait."""
+    from pipelines import engines as registry
+    from pipelines.engines.base import Processor
+
+    given: list[Processor] = []
+    running, most = [0], [0]
+
+    class TurnEngine(SlowEngine):
+        def __init__(self, processor: Processor) -> None:
+            super().__init__()
+            self.concurrency = processor.slot
+
+        async def stream(self, messages, sampling):
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            try:
+                async for c in super().stream(messages, sampling):
+                    yield c
+            finally:
+                running[0] -= 1
+
+    def load(tier, threads, processor=None):
+        given.append(processor)
+        return TurnEngine(processor)
+
+    monkeypatch.setitem(registry.ENGINES, "llamacpp", load)
+    monkeypatch.setattr("pipelines.query.generate.ENGINES", registry.ENGINES)
+    tiers = {name: TierConfig(name, "llamacpp", "smollm2-135m-instruct", 2048, 96, prefill_tok_s=1000.0,
+                              decode_tok_s=50.0) for name in ("small", "large")}
+    g = Generator(GenerationConfig(tiers=tiers, threads=1))
+    assert len(given) == 2 and given[0] is given[1] is not None  # one processor for both tiers
+    sources = [chunk(0, "X is a thing.")]
+
+    async def scenario():
+        return await asyncio.gather(g.generate("large", "What is X?", sources, budget_ms=5000),
+                                    g.generate("small", "What is Y?", sources, budget_ms=5000))
+
+    t0 = time.monotonic()
+    large, small = asyncio.run(scenario())
+    assert most[0] == 1 and time.monotonic() - t0 >= 2 * 40 * 0.02  # one after the other
+    assert large.tokens_out == small.tokens_out == 40
 
 
 def test_a_tier_that_timed_out_is_skipped_at_once_then_probed(stages, monkeypatch):

@@ -109,11 +109,14 @@ def test_a_request_that_waited_out_its_budget_is_dropped_without_generating():
     async def scenario():
         await engine.concurrency.acquire()  # another generation is running
         t0 = time.monotonic()
-        with pytest.raises(StageError, match="stayed busy for the whole 300 ms budget"):
-            await g.generate("small", "What is X?", [chunk(0, "X.")], budget_ms=300)
+        with pytest.raises(StageError, match="stayed busy with other requests for the whole 1500 ms budget"):
+            await g.generate("small", "What is X?", [chunk(0, "X.")], budget_ms=1500)
         return time.monotonic() - t0
 
-    assert 0.25 < run(scenario()) < 0.6 and engine.max_tokens == []
+    # it gives up QUEUE_MARGIN_S (0.5 s) before its deadline: the caller hears why, rather than
+    # timing out without a word (which it would take for a stuck worker and skip the tier)
+    waited = run(scenario())
+    assert 0.9 < waited < 1.3 and engine.max_tokens == [], waited
 
 
 def test_waiting_for_the_engine_shrinks_the_token_limit():

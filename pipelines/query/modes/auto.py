@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 class Auto(Mode):
     name = "auto"
+    routes = True
 
     def asks_router(self, run: TierRunner) -> bool:
         return True

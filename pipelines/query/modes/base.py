@@ -27,6 +27,7 @@ Event = Begin | Delta | TierAnswer
 
 class Mode:
     name = "fixed"  # route.mode in the response
+    routes = False  # the tier is the router's choice (a busy tier then hands over: load-aware routing)
 
     def validate(self, tiers: Sequence[str]) -> None:
         """Raise BadRequest (field ``tier``) when the configured tiers cannot serve this mode."""
@@ -47,10 +48,10 @@ class Mode:
     async def answer(self, run: TierRunner, r: RequestState, route: RouteDecision,
                      ranked: list[ScoredChunk]) -> TierAnswer | None:
         """The answer, or None when no tier answered (the pipeline then extracts one)."""
-        return await run.generate(r, route.tier, ranked)
+        return await run.generate(r, route.tier, ranked, routed=self.routes and route.router != "fallback")
 
     async def stream(self, run: TierRunner, r: RequestState, route: RouteDecision,
                      ranked: list[ScoredChunk]) -> AsyncIterator[Event]:
         yield Begin(route.tier)
-        async for item in run.generate_stream(r, route.tier, ranked):
+        async for item in run.generate_stream(r, route.tier, ranked, routed=self.routes and route.router != "fallback"):
             yield item
