@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 WHEELS := $(VENV)/wheels
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-cache-judge eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups eval-qa capacity bench-index bento clean
+.PHONY: browser install models fetch-models eval-answers vllm-venv serve test test-unit test-vllm bench bench-hops bench-generation eval-cache eval-cache-judge eval-routing eval-routing-live eval-retrieval eval-cache-survival eval-backends eval-admission eval-followups report eval-qa capacity bench-index bento clean
 
 # Installing runs as parallel make targets (MAKEFLAGS below): llama.cpp compiles (the longest
 # step, ~5 min on 2 cores) while torch, the other dependencies and the models are installed and
@@ -153,9 +153,14 @@ eval-backends: install
 
 # Deadline-aware admission on vs off: closed-loop clients at 1..32 concurrent distinct questions
 # (cache off), latency, degraded share and why, undegraded answers/min, goodput; JSON + PNG in
-# evals/out/. ~15 min on 2 cores.
+# evals/out/. ~20 min on 2 cores.
 eval-admission: models
 	$(BIN)/python -m evals.admission
+
+# The results tables in docs/ from the evals' saved JSON (evals/out/ -> docs/results/ snapshots):
+# what an eval measured goes into the pages without re-typing. Seconds.
+report: install
+	$(BIN)/python -m evals.report
 
 # Follow-ups in conversations (evals/data/conversations.jsonl): rewritten right, and the gold source
 # found for the rewrite vs the gold question vs the previous behaviour; JSON in evals/out/. ~1 min.
