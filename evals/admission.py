@@ -30,7 +30,7 @@ import httpx
 from evals.latency import pct
 from evals.serving import ROOT, serving
 from pipelines import config
-from pipelines.budget import PROFILES
+from pipelines.config.budget import PROFILES
 
 log = logging.getLogger("evals.admission")
 

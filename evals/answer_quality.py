@@ -100,7 +100,7 @@ def settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str
 def cpu_pipeline(embedder, store, overrides: dict[str, str] | None = None):
     """The pipeline over the real stages on ``store``, with the shipped defaults (cpu profile)
     and any ``RAGROUTE_*`` ``overrides``, no cache: (pipeline, generator, generation config)."""
-    from pipelines.budget import BudgetProfile
+    from pipelines.config.budget import BudgetProfile
     from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RoutingConfig
     from pipelines.query.generate import Generator
     from pipelines.query.local import LocalStages
@@ -156,7 +156,7 @@ def cache_key(mode: str, gen_cfg, overrides: dict[str, str]) -> str:
 async def answer_all(questions: list[dict], modes: list[str], data: Path,
                      overrides: dict[str, str] | None = None) -> tuple[list[dict], object]:
     from pipelines.query.evidence import coverage
-    from pipelines.schema import RagRequest
+    from pipelines.api.schema import RagRequest
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / "answers.jsonl"

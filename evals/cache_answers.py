@@ -46,7 +46,7 @@ def build(overrides: dict[str, str] | None = None):
 
 
 async def collect(n: int, out: Path, overrides: dict[str, str] | None = None) -> None:
-    from pipelines.schema import RagRequest
+    from pipelines.api.schema import RagRequest
 
     items = [json.loads(line) for line in DATA.open() if line.strip()][:n]
     done = {(r["question"], r["role"]) for r in map(json.loads, out.open())} if out.exists() else set()

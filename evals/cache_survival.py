@@ -48,6 +48,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from common.records import Chunk
 from evals.cache_verifier import default_data
 from evals.retrieval import open_index, read_beir
 from evals.serving import ROOT
@@ -64,7 +65,6 @@ from pipelines.query.cache.records import doc_tag
 from pipelines.query.embed import SentenceTransformerEmbedder
 from pipelines.query.rerank import Reranker, make_reranker
 from pipelines.query.retrieve import search
-from pipelines.records import Chunk
 
 log = logging.getLogger("evals.cache_survival")
 

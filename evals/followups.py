@@ -56,7 +56,7 @@ def turns(path: Path) -> list[dict]:
 
 def before(previous: str, question: str) -> str:
     """What the service asked before the rules: the previous question prefixed to a follow-up."""
-    from pipelines.openai_compat import is_follow_up
+    from pipelines.api.openai_compat import is_follow_up
 
     return f'Regarding "{previous}": {question}' if is_follow_up(question) else question
 
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from index.store import IndexStore
     from pipelines.config import EmbeddingConfig, RerankConfig, RetrievalConfig, SearchConfig
     from pipelines.indexing.build import ensure_demo_index
-    from pipelines.openai_request import Message
-    from pipelines.openai_compat import standalone_question
+    from pipelines.api.openai_request import Message
+    from pipelines.api.openai_compat import standalone_question
     from pipelines.query.embed import SentenceTransformerEmbedder
     from pipelines.query.rerank import make_reranker
     from pipelines.query.retrieve import search

@@ -80,7 +80,7 @@ async def _measure(engine_name: str, runs: int, base_url: str) -> dict:
     from pipelines.config import GenerationConfig
     from pipelines.engines import ENGINES
     from pipelines.query.generate import Generator
-    from pipelines.records import Chunk, ScoredChunk, TierAnswer
+    from common.records import Chunk, ScoredChunk, TierAnswer
 
     cfg = GenerationConfig.from_env({**os.environ, **_engine_env(engine_name, base_url)})
     tier = cfg.tiers["small"]

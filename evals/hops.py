@@ -271,7 +271,7 @@ def profile_summary(raw: Path, top: int = 15) -> dict:
     total = in_ours = 0
     # ASGI middleware that only hands the request on (services/openapi.py: ApiContract) is on every
     # stack: counting it would make every sample "ours"
-    ours_prefixes = tuple(f"{pkg}/" for pkg in ("services", "pipelines", "index")) + (str(ROOT) + "/",)
+    ours_prefixes = tuple(f"{pkg}/" for pkg in ("services", "pipelines", "index", "common")) + (str(ROOT) + "/",)
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)

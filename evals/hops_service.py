@@ -22,10 +22,10 @@ import bentoml
 import numpy as np
 from annotated_types import Ge, Le, MaxLen
 
-from pipelines.errors import StageError
+from common.errors import StageError
+from common.records import Chunk, ScoredChunk, Tier
+from pipelines.api.schema import RagRequest, RagResponse
 from pipelines.query.route import QueryFeatures
-from pipelines.records import Chunk, ScoredChunk, Tier
-from pipelines.schema import RagRequest, RagResponse
 from services._common import RUNNER_CONNECTION
 from services.embedding import Embedding
 from services.generation import Generation

@@ -49,7 +49,7 @@ def demo_pipeline(overrides: dict[str, str]):
 
 async def answer_all(items: list[qa.Item], modes: list[str], overrides: dict[str, str]) -> list[dict]:
     from pipelines.query.cite import CITATION
-    from pipelines.schema import RagRequest
+    from pipelines.api.schema import RagRequest
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / "answers.jsonl"

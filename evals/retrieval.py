@@ -44,6 +44,8 @@ import ir_measures
 import numpy as np
 from ir_measures import RR, R, nDCG
 
+from common.records import ScoredChunk
+from common.text import content_id
 from evals.cache_verifier import default_data
 from evals.serving import ROOT
 from index.fusion import fuse
@@ -54,8 +56,6 @@ from pipelines.indexing.load import load_beir
 from pipelines.models import sha256_file
 from pipelines.query.embed import SentenceTransformerEmbedder
 from pipelines.query.rerank import HybridReranker, distinct
-from pipelines.records import ScoredChunk
-from pipelines.text import content_id
 
 log = logging.getLogger("evals.retrieval")
 

@@ -171,7 +171,7 @@ def ensure_sources(d: dict) -> list[list]:
     give the same sources), as ScoredChunk lists in the order of ``d["ids"]``."""
     from pipelines.config import RerankConfig
     from pipelines.query.rerank import make_reranker
-    from pipelines.records import ScoredChunk
+    from common.records import ScoredChunk
 
     have = {r["id"]: r["sources"] for r in _jsonl(SOURCES)}
     missing = [i for i, qid in enumerate(d["ids"]) if qid not in have]

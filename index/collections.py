@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import ArtifactError, NotFound, StageError
 from index.layout import DEFAULT, NAME, NAME_RULE, current_folder
 from index.manifest import MANIFEST
 from index.milvus import MilvusBackend, MilvusStore
 from index.store import IndexStore
-from pipelines.errors import ArtifactError, NotFound, StageError
 
 log = logging.getLogger(__name__)
 

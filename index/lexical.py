@@ -2,7 +2,7 @@
 retrieval, the lexical-only search when no query embedding is available, and the lexical score
 of the hybrid reranker.
 
-Tokens come from ``pipelines.text.tokenize`` (its short stop-word list keeps Python keywords:
+Tokens come from ``common.text.tokenize`` (its short stop-word list keeps Python keywords:
 in a documentation corpus "with" or "for" is often the word that matters), then an English
 Snowball stemmer, so "indexes" finds "indexing". ``evals/retrieval.py`` measured this against
 the hand-written BM25 it replaced (docs/results.md, "Retrieval quality").
@@ -18,7 +18,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from pipelines.text import tokenize
+from common.text import tokenize
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.errors import ArtifactError
+from common.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import ArtifactError, BadRequest, StageError
+from common.records import Chunk, ScoredChunk
+from common.text import content_id
 from index.fusion import Fusion, fuse
 from index.layout import NAME
 from index.manifest import IndexManifest
-from pipelines.errors import ArtifactError, BadRequest, StageError
-from pipelines.records import Chunk, ScoredChunk
-from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
 

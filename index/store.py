@@ -13,13 +13,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from common.errors import ArtifactError, BadRequest
+from common.files import sha256_file
+from common.records import Chunk, ScoredChunk
+from common.text import content_id
 from index.fusion import Fusion, fuse
 from index.lexical import Bm25Index
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
-from pipelines.errors import ArtifactError, BadRequest
-from pipelines.models import sha256_file
-from pipelines.records import Chunk, ScoredChunk
-from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
 

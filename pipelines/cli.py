@@ -19,9 +19,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pipelines import config, models
-from pipelines.errors import RagrouteError
+from common.errors import RagrouteError
 from index.store import INDEX_SPECS
+from pipelines import config, models
 from pipelines.indexing.build import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
 from pipelines.routing.cli import add_router_commands
 
@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _cmd_keys_add(args: argparse.Namespace) -> int:
-    from pipelines.access import add_key
+    from pipelines.api.access import add_key
 
     key = add_key(args.file, args.name, args.tenant, args.rate, args.tokens_per_day, args.collections)
     sys.stdout.write(key + "\n")  # the one place the key exists in clear: give it to its holder
@@ -190,7 +190,7 @@ def _cmd_keys_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    from pipelines.access import load_keys
+    from pipelines.api.access import load_keys
 
     for k in load_keys(args.file):
         sys.stdout.write(f"{k.name}\ttenant={k.tenant}\trate={k.rate or '-'}\ttokens_per_day={k.tokens_per_day or '-'}"

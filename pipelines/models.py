@@ -23,8 +23,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import ArtifactError, ConfigError
+from common.files import sha256_file
 from pipelines import config
-from pipelines.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,6 @@ PACKAGED_EMBEDDERS: dict[str, tuple[str, str, str, str]] = {
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     ),
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gguf_model(name: str) -> GgufModel:

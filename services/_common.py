@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+from common.errors import RagrouteError, StageError, public_message
 from pipelines.config.services import ProcessSettings
-from pipelines.errors import RagrouteError, StageError, public_message
 
 # What every service process reads from the environment, once (pipelines/config/services.py).
 PROCESS = ProcessSettings.from_env()
@@ -35,7 +35,7 @@ TIMEOUT_S = {"embedding": 30, "retrieval": 30, "reranking": 30, "routing": 30, "
 def setup_logging() -> None:
     """Our loggers at RAGROUTE_LOG_LEVEL (default INFO) with a request-friendly format."""
     level = PROCESS.log_level
-    for name in ("pipelines", "services", "index"):
+    for name in ("pipelines", "services", "index", "common"):
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if not logger.handlers:
@@ -68,7 +68,7 @@ def yield_to_generation() -> None:
 
 def error_body(exc: RagrouteError, request_id: str | None = None) -> dict:
     """The one place where a ragroute error becomes a response body (its status is exc.status).
-    The message is written for clients (pipelines/errors.py); ``request_id`` finds the details in the log."""
+    The message is written for clients (common/errors.py); ``request_id`` finds the details in the log."""
     body = {"error": public_message(exc)}
     if field := getattr(exc, "field", None):
         body["field"] = field

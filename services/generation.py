@@ -2,7 +2,7 @@
 OpenAI-compatible endpoint), chosen per tier in config (pipelines/config/generation.py, docs/generation.md).
 
 What ``generate`` returns and ``generate_stream`` streams (NDJSON) is the typed wire protocol
-of pipelines/wire.py; a stage failure travels in the body (a 5xx's message BentoML would hide).
+of pipelines/api/wire.py; a stage failure travels in the body (a 5xx's message BentoML would hide).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import AsyncGenerator
 
 import bentoml
 
-from pipelines import wire
+from common.errors import ConfigError, RagrouteError, StageError
+from common.records import ScoredChunk, Tier, TierAnswer
+from pipelines.api import wire
 from pipelines.config import GenerationConfig
-from pipelines.errors import ConfigError, RagrouteError, StageError
-from pipelines.records import ScoredChunk, Tier, TierAnswer
 from services._common import RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pipelines.errors import RagrouteError
+from common.errors import RagrouteError
 from pipelines.indexing.jobs import CreateBody, DeleteBody, Job, UpsertBody, describe, parse
 from services._common import admin_refusal, error_response
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from pipelines.schema import RagResponse
+from pipelines.api.schema import RagResponse
 
 # Without a key file tenants are whatever clients write: past this many, they count as "other".
 MAX_TENANT_LABELS = 100

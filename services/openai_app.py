@@ -5,7 +5,7 @@
     POST /v1/feedback           a verdict on an answer by its id (as POST /feedback)
 
 A thin HTTP shell: what a request means and what a completion looks like is in
-``pipelines/openai_compat.py``; the answer comes from the RAG service's own QueryPipeline (same
+``pipelines/api/openai_compat.py``; the answer comes from the RAG service's own QueryPipeline (same
 cache, budgets, metrics and logs as ``rag_query``).
 """
 
@@ -22,13 +22,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from pipelines.access import Denied
+from common.errors import RagrouteError, public_message
+from pipelines.api.access import Denied
+from pipelines.api.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
+from pipelines.api.openai_request import FeedbackBody, OpenAIError, parse_request
+from pipelines.api.schema import RagResponse
+from pipelines.api.sse import outliving
 from pipelines.config import TierConfig
-from pipelines.errors import RagrouteError, public_message
-from pipelines.openai_compat import ChunkWriter, completion, model_card, models_list, to_rag_request
-from pipelines.openai_request import FeedbackBody, OpenAIError, parse_request
-from pipelines.schema import RagResponse
-from pipelines.sse import outliving
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import copy
 import json
 from typing import Any
 
+from pipelines.api.openai_compat import max_answer_tokens, model_names
+from pipelines.api.openai_request import ChatRequest
+from pipelines.api.schema import TEXT
 from pipelines.config import TierConfig
-from pipelines.openai_compat import max_answer_tokens, model_names
-from pipelines.openai_request import ChatRequest
 from pipelines.query.modes import available
-from pipelines.schema import TEXT
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -138,7 +138,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
         schemas[name] = sub
     props = chat_schema["properties"]
     props["model"] = {"type": "string", "enum": model_names(list(tiers))}
-    # what the service accepts (pipelines/openai_compat.py: _check_sampling), as schema
+    # what the service accepts (pipelines/api/openai_compat.py: _check_sampling), as schema
     least = max_answer_tokens(list(tiers.values()))
     for param in ("max_tokens", "max_completion_tokens"):
         props[param] = {"type": "integer", "minimum": least, "nullable": True}
@@ -162,7 +162,7 @@ def publish(spec: dict, tiers: dict[str, TierConfig], backends: tuple[str, ...] 
         "responses": {"200": {"description": "a completion, or with `stream` chat.completion.chunk events",
                               "content": {JSON: {"schema": _ref("ChatCompletion")}, **SSE}},
                       **copy.deepcopy(OPENAI_ERRORS)}}}
-    from pipelines.openai_request import FeedbackBody
+    from pipelines.api.openai_request import FeedbackBody
 
     feedback_errors = {c: copy.deepcopy(OPENAI_ERRORS[c]) for c in ("400", "401", "403", "413", "503")}
     feedback_errors["404"] = _json(_ref("OpenAIError"), "no answer with this id of this tenant")

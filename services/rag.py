@@ -13,28 +13,28 @@ import secrets
 import bentoml
 import numpy as np
 
-from pipelines.access import Admitted, Denied, FrontDoor, Gate, load_keys, reservation
+from common.errors import BadRequest, ConfigError, RagrouteError, StageError
+from pipelines.api.access import Admitted, Denied, FrontDoor, Gate, load_keys, reservation
+from pipelines.api.schema import FeedbackRequest, PurgeRequest, RagRequest, RagResponse, StatsRequest
+from pipelines.api.sse import frames, outliving
 from pipelines.breaker import Breaker
 from pipelines.config import rag_workers
 from pipelines.config.services import RagSettings
-from pipelines.errors import BadRequest, ConfigError, RagrouteError, StageError
 from pipelines.indexing.ingest import Job, ManagedCollections
 from pipelines.query.cache import Carried, VersionChange, make_cache
 from pipelines.query.feedback import Feedback, make_feedback_store
 from pipelines.query.fingerprint import generation_fingerprint
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.route import router_uses_retrieval
-from pipelines.schema import FeedbackRequest, PurgeRequest, RagRequest, RagResponse, StatsRequest
-from pipelines.sse import frames, outliving
 from services._common import (
     PROCESS, TIMEOUT_S, admin_refusal, error_body, error_response, refuse_to_start, setup_logging,
     yield_to_generation)
+from services.body_limit import BodyLimit
 from services.embedding import Embedding
 from services.generation import Generation
-from services.metrics import RagMetrics
 from services.ingest_app import make_app as make_ingest_app
+from services.metrics import RagMetrics
 from services.openai_app import make_app
-from services.body_limit import BodyLimit
 from services.openapi import ApiContract
 from services.playground import app as playground
 from services.remote_stages import RemoteStages

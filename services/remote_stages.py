@@ -1,6 +1,6 @@
 """The RAG service's side of the stage services: :class:`RemoteStages` implements the query
 path's :class:`~pipelines.query.stages.Stages` with calls to the other BentoML services, over
-the typed wire protocol (pipelines/wire.py).
+the typed wire protocol (pipelines/api/wire.py).
 
 Any failure of a dependency call becomes a StageError naming the stage; an idempotent call on a
 connection the dependency had already closed is retried once (generation never is).
@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from pipelines.errors import NotFound, StageError
+from common.errors import NotFound, StageError
+from common.records import RouteDecision, ScoredChunk, TierAnswer
+from pipelines.api.wire import FinalEvent, NdjsonReader, SearchResult, TextEvent, parse_generate
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
-from pipelines.wire import FinalEvent, NdjsonReader, SearchResult, TextEvent, parse_generate
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class RemoteStages:
 
     async def generate_stream(self, tier: str, query: str, sources: list[ScoredChunk],
                               budget_ms: float) -> AsyncIterator[Delta | TierAnswer]:
-        """The Generation service's NDJSON stream (pipelines/wire.py) as deltas and a record."""
+        """The Generation service's NDJSON stream (pipelines/api/wire.py) as deltas and a record."""
         stage = f"generate[{tier}]"
         reader = NdjsonReader()
         chunks = None

@@ -7,9 +7,9 @@ import concurrent.futures
 
 import bentoml
 
-from pipelines import wire
+from common.records import ScoredChunk
+from pipelines.api import wire
 from pipelines.config import RerankConfig
-from pipelines.records import ScoredChunk
 from services._common import (
     RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, yield_to_generation)
 

@@ -9,9 +9,9 @@ from typing import Annotated
 import bentoml
 from annotated_types import MaxLen
 
+from common.errors import RagrouteError
+from pipelines.api import wire
 from pipelines.config import RetrievalConfig
-from pipelines import wire
-from pipelines.errors import RagrouteError
 from services._common import (
     RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml,
     yield_to_generation)

@@ -11,9 +11,9 @@ import logging
 
 import bentoml
 
-from pipelines import wire
+from common.errors import RagrouteError
+from pipelines.api import wire
 from pipelines.config import RoutingConfig
-from pipelines.errors import RagrouteError
 from services._common import (
     RUNNER_CONNECTION, STAGE_LOGGING, TIMEOUT_S, refuse_to_start, setup_logging, to_bentoml,
     yield_to_generation)

@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from pipelines.errors import NotFound, StageError
-from pipelines.records import Chunk, RouteDecision, ScoredChunk, TierAnswer
+from common.errors import NotFound, StageError
+from common.records import Chunk, RouteDecision, ScoredChunk, TierAnswer
 
 
 def chunk(i: int, text: str = "", title: str = "") -> ScoredChunk:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.records import Chunk
 from index import store
-from pipelines.records import Chunk
 
 
 def make_index(directory, text: str, model: str = "m") -> None:

@@ -2,6 +2,8 @@
 reads the environment).
 
     env.py          the helpers every setting is read with (errors name the variable)
+    budget.py       the per-stage latency budgets: shipped profiles, BudgetProfile
+    safety.py       SafetyConfig (the safety stage's action, grounding floor, blocked pattern)
     retrieval.py    EmbeddingConfig, SearchConfig, RetrievalConfig, RerankConfig
     routing.py      RoutingConfig, CascadeConfig
     generation.py   TierConfig, the per-tier settings table, the shipped profiles, GenerationConfig

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from pipelines.errors import ConfigError
+from common.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from common.errors import ConfigError
 from pipelines.config.env import _choice, _get, _num
-from pipelines.errors import ConfigError
 
 RESERVED_TIER_NAMES = ("auto", "cascade")
 # The generation engines a tier can use (pipelines/engines/: ENGINES maps each to its loader).
@@ -152,7 +152,7 @@ def tier_profile(env: Mapping[str, str] = os.environ) -> str:
     if profile == "auto":
         import importlib.util
 
-        from pipelines.budget import gpu_present
+        from pipelines.config.budget import gpu_present
 
         profile = "gpu" if gpu_present() and importlib.util.find_spec("vllm") is not None else "cpu"
     return profile

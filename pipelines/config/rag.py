@@ -6,10 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.errors import ConfigError
 from pipelines.config.env import _choice, _get, _num
 from pipelines.config.generation import GenerationConfig
 from pipelines.config.routing import CascadeConfig
-from pipelines.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class RagConfig:
     workers: int = 1
     """processes of the entry service (BentoML workers); >1 needs a cache they share (Redis)"""
     api_keys: str = ""
-    """path of the API key file (pipelines/access.py); empty: the query API is open"""
+    """path of the API key file (pipelines/api/access.py); empty: the query API is open"""
     require_keys: bool = False
     """refuse to start without an API key file (RAGROUTE_REQUIRE_KEYS=1; the deploy files set it)"""
     max_body_bytes: int = 1 << 20

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import ConfigError
 from pipelines.config.env import DEFAULT_EMBED_MODEL, _choice, _get, _num, home
-from pipelines.errors import ConfigError
 
 
 @dataclass(frozen=True)

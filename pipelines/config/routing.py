@@ -85,7 +85,7 @@ class CascadeConfig:
         calibrated = None
         path = _get(env, "RAGROUTE_ROUTER_PATH", "")
         if path and not env.get("RAGROUTE_CASCADE_THRESHOLD", "").strip():
-            from pipelines.errors import ArtifactError
+            from common.errors import ArtifactError
             from pipelines.routing.artifact import read_manifest
 
             try:  # the Routing service verifies the whole artifact and refuses a bad one

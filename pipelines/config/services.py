@@ -12,14 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipelines.budget import BudgetProfile
+from common.errors import ConfigError
+from pipelines.config.budget import BudgetProfile
 from pipelines.config.env import _choice, _get, _num
 from pipelines.config.generation import GenerationConfig
 from pipelines.config.rag import RagConfig
 from pipelines.config.retrieval import EmbeddingConfig, RetrievalConfig
 from pipelines.config.routing import RoutingConfig
-from pipelines.errors import ConfigError
-from pipelines.query.safety import SafetyConfig
+from pipelines.config.safety import SafetyConfig
 
 
 @dataclass(frozen=True)

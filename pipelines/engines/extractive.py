@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+from common.records import ScoredChunk
 from pipelines.config import TierConfig
 from pipelines.engines.base import Chunk, Final, Sampling
 from pipelines.query import evidence
-from pipelines.records import ScoredChunk
 
 MODEL = "extractive"
 SOURCES = 1  # the reranker's best source: its sentences only (three sources let BM25 pick a

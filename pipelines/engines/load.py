@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.errors import StageError
 from pipelines.engines.throughput import Throughput
-from pipelines.errors import StageError
 
 ALPHA = 0.3  # weight of a new answer in the moving average of answer lengths
 SAFETY_S = 0.2  # kept between an estimated finish and the deadline (the generator's own margin)

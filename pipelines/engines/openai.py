@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from common.errors import UpstreamError
 from pipelines.config import TierConfig
 from pipelines.engines.base import Chunk, Final, Sampling
-from pipelines.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 

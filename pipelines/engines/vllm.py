@@ -18,11 +18,11 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from common.errors import ConfigError
 from pipelines import models
-from pipelines.budget import gpu_present
 from pipelines.config import TierConfig
+from pipelines.config.budget import gpu_present
 from pipelines.engines.base import Chunk, Final, Sampling
-from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

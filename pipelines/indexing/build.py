@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.records import Chunk
 from index import store
 from index.manifest import IndexManifest
 from index.milvus import MilvusBackend
@@ -17,7 +18,6 @@ from pipelines.config import EmbeddingConfig, RetrievalConfig
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.load import Document, load_pydoc_topics
 from pipelines.query.embed import Embedder
-from pipelines.records import Chunk
 
 log = logging.getLogger(__name__)
 

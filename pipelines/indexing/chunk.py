@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from common.records import Chunk
+from common.text import content_id
 from pipelines.indexing.load import Document
-from pipelines.records import Chunk
-from pipelines.text import content_id
 
 DEFAULT_CHUNK_SIZE = 1000
 DEFAULT_OVERLAP = 150

@@ -44,15 +44,15 @@ from typing import Literal
 
 import numpy as np
 
+from common.errors import BadRequest, NotFound
+from common.records import Chunk
 from index.layout import CURRENT, DEFAULT, NAME, VERSIONS, current_folder
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
 from index.milvus import MilvusBackend
-from pipelines.errors import BadRequest, NotFound
 from pipelines.indexing.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, chunk_documents, embedding_text
 from pipelines.indexing.jobs import (EMBED_BATCH, FLAT_MAX, HEARTBEAT_S, JOBS, MILVUS_JOBS, Conflict, Job, JobRecords,
                                      write_atomic)
 from pipelines.indexing.load import Document
-from pipelines.records import Chunk
 
 log = logging.getLogger(__name__)
 

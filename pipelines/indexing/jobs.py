@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from common.errors import BadRequest, NotFound, RagrouteError
 from index.layout import NAME
-from pipelines.errors import BadRequest, NotFound, RagrouteError
 
 log = logging.getLogger("pipelines.indexing.ingest")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.errors import BadRequest
+from common.errors import BadRequest
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 

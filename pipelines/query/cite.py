@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from pipelines.records import ScoredChunk
-from pipelines.text import tokenize
+from common.records import ScoredChunk
+from common.text import tokenize
 
 CITATION = re.compile(r"\[(\d{1,3})\]")
 _END = re.compile(r"(?:(?<=[.!?])|(?<=\]))\s+(?=[A-Z\"'(`])")  # trailing citations stay with their sentence

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.records import ScoredChunk
+from common.text import tokenize
 from index.lexical import Bm25Index, stem
 from pipelines.query.cite import CITATION
-from pipelines.records import ScoredChunk
-from pipelines.text import tokenize
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[*])")
@@ -213,7 +213,7 @@ def extract(question: str, sources: Sequence[ScoredChunk], *, max_chars: int = 4
     return " ".join(f"{s.text[:max_chars]} [{s.source + 1}]" for s in picked)
 
 
-# Words a question is asked with rather than about, beyond BM25's stop words (pipelines/text.py).
+# Words a question is asked with rather than about, beyond BM25's stop words (common/text.py).
 # Unlike BM25, coverage drops the Python keywords that are also English function words (with,
 # for, in, is, as, from, and, or): on SQuAD's tune split, keeping them raised the share of
 # questions the extractive -> large cascade needs on `large` for 95% of its F1 from 67% to 73%

@@ -32,9 +32,9 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
-from pipelines.errors import BadRequest, NotFound, StageError
-from pipelines.schema import Verdict
-from pipelines.text import content_id
+from common.errors import BadRequest, NotFound, StageError
+from common.text import content_id
+from pipelines.api.schema import Verdict
 
 log = logging.getLogger(__name__)
 

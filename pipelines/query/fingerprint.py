@@ -6,9 +6,9 @@ sampling, the prompt, the router or the cascade settings starts the cache afresh
 
 from __future__ import annotations
 
+from common.text import content_id
 from pipelines.config import GenerationConfig, RagConfig, RoutingConfig
 from pipelines.query.prompt import PROMPT_VERSION
-from pipelines.text import content_id
 
 
 def generation_fingerprint(rag: RagConfig, cfg: GenerationConfig, routing: RoutingConfig) -> str:

@@ -2,7 +2,7 @@
 
 "What does the nonlocal statement do?" then "And what about global?" means "What does the global
 statement do?", not a question about nonlocal. Retrieval, routing and the cache must see that
-question, so the OpenAI dialect (pipelines/openai_compat.py) rewrites a follow-up before it is
+question, so the OpenAI dialect (pipelines/api/openai_compat.py) rewrites a follow-up before it is
 asked, by rules (microseconds, no model; measured by ``python -m evals.followups`` on the QA set's
 conversations, evals/data/conversations.jsonl):
 

@@ -23,15 +23,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from common.errors import BadRequest, ConfigError, StageError
+from common.records import ScoredChunk, TierAnswer
 from pipelines import models
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import ENGINES, Engine, Processor, Sampling
 from pipelines.engines.load import Pool, Ticket, TierLoad
 from pipelines.engines.throughput import Rates, Throughput
-from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.leadin import LeadIn
 from pipelines.query.prompt import STOP, build_messages
-from pipelines.records import ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 

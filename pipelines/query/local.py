@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
+from common.errors import NotFound, RagrouteError, StageError, public_message
+from common.records import RouteDecision, ScoredChunk, TierAnswer
 from index.store import IndexStore
 from pipelines.config import SearchConfig
-from pipelines.errors import NotFound, RagrouteError, StageError, public_message
 from pipelines.query.embed import Embedder
 from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import Reranker
 from pipelines.query.retrieve import search
 from pipelines.query.route import QueryFeatures, Router, decide
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 
 class LocalStages:

@@ -4,7 +4,7 @@ with the concurrent route -> rerank) -> the mode answers -> respond.
 Where each part lives:
 
 * pipelines/query/state.py: one request's state and the one budget mechanism every stage call
-  goes through (a :class:`~pipelines.budget.Deadline` travels with the request; each stage gets
+  goes through (a :class:`~pipelines.query.deadline.Deadline` travels with the request; each stage gets
   min(its budget, what is left); the response reports per stage the budget, the time used and
   the outcome: ok | timeout | error | skipped);
 * pipelines/query/prepare.py: the steps before generation, in order, and what each falls back to;
@@ -27,22 +27,23 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from pipelines.budget import BudgetProfile, Deadline
+from common.errors import Overloaded
+from common.records import TierAnswer
+from pipelines.api.schema import RagRequest, RagResponse
 from pipelines.config import RagConfig, TierConfig
+from pipelines.config.budget import BudgetProfile
+from pipelines.config.safety import SafetyConfig
+from pipelines.engines.load import retry_after_s
 from pipelines.query import cite
 from pipelines.query.cache import SemanticCache
+from pipelines.query.deadline import Deadline
 from pipelines.query.feedback import FeedbackStore
 from pipelines.query.modes import mode_for
 from pipelines.query.prepare import Preparation
 from pipelines.query.respond import Responder, sources
-from pipelines.query.safety import SafetyConfig
 from pipelines.query.stages import Stages
-from pipelines.engines.load import retry_after_s
-from pipelines.errors import Overloaded
 from pipelines.query.state import Meter, RequestState
 from pipelines.query.tiers import CUT, Begin, TierRunner
-from pipelines.records import TierAnswer
-from pipelines.schema import RagRequest, RagResponse
 
 log = logging.getLogger(__name__)
 

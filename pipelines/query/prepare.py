@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.errors import StageError
+from common.records import RouteDecision, ScoredChunk
+from common.text import content_id, query_hash
 from pipelines.config import RagConfig
-from pipelines.errors import StageError
 from pipelines.query.cache import CacheHit, Observation, Partition, SemanticCache
 from pipelines.query.route import QueryFeatures
 from pipelines.query.state import RequestState, cache_call
 from pipelines.query.tiers import TierRunner
-from pipelines.records import RouteDecision, ScoredChunk
-from pipelines.text import content_id, query_hash
 
 if TYPE_CHECKING:  # the modes import the tier runner, as this module does; no cycle at run time
     from pipelines.query.modes.base import Mode

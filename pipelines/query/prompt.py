@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from common.records import ScoredChunk
 from pipelines.query import evidence
-from pipelines.records import ScoredChunk
 
 PROMPT_VERSION = "3"  # 3: answers lose their lead-in ("According to [1], "), pipelines/query/leadin.py
 SYSTEM = (

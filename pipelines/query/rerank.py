@@ -22,10 +22,10 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+from common.errors import ConfigError
+from common.records import ScoredChunk
 from index.lexical import Bm25Index
 from pipelines.config import RerankConfig
-from pipelines.errors import ConfigError
-from pipelines.records import ScoredChunk
 
 
 class Reranker(Protocol):
@@ -61,7 +61,7 @@ def distinct(ranked: Sequence[ScoredChunk], top_k: int, threshold: float = DUPLI
     """The first ``top_k`` of ``ranked`` that do not repeat a better-ranked one (at least
     ``threshold`` of the shorter one's word trigrams found in the other; > 1 keeps everything).
 
-    >>> from pipelines.records import Chunk
+    >>> from common.records import Chunk
     >>> def c(i, text): return ScoredChunk(chunk=Chunk(id=str(i), doc_id=str(i), title="", text=text), score=0.0, dense_score=0.0)
     >>> same = "Default parameter values are evaluated from left to right when the function definition is executed."
     >>> [s.chunk.id for s in distinct([c(1, same), c(2, same + " See also."), c(3, "A lambda makes a function.")], 2)]

@@ -16,20 +16,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.budget import BudgetProfile
-from pipelines.errors import StageError
+from common.errors import StageError
+from common.records import ScoredChunk, TierAnswer
+from pipelines.api.schema import CacheInfo, RagResponse, RouteInfo, SafetyInfo, Source, Usage
+from pipelines.config.budget import BudgetProfile
+from pipelines.config.safety import SafetyConfig
 from pipelines.query import cite, evidence
 from pipelines.query.cache import Observation, SemanticCache
-from pipelines.query.cache.policy import answers_agree, comparable
 from pipelines.query.cache.carry import reach
+from pipelines.query.cache.policy import answers_agree, comparable
 from pipelines.query.feedback import Answered, FeedbackStore
 from pipelines.query.prepare import Prepared
-from pipelines.query.safety import SafetyConfig
 from pipelines.query.safety import check as safety_check
 from pipelines.query.stages import Stages
 from pipelines.query.state import RequestState, cache_call
-from pipelines.records import ScoredChunk, TierAnswer
-from pipelines.schema import CacheInfo, RagResponse, RouteInfo, SafetyInfo, Source, Usage
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from typing import Protocol
 
 import numpy as np
 
+from common.records import ScoredChunk
 from index.collections import Collections
 from index.milvus import MilvusStore
 from index.store import IndexStore
 from pipelines.config import RetrievalConfig, SearchConfig
-from pipelines.records import ScoredChunk
 
 
 class Retriever(Protocol):

@@ -23,9 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
+from common.errors import ArtifactError, ConfigError, StageError
+from common.records import RouteDecision
 from pipelines.config import RoutingConfig
-from pipelines.errors import ArtifactError, ConfigError, StageError
-from pipelines.records import RouteDecision
 
 log = logging.getLogger(__name__)
 

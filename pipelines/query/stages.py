@@ -11,9 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
+from common.records import RouteDecision, ScoredChunk, TierAnswer
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 
 class Stages(Protocol):

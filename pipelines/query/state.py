@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pipelines.budget import Deadline, StageReport
-from pipelines.errors import StageError
+from common.errors import StageError
+from common.records import TierAnswer
+from pipelines.api.schema import RagRequest, RouteStep, StageBudget
 from pipelines.query.cache import CacheUnavailable
-from pipelines.records import TierAnswer
-from pipelines.schema import RagRequest, RouteStep, StageBudget
+from pipelines.query.deadline import Deadline, StageReport
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from contextlib import aclosing
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
+from common.errors import StageError
+from common.records import RouteDecision, ScoredChunk, TierAnswer
 from pipelines.breaker import Breaker
-from pipelines.budget import BudgetProfile
 from pipelines.config import RagConfig, TierConfig
+from pipelines.config.budget import BudgetProfile
 from pipelines.engines.load import SAFETY_S, Capacity
-from pipelines.errors import StageError
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
 from pipelines.query.stages import Stages
 from pipelines.query.state import RequestState
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.errors import ArtifactError
 from pipelines.routing.signals import CASCADE_SIGNALS, CASCADE_STARTS
-from pipelines.errors import ArtifactError
 
 FORMAT_VERSION = 1
 MANIFEST = "router.json"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import BadRequest
 from pipelines.config import CASCADE_SIGNALS
-from pipelines.errors import BadRequest
 from pipelines.routing import curves
 from pipelines.routing.artifact import CascadeSettings, RouterArtifact, sha256_path
 

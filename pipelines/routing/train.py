@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import BadRequest
+from common.errors import BadRequest
 from pipelines.routing import curves, features
 from pipelines.routing.artifact import RouterArtifact, RouterManifest, sha256_path
 

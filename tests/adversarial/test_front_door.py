@@ -19,8 +19,8 @@ import redis
 
 from evals.redis_server import RedisServer
 from evals.serving import serving
-from pipelines.access import add_key, hash_key
-from pipelines.access import reservation as reservation_of
+from pipelines.api.access import add_key, hash_key
+from pipelines.api.access import reservation as reservation_of
 from pipelines.config import GenerationConfig
 from tests.e2e.conftest import GENEROUS_BUDGETS
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 TOKEN = "adversarial-admin-token-7f3a"
 QUOTA = 6000  # tokens a day of the "frugal" key: a handful of answers
 Q = "What does the pass statement do?"
-CACHE_BUDGET_MS = 100  # the cpu profile's cache stage budget (pipelines/budget.py)
+CACHE_BUDGET_MS = 100  # the cpu profile's cache stage budget (pipelines/config/budget.py)
 
 
 @pytest.fixture(scope="module")

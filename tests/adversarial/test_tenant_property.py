@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.api.schema import TENANT_PATTERN
 from pipelines.config import CacheConfig
 from pipelines.query.cache import InMemoryCache, Partition
-from pipelines.schema import TENANT_PATTERN
 
 pytestmark = pytest.mark.integration
 

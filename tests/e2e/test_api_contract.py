@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from evals.serving import serving
-from pipelines.access import add_key
+from pipelines.api.access import add_key
 
 EXAMPLES = 25  # per operation and phase
 CONFIG = """

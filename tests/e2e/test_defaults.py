@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from evals.serving import serving
-from pipelines.budget import PROFILES
+from pipelines.config.budget import PROFILES
 
 QUESTION = "What does the with statement do?"  # the README's first question
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from evals.serving import serving
-from pipelines.budget import PROFILES
+from pipelines.config.budget import PROFILES
 from pipelines.query.tiers import STALL_S
 
 TOTAL_S = PROFILES["cpu"]["total"] / 1000  # the cpu profile's total budget (20 s)

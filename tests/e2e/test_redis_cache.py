@@ -12,7 +12,7 @@ import pytest
 
 from evals.redis_server import RedisServer
 from evals.serving import serving
-from pipelines.access import add_key
+from pipelines.api.access import add_key
 from tests.e2e.conftest import GENEROUS_BUDGETS
 
 TOKEN = "e2e-admin-token-0123"

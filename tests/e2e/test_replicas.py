@@ -19,7 +19,7 @@ import pytest
 from evals.milvus_server import MilvusServer
 from evals.redis_server import RedisServer
 from evals.serving import service_processes, start, stop
-from pipelines.access import add_key
+from pipelines.api.access import add_key
 from pipelines.config import EmbeddingConfig
 from pipelines.indexing.build import ensure_demo_index
 from pipelines.query.embed import SentenceTransformerEmbedder

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pipelines.access import Denied, Gate, add_key, load_keys
+from pipelines.api.access import Denied, Gate, add_key, load_keys
 
 
 def test_two_gates_on_one_redis_share_the_rate(redis_server, tmp_path):

@@ -10,8 +10,9 @@ from dataclasses import replace
 import pytest
 
 from index.store import IndexStore
-from pipelines.budget import STAGES, BudgetProfile
+from pipelines.api.schema import RagRequest
 from pipelines.config import CascadeConfig, GenerationConfig, RagConfig
+from pipelines.config.budget import STAGES, BudgetProfile
 from pipelines.indexing.build import build_index
 from pipelines.indexing.load import load_folder
 from pipelines.query.generate import Generator
@@ -19,7 +20,6 @@ from pipelines.query.local import LocalStages
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.rerank import HybridReranker
 from pipelines.query.route import HeuristicRouter
-from pipelines.schema import RagRequest
 from tests.conftest import FIXTURE_CORPUS
 
 QUESTION = "Who designed the Zorvik lighthouse?"

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import ArtifactError
 from index.store import IndexStore
-from pipelines.errors import ArtifactError
 from tests.conftest import FIXTURE_CORPUS, ROOT
 
 CLI = [sys.executable, "-m", "pipelines.cli"]

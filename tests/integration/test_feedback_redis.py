@@ -11,9 +11,10 @@ import uuid
 
 import pytest
 
+from common.errors import NotFound
+from pipelines.api.schema import RagRequest
 from pipelines.breaker import Breaker
 from pipelines.config import CacheConfig, RagConfig
-from pipelines.errors import NotFound
 from pipelines.query.cache import SemanticCache
 from pipelines.query.cache.policy import ErrorBoundPolicy, band
 from pipelines.query.cache.records import Partition
@@ -22,7 +23,6 @@ from pipelines.query.cache.verify import HitVerifier
 from pipelines.query.feedback import AlreadyRated, Feedback, FeedbackUnavailable, RedisFeedback
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.prepare import options_id
-from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
 from tests.integration.test_pipeline_redis import GENEROUS
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from common.errors import UpstreamError
 from evals.serving import free_port
 from pipelines.config import GenerationConfig
-from pipelines.errors import UpstreamError
 from pipelines.query.generate import Delta, Generator
 from tests.integration.test_rerank_and_generate import lighthouse
 

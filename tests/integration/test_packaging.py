@@ -47,7 +47,8 @@ def test_bentoml_build_produces_a_cuda_image_with_only_runtime_code(tmp_path):
     assert "faiss-cpu==1.15.1" not in requirements
     src = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")}
     # every module of the packages the services import (a new sub-package needs a bentofile include)
-    needed = {p.relative_to(ROOT).as_posix() for d in ("services", "pipelines", "index") for p in (ROOT / d).rglob("*.py")}
+    needed = {p.relative_to(ROOT).as_posix()
+              for d in ("services", "pipelines", "index", "common") for p in (ROOT / d).rglob("*.py")}
     assert needed <= src, f"missing from the bento: {sorted(needed - src)}"
     # and the artifacts the code loads from next to itself (the cache verifier's settings and pair model)
     data = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.suffix != ".py"}

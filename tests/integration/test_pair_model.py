@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
+from common.errors import ArtifactError
 from pipelines import models
-from pipelines.errors import ArtifactError
 from pipelines.query.cache import pairmodel
 from pipelines.query.cache.verify import WEIGHTS_FILE, HitVerifier
 

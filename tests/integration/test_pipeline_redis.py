@@ -7,13 +7,13 @@ import asyncio
 import time
 import uuid
 
-from pipelines.budget import STAGES, BudgetProfile
+from pipelines.api.schema import RagRequest
 from pipelines.config import CacheConfig, RagConfig
+from pipelines.config.budget import STAGES, BudgetProfile
 from pipelines.query.cache import SemanticCache
 from pipelines.query.cache.redis_backend import RedisCache
-from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.cache.verify import HitVerifier
-from pipelines.schema import RagRequest
+from pipelines.query.pipeline import QueryPipeline
 from tests.fakes import FakeStages, unit
 
 
@@ -86,7 +86,7 @@ def test_redis_killed_while_an_answer_streams(tmp_path):
     """Redis dies after the lookups, while the words stream: the answer completes (not
     degraded), the store that fails is reported and nothing breaks; back up, the cache works."""
     from evals.redis_server import RedisServer
-    from pipelines.schema import RagResponse
+    from pipelines.api.schema import RagResponse
 
     with RedisServer(tmp_path / "r").start() as server:
         s = stages()

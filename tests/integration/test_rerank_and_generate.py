@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from common.records import Chunk, ScoredChunk
 from pipelines.config import GenerationConfig
 from pipelines.query.generate import Delta, Generator
 from pipelines.query.rerank import HybridReranker
-from pipelines.records import Chunk, ScoredChunk
 from tests.conftest import FIXTURE_CORPUS
 
 

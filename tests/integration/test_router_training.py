@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from common.errors import ArtifactError
 from pipelines import models
 from pipelines.cli import main
 from pipelines.config import CascadeConfig, RoutingConfig
-from pipelines.errors import ArtifactError
 from pipelines.query.route import QueryFeatures, decide, load_router
 from pipelines.routing.artifact import MANIFEST, RouterArtifact
 from tests import routing_data

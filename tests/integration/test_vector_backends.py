@@ -10,11 +10,11 @@ import time
 
 import pytest
 
+from common.errors import ArtifactError, BadRequest, NotFound, StageError
 from index import store as faiss_store
 from index.collections import Collections
 from index.milvus import MilvusBackend, alias_of, version_of
 from index.store import IndexStore
-from pipelines.errors import ArtifactError, BadRequest, NotFound, StageError
 from pipelines.indexing.chunk import chunk_documents, embedding_text
 from pipelines.indexing.ingest import ManagedCollections
 from pipelines.indexing.jobs import DocumentIn

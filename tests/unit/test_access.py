@@ -10,8 +10,8 @@ import stat
 
 import pytest
 
-from pipelines.access import Denied, Gate, add_key, hash_key, load_keys
-from pipelines.errors import ConfigError
+from common.errors import ConfigError
+from pipelines.api.access import Denied, Gate, add_key, hash_key, load_keys
 
 
 def run(coro):
@@ -164,7 +164,7 @@ def test_when_the_limits_store_fails_requests_are_let_through_and_counted(tmp_pa
 def test_a_request_is_charged_once_whether_it_is_settled_abandoned_or_both(tmp_path):
     from types import SimpleNamespace
 
-    from pipelines.access import FrontDoor
+    from pipelines.api.access import FrontDoor
 
     path = tmp_path / "keys.json"
     key = add_key(path, "k", "t", tokens_per_day=10_000)

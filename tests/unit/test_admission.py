@@ -10,15 +10,15 @@ import time
 
 import pytest
 
+from common.errors import Overloaded
+from pipelines.api.schema import RagRequest
 from pipelines.config import CacheConfig, GenerationConfig, RagConfig, TierConfig
-from pipelines.budget import BudgetProfile
+from pipelines.config.budget import BudgetProfile
 from pipelines.engines import Chunk, Final
 from pipelines.engines.load import Capacity, Pool, TierLoad
 from pipelines.engines.throughput import Throughput
-from pipelines.errors import Overloaded
 from pipelines.query.generate import Generator
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, chunk, unit
 
 

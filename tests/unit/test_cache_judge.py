@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.errors import ArtifactError
+from common.errors import ArtifactError
 from pipelines.query.cache.judge import JUDGE_FILE, CacheJudge, Evidence, model_sha256, sources_agree
 from pipelines.query.cache.policy import BANDS
 

@@ -13,9 +13,9 @@ from pipelines.config import CacheConfig, RagConfig
 from pipelines.query.cache import InMemoryCache, Partition, SemanticCache
 from pipelines.query.cache.policy import (BANDS, EntryStats, ErrorBoundPolicy, PoolStats, answers_agree, band,
                                           interval, upper_bound)
-from pipelines.query.pipeline import QueryPipeline
+from pipelines.api.schema import RagRequest
 from pipelines.query.cache.verify import HitVerifier
-from pipelines.schema import RagRequest
+from pipelines.query.pipeline import QueryPipeline
 from tests.fakes import FakeStages, unit
 
 P = Partition("acme", "v1", "fp")
@@ -124,7 +124,7 @@ def test_an_entry_judged_wrong_is_not_served_at_or_below_that_score():
 
 
 def test_the_bound_is_validated_at_start_up():
-    from pipelines.errors import ConfigError
+    from common.errors import ConfigError
 
     assert CacheConfig.from_env({}).max_error == 0.02 and CacheConfig.from_env({}).policy == "error-bound"
     assert CacheConfig.from_env({"RAGROUTE_CACHE_MAX_ERROR": "0.5"}).max_error == 0.5

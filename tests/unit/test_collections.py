@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from common.errors import NotFound
 from index.collections import Collections
 from index.store import IndexStore
-from pipelines.errors import NotFound
 from tests.indexes import make_index
 
 

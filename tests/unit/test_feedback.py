@@ -8,13 +8,13 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
+from common.errors import NotFound
+from pipelines.api.schema import FeedbackRequest, RagRequest
 from pipelines.config import CacheConfig, RagConfig
-from pipelines.errors import NotFound
 from pipelines.query.cache import SemanticCache
 from pipelines.query.cache.memory import InMemoryCache
 from pipelines.query.feedback import AlreadyRated, Answered, Feedback, MemoryFeedback, request_key
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import FeedbackRequest, RagRequest
 from tests.fakes import FakeStages, unit
 
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from common.errors import BadRequest, ConfigError, StageError
+from common.records import TierAnswer
 from pipelines.config import GenerationConfig, TierConfig
 from pipelines.engines import Chunk, Final
 from pipelines.engines.load import Capacity
-from pipelines.errors import BadRequest, ConfigError, StageError
 from pipelines.query.generate import Delta, Generator, confidence
-from pipelines.records import TierAnswer
 from tests.fakes import chunk
 
 

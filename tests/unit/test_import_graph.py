@@ -1,4 +1,6 @@
-"""No import cycles among our modules (pipelines/, services/, index/).
+"""No import cycles among our modules (services/, pipelines/, index/, common/), and imports run
+one way between the layers: services -> pipelines -> index, each may use common (the shared leaf
+types), and common uses none of them.
 
 Every import counts, also one inside a function (a cycle hidden in a lazy import is still a
 cycle: it only moves the failure to run time); imports under ``if TYPE_CHECKING:`` do not. An
@@ -13,7 +15,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("pipelines", "services", "index")
+PACKAGES = ("pipelines", "services", "index", "common")
+LAYERS = {"services": 3, "pipelines": 2, "index": 1, "common": 0}  # an import goes to a lower layer only
 
 
 def modules(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -131,3 +134,27 @@ def test_the_check_finds_a_cycle_through_a_lazy_import(tmp_path):
     (pkg / "d.py").write_text("import pipelines.c\n")
     found = cycles(graph(tmp_path, ("pipelines",)))
     assert found == [["pipelines.a", "pipelines.c", "pipelines.sub.b"]]  # d's edge back is TYPE_CHECKING-only
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Imports from a lower layer to a higher one (or across to another package of the same layer)."""
+    return sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                  if a.split(".")[0] != b.split(".")[0] and LAYERS[a.split(".")[0]] <= LAYERS[b.split(".")[0]])
+
+
+def test_imports_run_one_way_between_the_layers():
+    edges = graph(ROOT)
+    assert any(a.startswith("index.") and b.startswith("common.") for a, bs in edges.items() for b in bs)
+    assert not upward(edges), "imports against the layers (services -> pipelines -> index -> common):\n" + \
+        "\n".join(upward(edges))
+
+
+def test_an_upward_import_is_caught(tmp_path):
+    for pkg, body in (("common", "from index import store\n"), ("index", "def f():\n    import pipelines.x\n"),
+                      ("pipelines", "from common import errors\n")):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+        (tmp_path / pkg / ("store.py" if pkg == "index" else "x.py" if pkg == "pipelines" else "errors.py")
+         ).write_text(body)
+    found = upward(graph(tmp_path, ("common", "index", "pipelines")))
+    assert found == ["common.errors -> index.store", "index.store -> pipelines.x"], found

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from common.errors import ArtifactError, BadRequest
+from common.records import Chunk
 from index import store
 from index.manifest import CHUNKS_FILE, INDEX_FILE, IndexManifest
 from index.store import IndexStore
-from pipelines.errors import ArtifactError, BadRequest
-from pipelines.records import Chunk
 
 
 def build(tmp_path, n=50, dim=16, index_type="flat", model="m1"):

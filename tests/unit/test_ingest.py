@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from common.errors import BadRequest, NotFound
 from index import collections as coll
 from index.collections import Collections, current_folder
 from index.store import IndexStore
-from pipelines.errors import BadRequest, NotFound
 from pipelines.indexing import jobs
 from pipelines.indexing.ingest import ManagedCollections
 from pipelines.indexing.jobs import Conflict, DeleteBody, DocumentIn, UpsertBody, parse

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.records import Chunk
 from index import store
 from index.fusion import fuse, rrf, score_fusion
 from index.lexical import Bm25Index, terms
 from index.store import IndexStore
-from pipelines.records import Chunk
 
 
 def test_bm25_stems_and_ranks_the_rarer_term_higher():

@@ -5,10 +5,10 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from pipelines.budget import BudgetProfile
+from pipelines.api.schema import RagRequest
 from pipelines.config import RagConfig
+from pipelines.config.budget import BudgetProfile
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import RagRequest
 from services.metrics import RagMetrics
 from tests.fakes import FakeStages
 

@@ -7,14 +7,14 @@ import asyncio
 
 import pytest
 
-from pipelines.errors import BadRequest
+from common.errors import BadRequest
+from common.records import RouteDecision
+from pipelines.api.schema import RagRequest, RagResponse
 from pipelines.query import modes
 from pipelines.query.modes.base import Mode
 from pipelines.query.pipeline import QueryPipeline
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import TierRunner
-from pipelines.records import RouteDecision
-from pipelines.schema import RagRequest, RagResponse
 from tests.fakes import FakeStages
 from tests.unit.test_pipeline_modes import CFG, GENEROUS, TIERS
 
@@ -68,7 +68,7 @@ def test_an_unregistered_mode_is_refused_naming_the_field():
 
 
 def test_a_registered_mode_is_offered_where_modes_are_listed(registered):
-    from pipelines.openai_compat import model_names, resolve_model
+    from pipelines.api.openai_compat import model_names, resolve_model
 
     assert modes.available(["small", "large"]) == ["auto", "cascade", "cheapest"]
     assert modes.available(["small"]) == ["auto", "cheapest"]  # a cascade needs two tiers

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import ArtifactError, ConfigError
 from pipelines import models
-from pipelines.errors import ArtifactError, ConfigError
 
 
 def test_registry_pins_every_model():
@@ -47,7 +47,7 @@ def test_a_converted_folder_whose_files_differ_from_its_manifest_is_refused(tmp_
     import json as _json
 
     from pipelines import models as m
-    from pipelines.errors import ArtifactError
+    from common.errors import ArtifactError
 
     folder = tmp_path / "smollm2-135m-instruct" / "hf"
     folder.mkdir(parents=True)

@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.errors import INTERNAL
+from common.errors import INTERNAL
 from starlette.testclient import TestClient
 
-from pipelines.access import FrontDoor, Gate
+from pipelines.api.access import FrontDoor, Gate
+from pipelines.api.openai_compat import is_follow_up, resolve_model, standalone_question, to_rag_request
+from pipelines.api.openai_request import Message, OpenAIError, parse_request
 from pipelines.config import CacheConfig, RagConfig, TierConfig
-from pipelines.openai_compat import is_follow_up, resolve_model, standalone_question, to_rag_request
-from pipelines.openai_request import Message, OpenAIError, parse_request
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
 from services.openai_app import make_app
@@ -268,7 +268,7 @@ def test_bad_requests_get_the_openai_error_shape(app):
 
 @pytest.fixture
 def keyed(app, tmp_path):
-    from pipelines.access import add_key, load_keys
+    from pipelines.api.access import add_key, load_keys
 
     rag, client = app
     path = tmp_path / "keys.json"

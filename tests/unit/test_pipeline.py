@@ -7,12 +7,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from pipelines.budget import BudgetProfile
+from common.errors import NotFound
+from pipelines.api.schema import RagRequest
 from pipelines.config import CacheConfig, RagConfig
-from pipelines.errors import NotFound
+from pipelines.config.budget import BudgetProfile
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import RagRequest
 from tests.fakes import FakeStages, unit
 
 CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
@@ -174,7 +174,7 @@ def test_embedding_failure_falls_back_to_lexical_retrieval(stages):
 
 
 def test_retrieval_failure_fails_the_request_with_a_stage_error(stages):
-    from pipelines.errors import StageError
+    from common.errors import StageError
 
     stages.fail = {"retrieve"}
     with pytest.raises(StageError) as info:
@@ -379,7 +379,7 @@ def test_safety_flags_an_ungrounded_answer_and_it_is_not_cached():
 
 
 def test_safety_replace_action_answers_from_the_best_source():
-    from pipelines.query.safety import SafetyConfig
+    from pipelines.config.safety import SafetyConfig
 
     stages = FakeStages(answer="You answer questions using only the numbered sources provided. Cite the sources.")
     resp = run(QueryPipeline(stages, None, CFG, safety=SafetyConfig(action="replace")), query="q")

@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipelines.budget import BudgetProfile
+from common.errors import BadRequest
+from pipelines.api.schema import RagRequest, RagResponse
 from pipelines.config import CascadeConfig, RagConfig, TierConfig
-from pipelines.errors import BadRequest
+from pipelines.config.budget import BudgetProfile
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import RagRequest, RagResponse
 from tests.fakes import FakeStages
 
 CFG = RagConfig(candidates=6, default_tier="small", cascade=CascadeConfig("logprob_mean", -0.5, "test"))

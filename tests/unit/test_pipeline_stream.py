@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
+from common.errors import BadRequest
+from pipelines.api.schema import RagRequest, RagResponse
 from pipelines.config import CacheConfig, RagConfig
-from pipelines.errors import BadRequest
 from pipelines.query.cache import InMemoryCache, SemanticCache
 from pipelines.query.pipeline import QueryPipeline
-from pipelines.schema import RagRequest, RagResponse
 from tests.fakes import FakeStages, unit
 
 CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
@@ -82,7 +82,7 @@ def test_no_tier_in_time_streams_an_extractive_answer(stages):
 
 
 def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
-    from pipelines.budget import BudgetProfile
+    from pipelines.config.budget import BudgetProfile
 
     stages.delays["token"] = 5.0
     budget = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
@@ -96,7 +96,7 @@ def test_a_stalled_stream_times_out_within_the_generate_budget(stages):
 def test_a_stream_that_stalls_mid_answer_ends_there_at_the_deadline(stages):
     """The first words are out when the engine stalls: the deadline ends the answer there (the
     client keeps what it has, flagged incomplete), no fallback tier starts over, nothing is cached."""
-    from pipelines.budget import BudgetProfile
+    from pipelines.config.budget import BudgetProfile
 
     stages.answer = "one two three four five"
     stages.stream_stall_after = 2
@@ -131,7 +131,7 @@ def test_a_streamed_answer_without_citations_ends_with_a_citation_token():
 def test_safety_replace_when_streaming_replaces_the_final_answer_and_says_so():
     """The words are out when the check runs: the client was shown them, but the response (and
     what a later request would get) is the extract of the best source, flagged, and not cached."""
-    from pipelines.query.safety import SafetyConfig
+    from pipelines.config.safety import SafetyConfig
 
     stages = FakeStages(vectors={"what does with do": unit([1, 0, 0])},
                         answer="Bananas grow on trees in tropical climates [1].")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from pipelines.errors import StageError
+from common.errors import StageError
 from services.remote_stages import RemoteStages
 
 

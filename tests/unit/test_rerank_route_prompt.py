@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import ConfigError
-from pipelines.query.prompt import INSTRUCTION, build_messages
+from common.errors import ConfigError
 from pipelines.config import RerankConfig
+from pipelines.query.prompt import INSTRUCTION, build_messages
 from pipelines.query.rerank import HybridReranker, bm25_scores, distinct, make_reranker
 from pipelines.query.route import HeuristicRouter, QueryFeatures, decide, make_router
 from tests.fakes import chunk

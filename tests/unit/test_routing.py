@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from common.errors import ArtifactError, BadRequest, ConfigError
+from common.records import TierAnswer
 from pipelines.config import CascadeConfig, RoutingConfig
-from pipelines.errors import ArtifactError, BadRequest, ConfigError
 from pipelines.query.modes import cascade
 from pipelines.query.route import HeuristicRouter, LearnedRouter, QueryFeatures, decide, load_router
-from pipelines.records import TierAnswer
 from pipelines.routing import calibrate, curves, features, train
 from pipelines.routing.artifact import MANIFEST, WEIGHTS, RouterArtifact, RouterManifest
 from pipelines.routing.train import LabeledQuery
@@ -385,7 +385,7 @@ def test_artifact_with_a_cascade_threshold_outside_its_signals_range_is_refused(
 
 
 def test_cascade_threshold_range_depends_on_the_signal():
-    from pipelines.errors import ConfigError
+    from common.errors import ConfigError
 
     env = {"RAGROUTE_CASCADE_SIGNAL": "grounded", "RAGROUTE_CASCADE_THRESHOLD": "0.7"}
     assert CascadeConfig.from_env(env).threshold == 0.7

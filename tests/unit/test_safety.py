@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import ConfigError
-from pipelines.query.safety import SafetyConfig, check
+from common.errors import ConfigError
+from pipelines.config.safety import SafetyConfig
+from pipelines.query.safety import check
 from tests.fakes import chunk
 
 SOURCES = [chunk(0, "The with statement wraps a block with methods defined by a context manager."),

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from common.errors import ConfigError
+from pipelines.api.schema import RagRequest
 from pipelines.config import GenerationConfig, RagConfig, RerankConfig, RetrievalConfig, RoutingConfig
-from pipelines.errors import ConfigError
 from pipelines.query.generate import check_config
-from pipelines.schema import RagRequest
 
 
 def test_defaults_and_trimming():

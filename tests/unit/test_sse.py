@@ -1,4 +1,4 @@
-"""The SSE frames of a streamed rag_query (pipelines/sse.py): one frame per event, the ``done``
+"""The SSE frames of a streamed rag_query (pipelines/api/sse.py): one frame per event, the ``done``
 event settled before it is sent, a failure after the start an ``error`` frame, and the pipeline's
 stream closed however it ends."""
 
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from pipelines.errors import INTERNAL, StageError
-from pipelines.sse import frames
+from common.errors import INTERNAL, StageError
+from pipelines.api.sse import frames
 
 
 class Events:
@@ -77,7 +77,7 @@ def test_a_client_hanging_up_closes_the_pipeline_stream():
 
 
 def test_a_stream_outlives_its_client_and_is_charged_once_at_its_end():
-    from pipelines.sse import outliving
+    from pipelines.api.sse import outliving
 
     produced, charged = [], []
 

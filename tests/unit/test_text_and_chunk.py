@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from common.text import content_id, normalize_query, query_hash, tokenize
 from pipelines.indexing.chunk import check_params, chunk_documents, split_text
 from pipelines.indexing.load import Document
-from pipelines.text import content_id, normalize_query, query_hash, tokenize
 
 
 def test_normalization_makes_trivial_variants_one_key():

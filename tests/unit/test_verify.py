@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.errors import ArtifactError, ConfigError
+from common.errors import ArtifactError, ConfigError
 from pipelines.query.cache.features import FEATURES, PAIR_GROUP, RULES
 from pipelines.query.cache.verify import WEIGHTS_FILE, HitVerifier, PairScorer, PairStack
 

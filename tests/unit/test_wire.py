@@ -1,4 +1,4 @@
-"""The wire protocol between the RAG service and the stage services (pipelines/wire.py), and
+"""The wire protocol between the RAG service and the stage services (pipelines/api/wire.py), and
 the RAG side's reading of the Generation stream (services/remote_stages.py): deltas split
 anywhere, the error line, a stream without its final record, a line that is no event."""
 
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines import wire
-from pipelines.errors import BadRequest, StageError, UpstreamError
+from common.errors import BadRequest, StageError, UpstreamError
+from common.records import TierAnswer
+from pipelines.api import wire
 from pipelines.query.generate import Delta
-from pipelines.records import TierAnswer
 from services.remote_stages import RemoteStages
 
 ANSWER = TierAnswer(text="It is 42 [1].", tier="small", model="m", engine="fake", tokens_in=10, tokens_out=5,
@@ -116,6 +116,6 @@ def test_the_hop_benchmarks_no_op_rag_query_takes_every_field_of_the_real_one():
     import inspect
 
     from evals.hops_service import NoopRag
-    from pipelines.schema import RagRequest
+    from pipelines.api.schema import RagRequest
 
     assert set(inspect.signature(NoopRag.apis["rag_query"].func).parameters) - {"self"} == set(RagRequest.model_fields)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pipelines.budget import gpu_present
+from pipelines.config.budget import gpu_present
 
 pytestmark = pytest.mark.gpu
 

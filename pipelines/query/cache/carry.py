@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.records import ScoredChunk
 from pipelines.query.cache.records import NO_REACH, doc_tag
-from pipelines.records import ScoredChunk
 
 
 REACH_RANK = 10  # chosen on SciFact train by evals/cache_survival.py (docs/documents.md "The cache follows the documents")

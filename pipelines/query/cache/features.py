@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.text import STOPWORDS
+from common.text import STOPWORDS
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9+#'-]*|\.[A-Za-z]+|\d+(?:[.,]\d+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"

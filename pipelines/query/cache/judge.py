@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import ArtifactError
+from common.errors import ArtifactError
 from pipelines.query.cache.policy import BANDS, PoolStats
 
 FORMAT_VERSION = 1

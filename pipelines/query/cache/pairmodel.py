@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ArtifactError
 from pipelines import models
-from pipelines.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from common.text import content_id
 from pipelines.query.cache.policy import Decision, EntryStats, PoolStats
-from pipelines.text import content_id
 
 if TYPE_CHECKING:
     from pipelines.query.cache.carry import Carried, VersionChange

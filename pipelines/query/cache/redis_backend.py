@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from common.text import content_id
 from pipelines.breaker import Breaker
 from pipelines.config import CacheConfig
 from pipelines.query.cache.carry import Carried, VersionChange
-from pipelines.query.cache.records import NO_REACH, CacheUnavailable, Candidate, Partition, doc_tag
 from pipelines.query.cache.policy import EntryStats, PoolStats
+from pipelines.query.cache.records import NO_REACH, CacheUnavailable, Candidate, Partition, doc_tag
 from pipelines.query.cache.redis_scripts import OBSERVE
-from pipelines.text import content_id
 
 log = logging.getLogger(__name__)
 

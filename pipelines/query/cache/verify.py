@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import ArtifactError, ConfigError
+from common.errors import ArtifactError, ConfigError
 from pipelines.query.cache.features import (EMBEDDING_GROUP, FEATURES, PAIR_GROUP, RULES, Question,
                                             embedding_features, question_features)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipelines.errors import BadRequest
+from common.errors import BadRequest
 from pipelines.query.modes.auto import Auto
 from pipelines.query.modes.base import Mode
 from pipelines.query.modes.cascade import Cascade

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from pipelines.errors import StageError
+from common.errors import StageError
+from common.records import RouteDecision
 from pipelines.query.modes.base import Mode
 from pipelines.query.route import QueryFeatures
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import TierRunner
-from pipelines.records import RouteDecision
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+from common.records import RouteDecision, ScoredChunk, TierAnswer
 from pipelines.query.generate import Delta
 from pipelines.query.route import QueryFeatures
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import Begin, TierRunner
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 Event = Begin | Delta | TierAnswer
 

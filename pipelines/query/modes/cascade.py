@@ -30,8 +30,9 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from common.errors import BadRequest, StageError
+from common.records import RouteDecision, ScoredChunk, TierAnswer
 from pipelines.config import CascadeConfig, TierConfig
-from pipelines.errors import BadRequest, StageError
 from pipelines.query import evidence, selfcheck
 from pipelines.query.generate import Delta
 from pipelines.query.modes.base import Event, Mode
@@ -39,7 +40,6 @@ from pipelines.query.route import QueryFeatures
 from pipelines.query.safety import grounding
 from pipelines.query.state import RequestState
 from pipelines.query.tiers import CUT, NO_TIER, Begin, TierRunner
-from pipelines.records import RouteDecision, ScoredChunk, TierAnswer
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints, ValidationError
 
-from pipelines.access import Denied
-from pipelines.errors import RagrouteError
-from pipelines.schema import TEXT, Collection, Tenant, Verdict
+from common.errors import RagrouteError
+from pipelines.api.access import Denied
+from pipelines.api.schema import TEXT, Collection, Tenant, Verdict
 
 MAX_MESSAGES = 128
 MAX_MESSAGE_CHARS = 32_000

@@ -4,7 +4,7 @@ stage APIs return, the Generation service's stream events, and stage failures.
 One mapping turns an error into what travels: :func:`failure` (a :class:`StageFailure` with the
 error's HTTP status; a stage failure inside a stage service is sent in the body, as a 5xx's text
 would be hidden by BentoML). The other way, :meth:`StageFailure.raise_for` turns it back into a
-:class:`~pipelines.errors.StageError` naming the stage.
+:class:`~common.errors.StageError` naming the stage.
 
     search / search_text    -> SearchResult {"index_version", "hits": [ScoredChunk]}
     rerank                  -> [ScoredChunk]
@@ -25,9 +25,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.errors import RagrouteError, StageError
+from common.records import ScoredChunk, Tier, TierAnswer
 from pipelines.engines.load import Capacity
-from pipelines.errors import RagrouteError, StageError
-from pipelines.records import ScoredChunk, Tier, TierAnswer
 
 log = logging.getLogger(__name__)
 

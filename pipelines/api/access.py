@@ -12,7 +12,7 @@ hashes of the keys::
   by ";" all apply), counted over a moving window (a burst up to the limit, then the rate).
 - ``tokens_per_day``: prompt + completion tokens per key per 24 hours (a window that starts at
   the first reservation; cache hits cost nothing). Admission reserves a generation's worst case
-  atomically (pipelines/quota.py), counting the requests still running; the request is then
+  atomically (pipelines/api/quota.py), counting the requests still running; the request is then
   charged what its generations really cost, streamed answers abandoned by their client
   included (the prompt and the tokens decoded before the hang-up).
 - ``collections`` (optional): the collections the key may read (default: all).
@@ -42,12 +42,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from pipelines.errors import ConfigError, NotFound, RagrouteError
+from common.errors import ConfigError, NotFound, RagrouteError
+from pipelines.api.quota import MemoryQuota, RedisQuota, Refusal, Reservation
+from pipelines.api.schema import COLLECTION_PATTERN, TENANT_PATTERN
+from pipelines.api.sse import detach
 from pipelines.breaker import Breaker
 from pipelines.query.state import Meter
-from pipelines.sse import detach
-from pipelines.quota import MemoryQuota, RedisQuota, Refusal, Reservation
-from pipelines.schema import COLLECTION_PATTERN, TENANT_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def reservation(tiers) -> int:
     """What admission reserves against a token quota: the worst case of one generation of the
     configured tiers (``TierConfig``s): its prompt (at most the tier's source text, the longest
     question and the prompt's own text, within the context window) and its longest answer."""
-    from pipelines.schema import MAX_QUERY_CHARS
+    from pipelines.api.schema import MAX_QUERY_CHARS
 
     question = MAX_QUERY_CHARS // 3 + 1  # tokens of the longest question, generously (~4 chars a token)
     return max((min(t.context_tokens - t.max_tokens, t.source_tokens + question + PROMPT_OVERHEAD_TOKENS)

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pipelines.errors import public_message
+from common.errors import public_message
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@
         └── Overloaded (503)      no tier can answer in time, and the client wants no degraded answer
 
 Services map these to responses in one place (services/_common.py: error_body), and to what
-travels between services in another (pipelines/wire.py: failure).
+travels between services in another (pipelines/api/wire.py: failure).
 
 What a client reads is ``str(exc)`` of our errors (:func:`public_message`): messages written for
 clients, never an upstream URL, a Milvus URI, a host:port or another library's exception text.

@@ -1,7 +1,7 @@
 """The OpenAI Chat Completions dialect of ``rag_query``: requests in, completions and chunks out.
 
 Plain logic, no server: ``services/openai_app.py`` mounts it under ``/v1`` on the RAG service;
-the request models, their parsing and the error shape are in ``pipelines/openai_request.py``.
+the request models, their parsing and the error shape are in ``pipelines/api/openai_request.py``.
 
 - ``model`` picks the mode: ``ragroute`` (the router picks the tier), ``ragroute-cascade``, or
   a configured tier's name (``small``, ``large``, ...).
@@ -32,11 +32,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pipelines.api.openai_request import ChatRequest, Message, OpenAIError
+from pipelines.api.schema import MAX_QUERY_CHARS, WHITESPACE, RagRequest, RagResponse
 from pipelines.config import TierConfig
-from pipelines.openai_request import ChatRequest, Message, OpenAIError
 from pipelines.query.followup import is_follow_up, rewrite
 from pipelines.query.modes import available
-from pipelines.schema import MAX_QUERY_CHARS, WHITESPACE, RagRequest, RagResponse
 
 AUTO = "ragroute"  # the auto mode; another mode M is "ragroute-M" (ragroute-cascade)
 CREATED = int(time.time())  # "created" of the model list: when this process started

@@ -8,7 +8,7 @@ abandoned by its client, the reservation is replaced by what it really cost.
 The bound: the tokens charged in a window exceed the quota by at most the cost of the last
 request admitted (it was admitted while under the quota), plus, for each request running when
 the quota ran out, what it cost beyond its reservation. ``reserve`` is one generation's worst
-case (pipelines/access.py: ``reservation``), so only a cascade that escalates (two generations)
+case (pipelines/api/access.py: ``reservation``), so only a cascade that escalates (two generations)
 can cost beyond it. 32 requests sent at once against a quota of a few answers: the few are
 admitted, the rest are refused (429) until a reservation is settled.
 

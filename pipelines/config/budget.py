@@ -1,4 +1,5 @@
-"""Per-stage latency budgets and the deadline that travels with a request.
+"""Per-stage latency budgets: the shipped profiles and the settings that choose and override them
+(the deadline that travels with a request is pipelines/query/deadline.py).
 
 Two shipped profiles (docs/latency.md, "Latency budgets"):
 
@@ -18,16 +19,14 @@ else ``cpu``); any stage can be overridden with ``RAGROUTE_BUDGET_<STAGE>_MS``.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from pipelines.errors import ConfigError
+from common.errors import ConfigError
 
 STAGES = ("cache", "embed", "retrieve", "rerank", "route", "generate", "safety")
-Outcome = Literal["ok", "timeout", "error", "skipped"]
+
 
 def gpu_present() -> bool:
     """An NVIDIA GPU is visible to this machine (without importing torch into this process)."""
@@ -71,35 +70,3 @@ class BudgetProfile:
                     raise ConfigError(f"{var}={raw!r} must be between 0 and 600000")
         total = values.pop("total")
         return cls(name, values, total)
-
-
-@dataclass
-class StageReport:
-    budget_ms: float
-    used_ms: float = 0.0
-    outcome: Outcome = "ok"
-    detail: str = ""
-
-    @property
-    def overrun(self) -> bool:
-        """Took longer than its budget (a timed-out stage did too; an essential stage may finish late)."""
-        return self.outcome == "timeout" or self.used_ms > self.budget_ms
-
-
-@dataclass
-class Deadline:
-    """What is left of a request's total budget; each stage gets min(its budget, what is left)."""
-
-    profile: BudgetProfile
-    clock: Callable[[], float] = time.monotonic
-    start: float = field(default=0.0)
-
-    def __post_init__(self) -> None:
-        self.start = self.clock()
-
-    def remaining_ms(self) -> float:
-        return self.profile.total_ms - (self.clock() - self.start) * 1000
-
-    def budget_ms(self, stage: str, reserve_ms: float = 0.0) -> float:
-        """The stage's budget, capped by the time left minus ``reserve_ms`` kept for later stages."""
-        return max(0.0, min(self.profile.stages_ms[stage], self.remaining_ms() - reserve_ms))
