@@ -173,15 +173,15 @@ class Generator:
             left_s = None if deadline is None else deadline - time.monotonic()
             _, prompt_estimate = self.messages(tier, question, sources, None if left_s is None else left_s * 1000)
             ticket = load.admit(prompt_estimate, tier_cfg.max_tokens, left_s)
-        answered: int | None = None  # the finished answer's length (the load's expected length follows it)
         try:
             async for item in self._stream(engine, tier_cfg, question, sources, budget_ms, deadline, load, ticket):
-                if isinstance(item, TierAnswer):
-                    answered = item.tokens_out
+                if isinstance(item, TierAnswer) and ticket is not None:
+                    load.done(ticket, item.tokens_out)  # the work is done: out of the queue before it is handed on
+                    ticket = None
                 yield item
         finally:
-            if ticket is not None:
-                load.done(ticket, answered)
+            if ticket is not None:  # failed or abandoned
+                load.done(ticket)
 
     async def _stream(self, engine: Engine, tier_cfg: TierConfig, question: str, sources: Sequence[ScoredChunk],
                       budget_ms: float | None, deadline: float | None, load: TierLoad | None,
@@ -291,9 +291,12 @@ class Generator:
 
     async def generate(self, tier: str, question: str, sources: Sequence[ScoredChunk], budget_ms: float | None = None,
                        received_at: float | None = None) -> TierAnswer:
-        async for item in self.stream(tier, question, sources, budget_ms, received_at):
-            if isinstance(item, TierAnswer):
-                return item
+        # closed here, not when the garbage collector gets to it: the engine's turn and the
+        # request's place in the admission queue are given back before the answer is returned
+        async with contextlib.aclosing(self.stream(tier, question, sources, budget_ms, received_at)) as items:
+            async for item in items:
+                if isinstance(item, TierAnswer):
+                    return item
         raise AssertionError("the stream ended without a TierAnswer record")  # pragma: no cover
 
     async def close(self) -> None:

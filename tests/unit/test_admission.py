@@ -187,6 +187,23 @@ def test_a_generation_that_cannot_finish_in_time_is_refused_at_once_and_never_st
     assert g.loads["small"].snapshot()["waiting"] == 0 and g.loads["small"].refused == 1
 
 
+def test_an_answered_request_leaves_the_queue_and_the_engine_before_its_answer_is_returned():
+    """Seen in a routed cascade with the real models: the small tier's finished request stayed in
+    the queue (its stream was closed only when garbage-collected) and, counted until its deadline,
+    made the large tier refuse the escalation ("would finish in ~64 s, 60 s left (1 ahead)")."""
+    tier = TierConfig("small", "llamacpp", "smollm2-135m-instruct", 2048, 96, prefill_tok_s=1000.0, decode_tok_s=50.0)
+    engine = SlowEngine()
+    g = Generator(GenerationConfig(tiers={"small": tier}, threads=1), engines={"small": engine})
+
+    async def scenario():
+        answer = await g.generate("small", "What is X?", [chunk(0, "X is a thing.")], budget_ms=5000)
+        # at once, with no turn of the event loop in between
+        return answer, g.loads["small"].snapshot(), engine.concurrency.locked()
+
+    answer, load, busy = asyncio.run(scenario())
+    assert answer.tokens_out == 40 and load["running"] == load["waiting"] == 0 and not busy
+
+
 CFG = RagConfig(candidates=6, default_tier="small", cache=CacheConfig(threshold=0.95))
 BUDGET = BudgetProfile("test", {"cache": 50, "embed": 50, "retrieve": 50, "rerank": 50, "route": 50,
                                 "generate": 3000, "safety": 100}, total_ms=5000)
