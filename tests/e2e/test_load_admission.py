@@ -62,6 +62,9 @@ def test_concurrent_questions_beyond_capacity_get_the_extract_at_once_and_none_o
 
 
 def test_a_client_that_wants_no_degraded_answer_gets_503_with_retry_after(server):
+    # One burst against a quiet service: the burst above may leave a generation running (at most
+    # one budget), and requests admitted behind it would give up late, which is not this test's point.
+    time.sleep(TOTAL_S)
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
         results = list(pool.map(lambda q: ask(server, q, allow_degraded=False), QUESTIONS))
     statuses = [r.status_code for r, _ in results]
