@@ -45,13 +45,18 @@ class Mode:
         """The route, asking the router (only called when :meth:`asks_router`)."""
         return self.requested(run, r)
 
+    def routed(self, route: RouteDecision) -> bool:
+        """Whether the router chose this route's tier (not the client, nor the default after a
+        router failure): a busy tier then hands over without degrading the answer."""
+        return self.routes and route.router != "fallback"
+
     async def answer(self, run: TierRunner, r: RequestState, route: RouteDecision,
                      ranked: list[ScoredChunk]) -> TierAnswer | None:
         """The answer, or None when no tier answered (the pipeline then extracts one)."""
-        return await run.generate(r, route.tier, ranked, routed=self.routes and route.router != "fallback")
+        return await run.generate(r, route.tier, ranked, routed=self.routed(route))
 
     async def stream(self, run: TierRunner, r: RequestState, route: RouteDecision,
                      ranked: list[ScoredChunk]) -> AsyncIterator[Event]:
         yield Begin(route.tier)
-        async for item in run.generate_stream(r, route.tier, ranked, routed=self.routes and route.router != "fallback"):
+        async for item in run.generate_stream(r, route.tier, ranked, routed=self.routed(route)):
             yield item
